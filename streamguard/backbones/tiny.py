@@ -1,0 +1,198 @@
+"""A tiny, randomly initialised Qwen2.5-Omni thinker of the real transformers class.
+
+Nothing here is a stand-in: the model is `Qwen2_5OmniThinkerForConditionalGeneration` with a
+small config, the processor is `Qwen2_5OmniProcessor` built from the real video processor,
+Whisper feature extractor and a byte-level BPE Qwen2 tokenizer carrying Qwen2.5-Omni's special
+tokens and chat template. Both are written with `save_pretrained` and read back through the
+same `from_pretrained` path a downloaded checkpoint takes. Its answers are random tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+TINY_PREFIX = "tiny:"
+
+# Qwen2.5-Omni's special tokens, named as its tokenizer_config names them.
+SPECIAL_TOKENS = {
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|endoftext|>",
+}
+NAMED_TOKENS = {
+    "image_token": "<|IMAGE|>",
+    "audio_token": "<|AUDIO|>",
+    "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+    "audio_bos_token": "<|audio_bos|>",
+    "audio_eos_token": "<|audio_eos|>",
+}
+OTHER_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Qwen2.5-Omni's chat template (the released checkpoint's, reformatted onto lines).
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}"
+    "{% if add_audio_id %}Audio {{ audio_count.value }}: {% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("STREAMGUARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "streamguard")
+    return Path(root)
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+
+
+def build_tiny_tokenizer():
+    from transformers import Qwen2Tokenizer
+
+    vocab = _byte_level_vocab()
+    for token in [*OTHER_TOKENS, *NAMED_TOKENS.values()]:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,
+        errors="replace",
+        extra_special_tokens=NAMED_TOKENS,
+        model_max_length=32768,
+        **SPECIAL_TOKENS,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": OTHER_TOKENS}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_processor(min_pixels: int = 4 * 28 * 28, max_pixels: int = 32 * 28 * 28):
+    from transformers import (
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        video_processor=Qwen2VLVideoProcessor(size=size),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        tokenizer=build_tiny_tokenizer(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_embeddings: int = 32768):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in NAMED_TOKENS.items()}
+    heads = 4
+    half_head_dim = hidden_size // heads // 2
+    t_section = half_head_dim // 4
+    mrope_section = [t_section, (half_head_dim - t_section) // 2, half_head_dim - t_section - (half_head_dim - t_section) // 2]
+    return Qwen2_5OmniThinkerConfig(
+        audio_config={
+            "d_model": 32,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 64,
+            "encoder_layers": 2,
+            "num_mel_bins": 128,
+            "max_source_positions": 1500,
+            "n_window": 100,
+            "output_dim": hidden_size,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 4,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+            "out_hidden_size": hidden_size,
+        },
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": max_position_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+            "tie_word_embeddings": False,
+        },
+        audio_token_index=ids["audio_token"],
+        image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"],
+        vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+        user_token_id=tokenizer.convert_tokens_to_ids("u"),
+        position_id_per_seconds=25,
+        seconds_per_chunk=2,
+    )
+
+
+def build_tiny_checkpoint(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    max_position_embeddings: int = 32768,
+) -> Path:
+    """Write a tiny random thinker and its processor to `folder` with `save_pretrained`."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    processor = build_tiny_processor()
+    config = build_tiny_thinker_config(
+        processor.tokenizer, hidden_size=hidden_size, max_position_embeddings=max_position_embeddings
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "streamguard-tiny.json").write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
+    return folder
+
+
+def resolve_tiny(path: str) -> str:
+    """Map `tiny:qwen2.5-omni` to a cached folder, building it on first use."""
+    backbone = path[len(TINY_PREFIX):] or "qwen2.5-omni"
+    if backbone != "qwen2.5-omni":
+        raise ValueError(f"no tiny build for backbone {backbone!r}; known: qwen2.5-omni")
+    folder = default_cache_dir() / "tiny-qwen2.5-omni"
+    if not (folder / "streamguard-tiny.json").is_file():
+        build_tiny_checkpoint(folder)
+    return str(folder)

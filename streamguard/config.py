@@ -1,0 +1,141 @@
+"""Settings: one typed tree, loaded from a YAML file under `configs/` and overridden by env vars.
+
+Environment variables use the prefix ``STREAMGUARD_`` and ``__`` between levels, e.g.
+``STREAMGUARD_MODEL__DEVICE=cuda`` or ``STREAMGUARD_SERVICE__TOKENS='["secret"]'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ModelSettings(BaseModel):
+    backbone: Literal["qwen2.5-omni", "video-salmonn2+"] = "qwen2.5-omni"
+    # A hub id, a local checkpoint folder, or `tiny:<backbone>` for the tiny random test model.
+    path: str = "Qwen/Qwen2.5-Omni-7B"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # The processor's per-frame pixel bounds (smart_resize); None keeps the checkpoint's own.
+    min_pixels: int | None = 128 * 28 * 28
+    max_pixels: int | None = 768 * 28 * 28
+    system_prompt: str = (
+        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
+        "perceiving auditory and visual inputs, as well as generating text and speech."
+    )
+
+
+class ChunkSettings(BaseModel):
+    seconds: float = 2.0
+    fps: float = 2.0
+    sample_rate: int = 16000
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return round(self.seconds * self.fps)
+
+    @property
+    def samples_per_chunk(self) -> int:
+        return round(self.seconds * self.sample_rate)
+
+
+class PruningSettings(BaseModel):
+    method: Literal["none", "contextguard", "random", "high", "mean_audio"] = "contextguard"
+    rho_sem: float = Field(0.5, ge=0.0, le=1.0)
+    rho_spa: float = Field(0.1, ge=0.0, le=1.0)
+    tau_drop: float = 0.99
+    drop_policy: Literal["current", "previous", "off"] = "current"
+    tau_merge: float = 0.98
+    depth_threshold: float = 0.5
+    predictor_path: str | None = None
+    seed: int = 0
+
+
+class SessionSettings(BaseModel):
+    # Tokens of chunk context held per stream (the prefix is not counted); the oldest whole
+    # chunks are evicted beyond it.
+    token_budget: int = Field(16384, gt=0)
+    max_question_chars: int = Field(2000, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Positions kept free at the top of the model's range for a question and its answer;
+    # chunk positions are re-based before they would eat into it.
+    position_headroom: int = Field(4096, gt=0)
+
+
+class ServiceSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tokens: list[str] = Field(default_factory=lambda: ["streamguard-dev-token"])
+    max_streams_per_token: int = 8
+    max_message_bytes: int = 64 * 1024
+    max_pending_chunks: int = 4
+    allow_file_sources: bool = False
+    stats_interval_s: float = 1.0
+
+
+class ClusterSettings(BaseModel):
+    redis_url: str | None = None
+    lease_ttl_s: float = 10.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMGUARD_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    chunk: ChunkSettings = Field(default_factory=ChunkSettings)
+    pruning: PruningSettings = Field(default_factory=PruningSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    @field_validator("chunk")
+    @classmethod
+    def _chunk_is_whole(cls, chunk: ChunkSettings) -> ChunkSettings:
+        if abs(chunk.seconds * chunk.fps - chunk.frames_per_chunk) > 1e-9:
+            raise ValueError("chunk.seconds * chunk.fps must be a whole number of frames")
+        return chunk
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the YAML file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """`configs/tiny.yaml`, a bare name such as `tiny`, or any path to a YAML file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{path.stem}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(f"config not found: {name_or_path} (looked in the working directory and {CONFIG_DIR})")
+
+
+def load_settings(name_or_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load a YAML config (default: `configs/default.yaml`), then env vars, then `overrides`."""
+    data: dict[str, Any] = {}
+    path = resolve_config_path(name_or_path or "default")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping at the top level")
+    data.update(loaded)
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return Settings(**data)
