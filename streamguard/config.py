@@ -69,6 +69,8 @@ class SessionSettings(BaseModel):
     # Positions kept free at the top of the model's range for a question and its answer;
     # chunk positions are re-based before they would eat into it.
     position_headroom: int = Field(4096, gt=0)
+    # The highest position a chunk may reach; None takes the model's max_position_embeddings.
+    position_limit: int | None = Field(None, gt=0)
 
 
 class ServiceSettings(BaseModel):
@@ -125,7 +127,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     candidate = CONFIG_DIR / f"{path.stem}.yaml"
     if candidate.is_file():
         return candidate
-    raise FileNotFoundError(f"config not found: {name_or_path} (looked in the working directory and {CONFIG_DIR})")
+    raise FileNotFoundError(
+        f"config not found: {name_or_path} (looked in the working directory and {CONFIG_DIR})"
+    )
 
 
 def load_settings(name_or_path: str | Path | None = None, **overrides: Any) -> Settings:

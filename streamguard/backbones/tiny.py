@@ -60,7 +60,9 @@ CHAT_TEMPLATE = (
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("STREAMGUARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "streamguard")
+    root = os.environ.get("STREAMGUARD_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "streamguard"
+    )
     return Path(root)
 
 
@@ -85,7 +87,9 @@ def build_tiny_tokenizer():
         model_max_length=32768,
         **SPECIAL_TOKENS,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": OTHER_TOKENS}, replace_extra_special_tokens=False)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": OTHER_TOKENS}, replace_extra_special_tokens=False
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -115,7 +119,11 @@ def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_
     heads = 4
     half_head_dim = hidden_size // heads // 2
     t_section = half_head_dim // 4
-    mrope_section = [t_section, (half_head_dim - t_section) // 2, half_head_dim - t_section - (half_head_dim - t_section) // 2]
+    mrope_section = [
+        t_section,
+        (half_head_dim - t_section) // 2,
+        half_head_dim - t_section - (half_head_dim - t_section) // 2,
+    ]
     return Qwen2_5OmniThinkerConfig(
         audio_config={
             "d_model": 32,
@@ -147,8 +155,11 @@ def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_
             "num_attention_heads": heads,
             "num_key_value_heads": 2,
             "max_position_embeddings": max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0, "mrope_section": mrope_section},
             "tie_word_embeddings": False,
+            # Wider than the usual 0.02 so attention is sharp and logits react to a single
+            # position or token: parity tests on a near-uniform attention would prove nothing.
+            "initializer_range": 0.25,
         },
         audio_token_index=ids["audio_token"],
         image_token_index=ids["image_token"],
@@ -189,7 +200,7 @@ def build_tiny_checkpoint(
 
 def resolve_tiny(path: str) -> str:
     """Map `tiny:qwen2.5-omni` to a cached folder, building it on first use."""
-    backbone = path[len(TINY_PREFIX):] or "qwen2.5-omni"
+    backbone = path[len(TINY_PREFIX) :] or "qwen2.5-omni"
     if backbone != "qwen2.5-omni":
         raise ValueError(f"no tiny build for backbone {backbone!r}; known: qwen2.5-omni")
     folder = default_cache_dir() / "tiny-qwen2.5-omni"

@@ -1,0 +1,301 @@
+"""One stream's rolling KV cache: a fixed prompt prefix, then chunks appended one by one.
+
+Layout in the cache: [prefix][chunk][chunk]…, each chunk its kept video tokens then its audio
+tokens, at the positions the backbone gives a chunk in its stream slot. Pruned tokens keep the
+positions they had before pruning, so the cache equals one offline forward over the pruned
+sequence. A question is appended after the last chunk, answered, then cut off again.
+
+Positions: slots count chunks from the stream's start; `position_offset` is subtracted from every
+layout position. When the next chunk would climb past the model's range (less the headroom a
+question needs), the whole cache is rotated down (`Backbone.rotate_cache`) so the oldest retained
+chunk sits at the stream's base again; rotary attention only sees differences, so nothing else
+changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from streamguard.backbones.base import Backbone, EncodedChunk
+from streamguard.config import SessionSettings
+from streamguard.engine import kv
+
+
+class QuestionTooLongError(ValueError):
+    """A question over the configured length."""
+
+
+class EmptyQuestionError(ValueError):
+    """A question with no text."""
+
+
+@dataclass
+class CachedChunk:
+    """Where one appended chunk lives in the cache."""
+
+    index: int  # the chunk's number in the stream
+    slot: int  # its position slot (chunks since the stream's start)
+    start: int  # cache offset of its first token
+    video_tokens: int  # video tokens held (after pruning / dropping)
+    audio_tokens: int
+    video_tokens_in: int  # video tokens before pruning
+
+    @property
+    def length(self) -> int:
+        return self.video_tokens + self.audio_tokens
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class AnswerStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    context_tokens: int = 0
+    time_to_first_delta_s: float | None = None
+    total_s: float = 0.0
+    finish_reason: str = "length"
+
+
+@dataclass
+class SessionStats:
+    chunks_appended: int = 0
+    chunks_evicted: int = 0
+    video_spans_evicted: int = 0
+    rebases: int = 0
+    video_tokens_in: int = 0
+    video_tokens_kept: int = 0
+    audio_tokens: int = 0
+    questions: int = 0
+    last_answer: AnswerStats = field(default_factory=AnswerStats)
+
+
+class StreamSession:
+    """The rolling cache of one stream on one backbone."""
+
+    def __init__(self, backbone: Backbone, settings: SessionSettings, system_prompt: str):
+        self.backbone = backbone
+        self.settings = settings
+        self.layout = backbone.prompt_layout(system_prompt)
+        self.cache = backbone.new_cache()
+        self.chunks: list[CachedChunk] = []
+        self.next_slot = 0
+        self.position_offset = 0
+        self.stats = SessionStats()
+        prefix = self.layout.prefix
+        positions, self.base = backbone.prefix_positions(len(prefix))
+        backbone.forward(backbone.embed_tokens(prefix), positions, self.cache, logits="none")
+        self.prefix_length = len(prefix)
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def append_chunk(
+        self,
+        encoded: EncodedChunk,
+        keep: torch.Tensor | None = None,
+        drop_video: bool = False,
+        index: int | None = None,
+    ) -> CachedChunk:
+        """Append a chunk: the video tokens at `keep` (flat indices, sorted; None keeps all, an
+        empty tensor none) unless `drop_video`, then all its audio tokens."""
+        video_in = encoded.num_video_tokens
+        video_embeds, keep = self._kept_video(encoded, keep, drop_video)
+        new_tokens = int(keep.numel()) + encoded.audio.shape[0]
+        self._make_room(new_tokens)
+        self._ensure_position_room(encoded)
+        slot = self.next_slot
+        video_positions, audio_positions = self.backbone.chunk_positions(encoded, slot, self.base)
+        embeds = encoded.audio if video_embeds is None else torch.cat([video_embeds, encoded.audio])
+        positions = torch.cat([video_positions[:, keep], audio_positions], dim=1) - self.position_offset
+        chunk = CachedChunk(
+            index=self.stats.chunks_appended if index is None else index,
+            slot=slot,
+            start=kv.cache_length(self.cache),
+            video_tokens=int(keep.numel()),
+            audio_tokens=int(encoded.audio.shape[0]),
+            video_tokens_in=video_in,
+        )
+        self.backbone.forward(embeds, positions, self.cache, logits="none")
+        self.chunks.append(chunk)
+        self.next_slot += 1
+        self.stats.chunks_appended += 1
+        self.stats.video_tokens_in += video_in
+        self.stats.video_tokens_kept += chunk.video_tokens
+        self.stats.audio_tokens += chunk.audio_tokens
+        return chunk
+
+    def _kept_video(
+        self, encoded: EncodedChunk, keep: torch.Tensor | None, drop_video: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        flat = encoded.video_flat
+        if flat is None or drop_video:
+            return None, torch.empty(0, dtype=torch.long)
+        if keep is None:
+            keep = torch.arange(flat.shape[0])
+        keep = keep.to("cpu", torch.long)
+        if keep.numel() and (keep.min() < 0 or keep.max() >= flat.shape[0]):
+            raise IndexError(f"keep indices must lie in [0, {flat.shape[0]}); got {keep.min()}..{keep.max()}")
+        if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
+            raise ValueError("keep indices must be sorted and unique: tokens go in the backbone's order")
+        return flat[keep.to(flat.device)], keep
+
+    def evict_video(self, chunk: CachedChunk, encoded: EncodedChunk) -> None:
+        """Drop an appended chunk's video but keep its audio (the `previous` drop policy).
+
+        Only the newest chunk can lose its video exactly: its audio was computed attending to
+        that video, so the chunk is cut off and its audio appended again at its own positions.
+        """
+        if not self.chunks or chunk is not self.chunks[-1]:
+            raise ValueError("only the most recently appended chunk's video can be evicted")
+        if chunk.video_tokens == 0:
+            return
+        kv.truncate(self.cache, chunk.start)
+        _, audio_positions = self.backbone.chunk_positions(encoded, chunk.slot, self.base)
+        self.backbone.forward(
+            encoded.audio, audio_positions - self.position_offset, self.cache, logits="none"
+        )
+        self.stats.video_tokens_kept -= chunk.video_tokens
+        chunk.video_tokens = 0
+        self.stats.video_spans_evicted += 1
+
+    def _make_room(self, new_tokens: int) -> None:
+        """Evict the oldest whole chunks until the new one fits the token budget."""
+        while self.chunks and self.context_tokens + new_tokens > self.settings.token_budget:
+            oldest = self.chunks.pop(0)
+            kv.remove_span(self.cache, oldest.start, oldest.start + oldest.length)
+            for chunk in self.chunks:
+                chunk.start -= oldest.length
+            self.stats.chunks_evicted += 1
+
+    def _ensure_position_room(self, encoded: EncodedChunk) -> None:
+        period = self.backbone.chunk_period()
+        extent = 0 if encoded.video is None else max(encoded.video.shape[1], encoded.video.shape[2])
+        top = self.base + period * (self.next_slot + 1) + extent - self.position_offset
+        if top + self.settings.position_headroom <= self.position_limit:
+            return
+        oldest_slot = self.chunks[0].slot if self.chunks else self.next_slot
+        delta = period * oldest_slot - self.position_offset
+        if delta <= 0 or top - delta + self.settings.position_headroom > self.position_limit:
+            raise RuntimeError(
+                "the token budget spans more positions than the model's range less the question headroom; "
+                "lower session.token_budget or session.position_headroom"
+            )
+        self.rebase(delta)
+
+    def rebase(self, delta: int) -> None:
+        """Shift every cached and future position down by `delta` (keeps positions in range)."""
+        self.backbone.rotate_cache(self.cache, delta)
+        self.position_offset += delta
+        self.stats.rebases += 1
+
+    @property
+    def position_limit(self) -> int:
+        return self.settings.position_limit or self.backbone.max_positions
+
+    # -- questions -------------------------------------------------------------------------
+
+    def question_tokens(self, question: str) -> list[int]:
+        text = question.strip()
+        if not text:
+            raise EmptyQuestionError("the question is empty")
+        if len(text) > self.settings.max_question_chars:
+            raise QuestionTooLongError(
+                f"the question has {len(text)} characters; the limit is {self.settings.max_question_chars}"
+            )
+        return self.layout.close + self.backbone.tokenize(text) + self.layout.suffix
+
+    def question_logits(self, question: str) -> torch.Tensor:
+        """Logits over the question's prompt tokens, cache left as it was (fidelity and tests)."""
+        ids = self.question_tokens(question)
+        context_length = kv.cache_length(self.cache)
+        try:
+            return self.backbone.forward(
+                self.backbone.embed_tokens(ids), self._question_positions(len(ids)), self.cache, logits="all"
+            )
+        finally:
+            kv.truncate(self.cache, context_length)
+
+    def _question_positions(self, num_tokens: int) -> torch.Tensor:
+        start = self.base + self.backbone.chunk_period() * self.next_slot - self.position_offset
+        return self.backbone.question_positions(start, num_tokens)
+
+    def ask(self, question: str, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the answer's text deltas as they decode; the stream's cache is left as it was."""
+        params = params or SamplingParams(
+            self.settings.max_new_tokens, self.settings.temperature, self.settings.top_p
+        )
+        ids = self.question_tokens(question)
+        started = time.perf_counter()
+        stats = AnswerStats(prompt_tokens=len(ids), context_tokens=self.context_tokens)
+        context_length = kv.cache_length(self.cache)
+        positions = self._question_positions(len(ids))
+        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        try:
+            logits = self.backbone.forward(self.backbone.embed_tokens(ids), positions, self.cache)
+            next_position = int(positions[0, -1]) + 1
+            generated: list[int] = []
+            emitted = ""
+            for _ in range(params.max_new_tokens):
+                token = _sample(logits[-1], params, generator)
+                if token in self.backbone.eos_token_ids:
+                    stats.finish_reason = "stop"
+                    break
+                generated.append(token)
+                text = self.backbone.decode(generated)
+                # hold back a partly decoded multi-byte character until it completes
+                if len(text) > len(emitted) and not text.endswith("\ufffd"):
+                    delta, emitted = text[len(emitted) :], text
+                    if stats.time_to_first_delta_s is None:
+                        stats.time_to_first_delta_s = time.perf_counter() - started
+                    yield delta
+                if len(generated) == params.max_new_tokens:
+                    break
+                pos = torch.full((3, 1), next_position, dtype=torch.long)
+                logits = self.backbone.forward(self.backbone.embed_tokens([token]), pos, self.cache)
+                next_position += 1
+            stats.generated_tokens = len(generated)
+        finally:
+            kv.truncate(self.cache, context_length)
+            stats.total_s = time.perf_counter() - started
+            self.stats.questions += 1
+            self.stats.last_answer = stats
+
+    def answer(self, question: str, params: SamplingParams | None = None) -> str:
+        return "".join(self.ask(question, params))
+
+    # -- accounting ------------------------------------------------------------------------
+
+    @property
+    def context_tokens(self) -> int:
+        """Chunk tokens held (the prefix is not counted against the budget)."""
+        return sum(chunk.length for chunk in self.chunks)
+
+    @property
+    def cache_tokens(self) -> int:
+        return kv.cache_length(self.cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        return kv.cache_bytes(self.cache)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    if params.temperature <= 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1).cpu()
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > params.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
