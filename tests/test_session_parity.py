@@ -104,7 +104,7 @@ def clip(tiny_backbone):
 
 
 def test_unpruned_stream_lays_out_tokens_and_positions_like_the_official_processor(tiny_backbone, clip):
-    frames, audio, encoded, inputs = clip
+    _, _, encoded, inputs = clip
     backbone = tiny_backbone
     config = backbone.model.config
     layout = backbone.prompt_layout(SYSTEM)
