@@ -78,6 +78,14 @@ class Backbone(Protocol):
 
     def preprocess(self, frames: Sequence[np.ndarray], audio: np.ndarray) -> ChunkInputs: ...
 
+    def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
+        """(F, H, W, d) video tokens in the LLM space, None for a chunk without frames."""
+        ...
+
+    def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
+        """(L, d) audio tokens in the LLM space."""
+        ...
+
     def encode(self, inputs: ChunkInputs) -> EncodedChunk: ...
 
     def chunk_positions(

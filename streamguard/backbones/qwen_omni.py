@@ -198,22 +198,22 @@ class QwenOmniBackbone:
         return out["input_features"][0, :, :frames]
 
     @torch.inference_mode()
-    def encode(self, inputs: ChunkInputs) -> EncodedChunk:
-        thinker = self.model.model
+    def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
         features = inputs.input_features.to(self.device, self.dtype)
-        audio = thinker.get_audio_features(
-            features[None],
-            feature_attention_mask=torch.ones(1, features.shape[-1], dtype=torch.long, device=self.device),
-        ).last_hidden_state
-        video = None
-        if inputs.pixel_values_videos is not None:
-            grid = inputs.video_grid_thw.to(self.device)
-            flat = thinker.get_video_features(inputs.pixel_values_videos.to(self.device), grid).pooler_output[
-                0
-            ]
-            t, h, w = (int(x) for x in inputs.video_grid_thw[0])
-            video = flat.reshape(t, h // self.merge_size, w // self.merge_size, -1)
-        return EncodedChunk(video=video, audio=audio)
+        mask = torch.ones(1, features.shape[-1], dtype=torch.long, device=self.device)
+        return self.model.model.get_audio_features(features[None], feature_attention_mask=mask).last_hidden_state
+
+    @torch.inference_mode()
+    def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
+        if inputs.pixel_values_videos is None:
+            return None
+        pixels = inputs.pixel_values_videos.to(self.device)
+        flat = self.model.model.get_video_features(pixels, inputs.video_grid_thw.to(self.device)).pooler_output[0]
+        t, h, w = (int(x) for x in inputs.video_grid_thw[0])
+        return flat.reshape(t, h // self.merge_size, w // self.merge_size, -1)
+
+    def encode(self, inputs: ChunkInputs) -> EncodedChunk:
+        return EncodedChunk(video=self.encode_video(inputs), audio=self.encode_audio(inputs))
 
     # -- positions -------------------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""The per-chunk pruning plug-in the stream pipeline calls: selection plus the online drop rule."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from streamguard.backbones.base import Backbone, EncodedChunk
+from streamguard.config import PruningSettings
+from streamguard.pruning.a2v import SemanticReference, load_predictor
+from streamguard.pruning.baselines import select_for_method
+from streamguard.pruning.select import Selection
+from streamguard.pruning.temporal import OnlineDropRule
+
+log = logging.getLogger("streamguard.pruning")
+
+
+@dataclass
+class PruneDecision:
+    """What happens to one chunk's video: the tokens kept, and the temporal rule's verdict."""
+
+    selection: Selection | None  # None for a chunk without video
+    drop_video: bool  # the new chunk's video is redundant (policy `current`)
+    evict_previous: bool  # the previous chunk's video is redundant (policy `previous`)
+    similarity: float | None  # cosine with the chunk compared against
+    reference_mode: str  # "a2v" or "mean_audio"
+    select_ms: float
+
+    @property
+    def keep(self) -> torch.Tensor | None:
+        return None if self.selection is None else self.selection.indices
+
+
+class Pruner:
+    """ContextGuard (or a baseline) configured from the `pruning:` settings, for one stream."""
+
+    def __init__(self, settings: PruningSettings, backbone: Backbone):
+        self.settings = settings
+        predictor = None
+        if settings.predictor_path:
+            predictor = load_predictor(
+                settings.predictor_path, backbone.model_id, backbone.hidden_size, backbone.device, backbone.dtype
+            )
+            log.info("A2V predictor loaded from %s", settings.predictor_path)
+        self.reference = SemanticReference(predictor)
+        policy = "off" if settings.method == "none" else settings.drop_policy
+        self.drop_rule = OnlineDropRule(settings.tau_drop, policy)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    @torch.inference_mode()
+    def plan(self, encoded: EncodedChunk) -> PruneDecision:
+        started = time.perf_counter()
+        if encoded.video is None:
+            return PruneDecision(None, False, False, None, self.reference.mode, 0.0)
+        method = self.settings.method
+        reference = encoded.audio if method == "mean_audio" else self.reference(encoded.audio)
+        selection = select_for_method(
+            method,
+            encoded.video,
+            reference,
+            self.settings.rho_sem,
+            self.settings.rho_spa,
+            generator=self.generator,
+        )
+        decision = self.drop_rule.decide(encoded.video_flat.mean(dim=0))
+        if encoded.video.is_cuda:
+            torch.cuda.synchronize(encoded.video.device)
+        return PruneDecision(
+            selection=selection,
+            drop_video=decision.drop_current,
+            evict_previous=decision.evict_previous,
+            similarity=decision.similarity,
+            reference_mode="mean_audio" if method == "mean_audio" else self.reference.mode,
+            select_ms=(time.perf_counter() - started) * 1000,
+        )
