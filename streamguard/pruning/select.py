@@ -87,10 +87,10 @@ def spatial_cells(
     if g < 1:
         return None
     stride_h, stride_w = max(1, height // g), max(1, width // g)
-    cols = -(-width // stride_w)
-    rows = torch.arange(height, device=device).div(stride_h, rounding_mode="floor")
-    cells = torch.arange(width, device=device).div(stride_w, rounding_mode="floor")
-    return rows[:, None] * cols + cells[None, :]
+    cells_per_row = -(-width // stride_w)
+    row_band = torch.arange(height, device=device).div(stride_h, rounding_mode="floor")
+    col_band = torch.arange(width, device=device).div(stride_w, rounding_mode="floor")
+    return row_band[:, None] * cells_per_row + col_band[None, :]
 
 
 def select_spatial(video: torch.Tensor, rho_spa: float) -> torch.Tensor:
@@ -118,7 +118,7 @@ def select_spatial(video: torch.Tensor, rho_spa: float) -> torch.Tensor:
         0, cells, candidates, reduce="amin"
     )
     chosen = torch.sort(chosen).values
-    offsets = torch.arange(frames, device=video.device) * (height * width)
+    offsets = torch.arange(frames, device=device) * sentinel  # frame f starts at f*H*W
     return (offsets[:, None] + chosen[None, :]).flatten()
 
 
