@@ -1,0 +1,55 @@
+"""Loading a backbone: the tiny checkpoint round trip and clear errors for bad model paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from streamguard.backbones import BackboneError, load_backbone
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.config import load_settings
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def settings_for(path: str):
+    settings = load_settings("tiny")
+    return settings.model.model_copy(update={"path": path}), settings.chunk
+
+
+def test_tiny_checkpoint_loads_back_as_the_real_thinker_class(tiny_folder):
+    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+
+    backbone = load_backbone(*settings_for(str(tiny_folder)))
+    assert type(backbone.model) is Qwen2_5OmniThinkerForConditionalGeneration
+    assert type(backbone.processor) is Qwen2_5OmniProcessor
+    assert backbone.model.config._attn_implementation == "sdpa"
+    assert backbone.dtype == torch.float32 and backbone.device.type == "cpu"
+    assert not any("talker" in name for name, _ in backbone.model.named_parameters())
+    # A second load of the same folder gives the same weights: nothing random at load time.
+    again = load_backbone(*settings_for(str(tiny_folder)))
+    for (name, a), (_, b) in zip(
+        backbone.model.state_dict().items(), again.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_a_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match=r"no config\.json"):
+        load_backbone(*settings_for(str(tmp_path / "nowhere")))
+
+
+def test_a_config_naming_a_non_omni_model_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(BackboneError, match="holds a 'llama' model"):
+        load_backbone(*settings_for(str(tmp_path)))
+
+
+def test_an_unknown_backbone_name_is_refused_by_the_settings():
+    with pytest.raises(ValueError, match="backbone"):
+        load_settings("tiny", model={"backbone": "gpt-omni"})
