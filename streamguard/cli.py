@@ -98,7 +98,9 @@ def _ask(session, question: str, at_seconds: float) -> None:
         out.print(delta, end="", markup=False, highlight=False)
     stats = session.stats.last_answer
     ttfd = "n/a" if stats.time_to_first_delta_s is None else f"{stats.time_to_first_delta_s * 1000:.0f} ms"
-    out.print(f"\n[dim]{stats.generated_tokens} tokens, first delta after {ttfd}, {stats.total_s * 1000:.0f} ms[/dim]")
+    out.print(
+        f"\n[dim]{stats.generated_tokens} tokens, first delta after {ttfd}, {stats.total_s * 1000:.0f} ms[/dim]"
+    )
 
 
 def _chunk_table(reports) -> Table:
@@ -108,7 +110,11 @@ def _chunk_table(reports) -> Table:
     for stage in ("preprocess", "vision_encode", "audio_encode", "select", "prefill"):
         table.add_column(f"{stage} ms", justify="right")
     for r in reports:
-        note = "video dropped" if r.video_dropped else ("prev. video evicted" if r.previous_video_evicted else "")
+        note = (
+            "video dropped"
+            if r.video_dropped
+            else ("prev. video evicted" if r.previous_video_evicted else "")
+        )
         if r.audio_missing:
             note = (note + " no audio").strip()
         table.add_row(
@@ -118,7 +124,10 @@ def _chunk_table(reports) -> Table:
             str(r.video_tokens_kept),
             str(r.audio_tokens),
             note,
-            *(f"{r.timings_ms.get(stage, 0.0):.1f}" for stage in ("preprocess", "vision_encode", "audio_encode", "select", "prefill")),
+            *(
+                f"{r.timings_ms.get(stage, 0.0):.1f}"
+                for stage in ("preprocess", "vision_encode", "audio_encode", "select", "prefill")
+            ),
         )
     return table
 
@@ -160,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--drop-policy", choices=["current", "previous", "off"])
     replay.add_argument("--predictor", help="an A2V predictor checkpoint folder")
     replay.add_argument("--question", "-q", help="a question to ask")
-    replay.add_argument("--at", type=float, help="ask once the stream reaches this many seconds (default: the end)")
-    replay.add_argument("--realtime", action="store_true", help="pace chunks at real time instead of as fast as possible")
+    replay.add_argument(
+        "--at", type=float, help="ask once the stream reaches this many seconds (default: the end)"
+    )
+    replay.add_argument(
+        "--realtime", action="store_true", help="pace chunks at real time instead of as fast as possible"
+    )
     replay.add_argument("--max-new-tokens", type=int)
     replay.add_argument("--json", help="write the per-chunk report and summary to this JSON file")
     replay.set_defaults(run=cmd_replay)
@@ -170,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.run(args)
     except (FileNotFoundError, ValueError) as exc:

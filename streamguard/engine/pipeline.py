@@ -66,7 +66,9 @@ class ChunkPipeline:
 
     def process(self, chunk: AVChunk) -> ChunkReport:
         timings: dict[str, float] = {}
-        inputs = self._timed(timings, "preprocess", lambda: self.backbone.preprocess(chunk.frames, chunk.audio))
+        inputs = self._timed(
+            timings, "preprocess", lambda: self.backbone.preprocess(chunk.frames, chunk.audio)
+        )
         video = self._timed(timings, "vision_encode", lambda: self.backbone.encode_video(inputs))
         audio = self._timed(timings, "audio_encode", lambda: self.backbone.encode_audio(inputs))
         encoded = EncodedChunk(video=video, audio=audio)
@@ -119,7 +121,7 @@ class ChunkPipeline:
             audio_tokens=cached.audio_tokens,
             video_dropped=decision.drop_video,
             previous_video_evicted=evicted,
-            audio_missing=bool(getattr(chunk, "audio_missing", False)),
+            audio_missing=chunk.audio_missing,
             similarity=decision.similarity,
             reference_mode=decision.reference_mode,
             grid=None if encoded.video is None else tuple(encoded.video.shape[:3]),

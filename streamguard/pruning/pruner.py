@@ -42,7 +42,11 @@ class Pruner:
         predictor = None
         if settings.predictor_path:
             predictor = load_predictor(
-                settings.predictor_path, backbone.model_id, backbone.hidden_size, backbone.device, backbone.dtype
+                settings.predictor_path,
+                backbone.model_id,
+                backbone.hidden_size,
+                backbone.device,
+                backbone.dtype,
             )
             log.info("A2V predictor loaded from %s", settings.predictor_path)
         self.reference = SemanticReference(predictor)

@@ -1,0 +1,63 @@
+"""`streamguard replay` end to end on the tiny config and generated clips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.cli import main
+from streamguard.ingest.synthetic import write_clip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+
+
+def replay(tiny_model, *args):
+    return main(["replay", *args, "--config", "tiny", "--model", tiny_model])
+
+
+def test_replay_prints_chunks_compression_and_an_answer(tiny_model, tmp_path, capsys):
+    clip = write_clip(tmp_path / "clip.mp4", 6, motion="moving")
+    report = tmp_path / "report.json"
+    assert replay(tiny_model, str(clip), "-q", "What is happening?", "--at", "4", "--json", str(report)) == 0
+    printed = capsys.readouterr().out
+    assert "compression:" in printed and "Q (at 4 s): What is happening?" in printed and "A: " in printed
+    data = json.loads(report.read_text())
+    assert [c["index"] for c in data["chunks"]] == [0, 1, 2]
+    assert all(c["audio_tokens"] == 50 and c["video_tokens_in"] > 0 for c in data["chunks"])
+    assert set(data["chunks"][0]["timings_ms"]) == {
+        "preprocess",
+        "vision_encode",
+        "audio_encode",
+        "select",
+        "prefill",
+    }
+
+
+def test_contextguard_prunes_over_55_percent_of_a_static_clip(tiny_model, tmp_path, monkeypatch):
+    # Qwen2.5-Omni's own per-frame pixel bounds, so video outweighs audio as it does in real use.
+    monkeypatch.setenv("STREAMGUARD_MODEL__MIN_PIXELS", str(128 * 28 * 28))
+    monkeypatch.setenv("STREAMGUARD_MODEL__MAX_PIXELS", str(768 * 28 * 28))
+    clip = write_clip(tmp_path / "static.mp4", 10, width=320, height=240, motion="static")
+    report = tmp_path / "static.json"
+    assert replay(tiny_model, str(clip), "--pruning", "contextguard", "--json", str(report)) == 0
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["input_tokens_pruned_pct"] >= 55.0
+    full = tmp_path / "full.json"
+    assert replay(tiny_model, str(clip), "--pruning", "none", "--json", str(full)) == 0
+    assert json.loads(full.read_text())["summary"]["input_tokens_pruned_pct"] == 0.0
+
+
+def test_bad_inputs_are_one_clear_line(tiny_model, tmp_path, capsys):
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(b"\x00\x01not a video" * 500)
+    assert replay(tiny_model, str(garbage)) == 2
+    assert "broken.mp4" in capsys.readouterr().err
+    clip = write_clip(tmp_path / "clip.mp4", 2)
+    assert replay(tiny_model, str(clip), "-q", "x" * 3000) == 2
+    assert "limit is 2000" in capsys.readouterr().err
+    assert replay(tiny_model, str(tmp_path / "missing.mp4")) == 2
