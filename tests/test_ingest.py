@@ -123,7 +123,7 @@ def test_bad_files_are_clear_errors(tmp_path):
         list(iter_chunks(tmp_path / "missing.mp4", SETTINGS))
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(MediaError, match="garbage.mp4"):
+    with pytest.raises(MediaError, match=r"garbage\.mp4"):
         list(iter_chunks(garbage, SETTINGS))
 
 
