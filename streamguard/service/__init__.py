@@ -1,0 +1,7 @@
+"""The live service: REST and websocket API over the stream registry and the inference worker."""
+
+from __future__ import annotations
+
+from streamguard.service.app import create_app
+
+__all__ = ["create_app"]

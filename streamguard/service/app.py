@@ -1,0 +1,176 @@
+"""The ASGI app: REST for streams, a websocket per stream for questions, /metrics, /healthz.
+
+`create_app(settings)` builds one service instance; its lifespan loads the backbone (once per
+process, unless one is passed in), starts the inference worker, and on shutdown deletes every
+stream and joins the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from streamguard.backbones import Backbone, load_backbone
+from streamguard.config import Settings
+from streamguard.engine.scheduler import Scheduler
+from streamguard.service.auth import authenticate, presented_token, require_token
+from streamguard.service.connection import Connection, refuse
+from streamguard.service.metrics import ServiceMetrics
+from streamguard.service.protocol import (
+    ApiError,
+    CreateStreamRequest,
+    ServiceError,
+    StreamInfo,
+    StreamList,
+    describe_errors,
+)
+from streamguard.service.streams import StreamRegistry, open_source
+
+log = structlog.get_logger("streamguard.service")
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
+
+ERROR_RESPONSES: dict[int | str, dict] = {status: {"model": ApiError} for status in (401, 403, 404, 422, 429)}
+
+Token = Annotated[str, Depends(require_token)]
+
+
+def registry_of(request: Request) -> StreamRegistry:
+    return request.app.state.registry
+
+
+Registry = Annotated[StreamRegistry, Depends(registry_of)]
+
+api = APIRouter(prefix="/v1", tags=["streams"], responses=ERROR_RESPONSES)
+
+
+@api.post("/streams", status_code=201)
+async def create_stream(
+    body: Annotated[CreateStreamRequest, Body()], token: Token, registry: Registry
+) -> StreamInfo:
+    """Start a stream from an RTSP camera, or from a file on the server when enabled."""
+    source, kind, description = await open_source(body, registry.settings)
+    stream = await registry.open(kind, source, description, owner=token)
+    return stream.info()
+
+
+@api.get("/streams")
+async def list_streams(_: Token, registry: Registry) -> StreamList:
+    return StreamList(streams=[stream.info() for stream in registry.all()])
+
+
+@api.get("/streams/{stream_id}")
+async def get_stream(stream_id: str, _: Token, registry: Registry) -> StreamInfo:
+    return registry.get(stream_id).info()
+
+
+@api.delete("/streams/{stream_id}")
+async def delete_stream(stream_id: str, _: Token, registry: Registry) -> StreamInfo:
+    """Stop the stream and free its cache; returns its final stats."""
+    return await registry.delete(stream_id)
+
+
+@api.websocket("/streams/{stream_id}/ws")
+async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
+    """Questions and stats of one stream; see `streamguard.service.protocol` for the messages.
+    Refusals send an `error` event, then close with 4000 + the HTTP status (4401, 4403, 4404)."""
+    await websocket.accept()
+    state = websocket.app.state
+    try:
+        authenticate(
+            state.settings.service,
+            presented_token(websocket.headers.get("authorization"), websocket.query_params.get("token")),
+        )
+        stream = state.registry.get(stream_id)
+    except ServiceError as error:
+        await refuse(websocket, error)
+        return
+    await Connection(websocket, stream, state.settings.service).serve()
+
+
+ops = APIRouter(tags=["operations"])
+
+
+@ops.get("/metrics", responses=ERROR_RESPONSES)
+async def metrics(request: Request, _: Token) -> Response:
+    """Prometheus text exposition (scrape it with the bearer token)."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness, and the worker's load (no stream ids or sources: this needs no token)."""
+    return {"status": "ok", "worker": asdict(request.app.state.registry.scheduler.stats())}
+
+
+def create_app(
+    settings: Settings, backbone: Backbone | None = None, *, chunk_delay_s: float | None = None
+) -> FastAPI:
+    """One service instance. `chunk_delay_s` is the scheduler's test hook (see
+    `streamguard.engine.scheduler`); None takes env `STREAMGUARD_TEST_CHUNK_DELAY_S`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model = backbone or await asyncio.to_thread(load_backbone, settings.model, settings.chunk)
+        scheduler = Scheduler(settings.service.max_pending_chunks, chunk_delay_s)
+        scheduler.start()
+        app.state.registry = StreamRegistry(settings, model, scheduler, app.state.metrics)
+        log.info("service.ready", model=model.model_id, device=str(model.device))
+        try:
+            yield
+        finally:
+            await app.state.registry.close()
+            await scheduler.stop()
+            log.info("service.stopped")
+
+    app = FastAPI(
+        title="StreamGuard",
+        summary="Questions about live audio-video streams, answered from a rolling KV cache",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(api)
+    # WebRTC signalling (`POST /v1/streams/webrtc`: SDP offer in, answer out) is included here
+    # as its own router; it opens its stream with
+    # `registry.open(StreamKind.WEBRTC, source, description, owner=token)`.
+    app.include_router(ops)
+    mount_web_client(app)
+    return app
+
+
+def mount_web_client(app: FastAPI) -> None:
+    """The browser page at `/` (clients/web) once it exists; until then `/` shows the API docs.
+    Mounted last: a mount at `/` takes every path no route claimed."""
+    if (WEB_CLIENT_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=WEB_CLIENT_DIR, html=True), name="web")
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    error = ServiceError("invalid_request", describe_errors(exc.errors()), status=422)
+    return JSONResponse(error.body(), status_code=error.status)

@@ -1,0 +1,193 @@
+"""One websocket client of one stream: questions in, answer deltas and stats out.
+
+A single sender task writes to the socket, so deltas of concurrent questions, stats and errors
+never interleave mid-frame. Any number of questions may run at once, each under its own id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import structlog
+from fastapi import WebSocket, WebSocketDisconnect
+from pydantic import BaseModel
+
+from streamguard.config import ServiceSettings
+from streamguard.engine.scheduler import Answer, StreamEndedError
+from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
+from streamguard.service.auth import WS_CLOSE_OFFSET
+from streamguard.service.protocol import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerDoneStats,
+    ClientMessage,
+    ErrorCode,
+    ErrorEvent,
+    QuestionAsk,
+    QuestionCancel,
+    ServiceError,
+    StatsSubscribe,
+    StreamStatsEvent,
+    parse_client_message,
+)
+from streamguard.service.streams import Stream
+
+log = structlog.get_logger("streamguard.service")
+
+# Why an answer could not be given, as the client's error code.
+_ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
+    QuestionTooLongError: "question_too_long",
+    EmptyQuestionError: "empty_question",
+    StreamEndedError: "stream_ended",
+}
+
+WS_CLOSE_STREAM_ENDED = WS_CLOSE_OFFSET + 410
+
+
+@dataclass
+class _Close:
+    code: int
+    reason: str
+
+
+async def refuse(websocket: WebSocket, error: ServiceError) -> None:
+    """An accepted socket that may not go on: the error event, then close with 4000 + status."""
+    await websocket.send_text(error.event().model_dump_json())
+    await websocket.close(code=WS_CLOSE_OFFSET + error.status, reason=error.code)
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, stream: Stream, settings: ServiceSettings):
+        self.websocket = websocket
+        self.stream = stream
+        self.settings = settings
+        self._outbox: asyncio.Queue[BaseModel | _Close] = asyncio.Queue()
+        self._answers: dict[str, Answer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stats: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        sender = asyncio.create_task(self._send_all())
+        watcher = asyncio.create_task(self._close_when_removed())
+        try:
+            while True:
+                try:
+                    message = await self.websocket.receive()
+                except (WebSocketDisconnect, RuntimeError):  # closed under us
+                    break
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text")
+                try:
+                    await self._handle(
+                        parse_client_message(
+                            message["bytes"] if raw is None else raw, self.settings.max_message_bytes
+                        )
+                    )
+                except ServiceError as error:
+                    self._send(error.event())
+        finally:
+            for answer in self._answers.values():
+                answer.cancel()  # nobody reads the rest: free the worker
+            for task in [*self._tasks, self._stats, watcher, sender]:
+                if task is not None:
+                    task.cancel()
+
+    def _send(self, message: BaseModel | _Close) -> None:
+        self._outbox.put_nowait(message)
+
+    async def _send_all(self) -> None:
+        # a peer that is already gone ends the sender quietly; the receive loop sees it too
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await self._outbox.get()
+                if isinstance(message, _Close):
+                    await self.websocket.close(code=message.code, reason=message.reason)
+                    return
+                await self.websocket.send_text(message.model_dump_json())
+
+    async def _close_when_removed(self) -> None:
+        await self.stream.removed.wait()
+        self._send(ErrorEvent(code="stream_ended", message=f"stream {self.stream.id} was deleted"))
+        self._send(_Close(WS_CLOSE_STREAM_ENDED, "stream_ended"))
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def _handle(self, message: ClientMessage) -> None:
+        if isinstance(message, QuestionAsk):
+            self._ask(message)
+        elif isinstance(message, QuestionCancel):
+            answer = self._answers.get(message.id)
+            if answer is None:
+                raise ServiceError(
+                    "unknown_question", f"no question {message.id!r} is running", id=message.id
+                )
+            answer.cancel()
+        elif isinstance(message, StatsSubscribe):
+            self._unsubscribe()
+            interval = message.interval_s or self.settings.stats_interval_s
+            self._stats = asyncio.create_task(self._send_stats(interval))
+        else:
+            self._unsubscribe()
+
+    def _ask(self, message: QuestionAsk) -> None:
+        if message.id in self._answers:
+            raise ServiceError(
+                "duplicate_question", f"question {message.id!r} is still running", id=message.id
+            )
+        answer = self.stream.ask(message.text, message.max_tokens)
+        self._answers[message.id] = answer
+        log.info("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
+        task = asyncio.create_task(self._answer(message.id, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, question_id: str, answer: Answer) -> None:
+        try:
+            async for delta in answer:
+                self._send(AnswerDelta(id=question_id, text=delta))
+        except Exception as exc:
+            code = _ANSWER_ERRORS.get(type(exc))
+            if code is not None:
+                self._send(ErrorEvent(code=code, message=str(exc), id=question_id))
+                return
+            log.exception("question.failed", stream=self.stream.id, question=question_id)
+            self._send(ErrorEvent(code="internal_error", message=f"the answer failed: {exc}", id=question_id))
+            return
+        finally:
+            answer.cancel()
+            self._answers.pop(question_id, None)
+        result = answer.result
+        assert result is not None  # set when the iteration ends without an error
+        self.stream.record_answer(result)
+        stats = AnswerDoneStats(
+            generated_tokens=result.generated_tokens,
+            time_to_first_delta_ms=None
+            if result.time_to_first_delta_s is None
+            else result.time_to_first_delta_s * 1000,
+            total_ms=result.total_s * 1000,
+            finish_reason=result.finish_reason,
+            context_tokens=result.context_tokens,
+        )
+        self._send(AnswerDone(id=question_id, text=result.text, stats=stats))
+        log.info(
+            "question.answered",
+            stream=self.stream.id,
+            question=question_id,
+            tokens=result.generated_tokens,
+            finish_reason=result.finish_reason,
+            first_delta_ms=stats.time_to_first_delta_ms,
+            total_ms=round(stats.total_ms, 1),
+        )
+
+    async def _send_stats(self, interval_s: float) -> None:
+        while True:
+            self._send(StreamStatsEvent(stream=self.stream.info()))
+            await asyncio.sleep(interval_s)
+
+    def _unsubscribe(self) -> None:
+        if self._stats is not None:
+            self._stats.cancel()
+            self._stats = None

@@ -1,0 +1,140 @@
+"""Prometheus metrics of one service instance, on its own registry (tests build several apps).
+
+Per stream (label `stream`, removed when the stream is deleted) and, for the counters, a
+`streamguard_service_*` twin without the label that keeps counting across stream lifetimes.
+Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"shed"}`:
+`redundant` chunks lost their video to the temporal rule (their audio stayed), `shed` chunks
+never reached the model because it fell behind real time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamguard.service.protocol import StreamState
+
+DROP_REASONS = ("redundant", "shed")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _StreamCounter:
+    """A counter per stream plus its all-streams total."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()):
+        self.labels = labels
+        self.per_stream = Counter(f"streamguard_{name}", doc, ["stream", *labels], registry=registry)
+        self.total = Counter(
+            f"streamguard_service_{name}", f"{doc}, all streams", list(labels), registry=registry
+        )
+
+    def inc(self, stream: str, amount: float = 1, **labels: str) -> None:
+        values = [labels[name] for name in self.labels]
+        self.per_stream.labels(stream, *values).inc(amount)
+        if values:
+            self.total.labels(*values).inc(amount)
+        else:
+            self.total.inc(amount)
+
+
+class _StreamStates(Collector):
+    """`streamguard_streams{state}`, counted from the stream registry at scrape time."""
+
+    def __init__(self, count: Callable[[], Mapping[StreamState, int]]):
+        self._count = count
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("streamguard_streams", "Streams held, by state", labels=["state"])
+        counts = self._count()
+        for state in StreamState:
+            family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.chunks_received = _StreamCounter(r, "chunks_received", "Chunks cut from the source")
+        self.chunks_processed = _StreamCounter(r, "chunks_processed", "Chunks prefilled into the cache")
+        self.chunks_dropped = _StreamCounter(
+            r,
+            "chunks_dropped",
+            "Chunks dropped: video redundant (audio kept) or shed under load",
+            ("reason",),
+        )
+        self.tokens_in = _StreamCounter(r, "tokens_in", "Tokens of processed chunks before pruning")
+        self.tokens_kept = _StreamCounter(r, "tokens_kept", "Tokens processed chunks appended to the cache")
+        self.questions = _StreamCounter(r, "questions", "Questions answered")
+        self.compression = Gauge(
+            "streamguard_compression_ratio", "1 - kept/in tokens", ["stream"], registry=r
+        )
+        self.real_time_factor = Gauge(
+            "streamguard_real_time_factor",
+            "Processing seconds per chunk second, recent chunks",
+            ["stream"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "streamguard_queue_depth", "Chunks waiting for the model", ["stream"], registry=r
+        )
+        self.kv_tokens = Gauge(
+            "streamguard_kv_cache_tokens", "Tokens in the stream's KV cache", ["stream"], registry=r
+        )
+        self.kv_bytes = Gauge(
+            "streamguard_kv_cache_bytes", "Bytes of the stream's KV cache", ["stream"], registry=r
+        )
+        self.first_delta = Histogram(
+            "streamguard_answer_time_to_first_delta_seconds",
+            "From a question's arrival to its first answer delta",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._per_stream = [
+            self.chunks_received.per_stream,
+            self.chunks_processed.per_stream,
+            self.tokens_in.per_stream,
+            self.tokens_kept.per_stream,
+            self.questions.per_stream,
+            self.compression,
+            self.real_time_factor,
+            self.queue_depth,
+            self.kv_tokens,
+            self.kv_bytes,
+        ]
+
+    def watch_streams(self, count: Callable[[], Mapping[StreamState, int]]) -> None:
+        self.registry.register(_StreamStates(count))
+
+    def add_stream(self, stream: str) -> None:
+        """Write a new stream's counters at zero, so a dashboard sees them before the first event."""
+        for counter in (
+            self.chunks_received,
+            self.chunks_processed,
+            self.tokens_in,
+            self.tokens_kept,
+            self.questions,
+        ):
+            counter.per_stream.labels(stream)
+        for reason in DROP_REASONS:
+            self.chunks_dropped.per_stream.labels(stream, reason)
+            self.chunks_dropped.total.labels(reason)
+
+    def forget(self, stream: str) -> None:
+        """Remove a deleted stream's series (the `service` totals keep its counts)."""
+        for family in self._per_stream:
+            _remove(family, stream)
+        for reason in DROP_REASONS:
+            _remove(self.chunks_dropped.per_stream, stream, reason)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _remove(family: Counter | Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # the series was never written
+        family.remove(*labels)

@@ -1,0 +1,272 @@
+"""Every message the service speaks: REST bodies, websocket events both ways, error codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+ErrorCode = Literal[
+    # websocket messages
+    "bad_json",
+    "unknown_type",
+    "invalid_message",
+    "message_too_large",
+    "question_too_long",
+    "empty_question",
+    "unknown_question",
+    "duplicate_question",
+    "stream_ended",
+    "internal_error",
+    # REST and auth
+    "invalid_request",
+    "unknown_stream",
+    "missing_token",
+    "invalid_token",
+    "too_many_streams",
+    "file_sources_disabled",
+    "invalid_source",
+    "source_unavailable",
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- REST ------------------------------------------------------------------------------------
+
+
+class StreamKind(StrEnum):
+    FILE = "file"
+    RTSP = "rtsp"
+    WEBRTC = "webrtc"
+
+
+class StreamState(StrEnum):
+    STARTING = "starting"
+    LIVE = "live"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    ERROR = "error"
+
+
+class FileStreamRequest(_Message):
+    source: Literal["file"]
+    path: str = Field(min_length=1, description="a media file on the server's disk")
+    realtime: bool = Field(
+        True, description="pace the file at real time like a camera; false: as fast as it decodes"
+    )
+
+
+class RtspStreamRequest(_Message):
+    source: Literal["rtsp"]
+    url: str = Field(description="rtsp:// or rtsps:// URL of the camera")
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("rtsp", "rtsps"):
+            raise ValueError(
+                f"an RTSP stream needs an rtsp:// or rtsps:// URL; got scheme {scheme or 'none'!r}"
+            )
+        if not urlsplit(url).hostname:
+            raise ValueError("the RTSP URL has no host")
+        return url
+
+
+CreateStreamRequest = Annotated[FileStreamRequest | RtspStreamRequest, Field(discriminator="source")]
+
+
+class ApiErrorBody(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class ApiError(BaseModel):
+    """The body of every REST error: `{"error": {"code": ..., "message": ...}}`."""
+
+    error: ApiErrorBody
+
+
+class LatencySummary(BaseModel):
+    count: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class ChunkOverlay(BaseModel):
+    """The latest chunk's retention, for the browser's overlay."""
+
+    index: int
+    start: float
+    grid: tuple[int, int, int] | None  # (F, H, W) merged token grid
+    resized_hw: tuple[int, int] | None
+    semantic: list[int]  # kept flat indices (f*H*W + h*W + w) by branch
+    spatial: list[int]
+    video_dropped: bool
+    previous_video_evicted: bool
+    video_tokens_in: int
+    video_tokens_kept: int
+    audio_tokens: int
+    similarity: float | None
+
+
+class StreamStatsBody(BaseModel):
+    chunks_received: int
+    chunks_processed: int
+    chunks_dropped_redundant: int  # video dropped (or the previous video evicted) as redundant
+    chunks_shed: int  # never processed: the model fell behind real time
+    tokens_in: int
+    tokens_kept: int
+    compression: float  # 1 - kept / in
+    real_time_factor: float | None  # processing seconds per chunk second, recent chunks
+    queue_depth: int
+    kv_tokens: int
+    kv_bytes: int
+    questions_answered: int
+    answer_latency: LatencySummary  # time to the first delta
+    last_chunk: ChunkOverlay | None
+
+
+class StreamInfo(BaseModel):
+    id: str
+    kind: StreamKind
+    source: str
+    state: StreamState
+    error: str | None
+    created: float  # unix seconds
+    stats: StreamStatsBody
+
+
+class StreamList(BaseModel):
+    streams: list[StreamInfo]
+
+
+# -- websocket: client to server -------------------------------------------------------------
+
+
+class QuestionAsk(_Message):
+    type: Literal["question.ask"]
+    id: str = Field(min_length=1, max_length=128)
+    text: str  # its length is the session's to judge (`question_too_long`)
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class QuestionCancel(_Message):
+    type: Literal["question.cancel"]
+    id: str = Field(min_length=1, max_length=128)
+
+
+class StatsSubscribe(_Message):
+    type: Literal["stats.subscribe"]
+    interval_s: float | None = Field(None, ge=0.05, le=3600)
+
+
+class StatsUnsubscribe(_Message):
+    type: Literal["stats.unsubscribe"]
+
+
+ClientMessage = Annotated[
+    QuestionAsk | QuestionCancel | StatsSubscribe | StatsUnsubscribe, Field(discriminator="type")
+]
+_client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("question.ask", "question.cancel", "stats.subscribe", "stats.unsubscribe")
+
+
+class ServiceError(Exception):
+    """Anything the service refuses: a REST error body with `status`, or a websocket `error` event."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int = 400, id: str | None = None):
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.status = status
+        self.id = id
+
+    def body(self) -> dict[str, Any]:
+        return ApiError(error=ApiErrorBody(code=self.code, message=self.message)).model_dump()
+
+    def event(self) -> ErrorEvent:
+        return ErrorEvent(code=self.code, message=self.message, id=self.id)
+
+
+def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
+    """Size, then JSON, then type, then fields: each failure with its own error code."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+    if size > max_bytes:
+        raise ServiceError("message_too_large", f"the message has {size} bytes; the limit is {max_bytes}")
+    if isinstance(raw, bytes):
+        raise ServiceError("bad_json", "send messages as JSON text frames, not binary")
+    try:
+        data: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ServiceError("bad_json", f"the message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ServiceError("invalid_message", "a message is a JSON object with a 'type'")
+    kind = data.get("type")
+    question_id = data.get("id") if isinstance(data.get("id"), str) else None
+    if kind not in CLIENT_TYPES:
+        raise ServiceError("unknown_type", f"unknown message type {kind!r}; known: {', '.join(CLIENT_TYPES)}")
+    try:
+        return _client_message.validate_python(data)
+    except ValidationError as exc:
+        raise ServiceError("invalid_message", describe_errors(exc.errors()), id=question_id) from None
+
+
+# Location items that name a union's tag or the request body, not a field.
+_NOT_FIELDS = {"body", "file", "rtsp", *CLIENT_TYPES}
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one readable line: `field: problem; field: problem`."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(item) for item in error["loc"] if item not in _NOT_FIELDS)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+# -- websocket: server to client -------------------------------------------------------------
+
+
+class AnswerDelta(BaseModel):
+    type: Literal["answer.delta"] = "answer.delta"
+    id: str
+    text: str
+
+
+class AnswerDoneStats(BaseModel):
+    generated_tokens: int
+    time_to_first_delta_ms: float | None
+    total_ms: float
+    finish_reason: Literal["stop", "length", "cancelled"]
+    context_tokens: int
+
+
+class AnswerDone(BaseModel):
+    type: Literal["answer.done"] = "answer.done"
+    id: str
+    text: str
+    stats: AnswerDoneStats
+
+
+class StreamStatsEvent(BaseModel):
+    type: Literal["stream.stats"] = "stream.stats"
+    stream: StreamInfo
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    id: str | None = None
+
+
+ServerMessage = AnswerDelta | AnswerDone | StreamStatsEvent | ErrorEvent

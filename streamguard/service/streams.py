@@ -1,0 +1,361 @@
+"""The stream registry: each stream's source task, session, state and stats.
+
+A stream is a source (anything with `async chunks()`: file, RTSP, WebRTC) whose chunks a task
+submits to the scheduler, plus its own pipeline (session and pruner) on the process's one
+backbone. Stats are updated on the event loop from the scheduler's callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+
+from streamguard.backbones.base import Backbone
+from streamguard.config import Settings
+from streamguard.engine.pipeline import ChunkReport, create_pipeline
+from streamguard.engine.scheduler import (
+    Answer,
+    AnswerResult,
+    ChunkOutcome,
+    QueueStats,
+    Scheduler,
+    UnknownStreamError,
+)
+from streamguard.service.auth import check_stream_quota
+from streamguard.service.metrics import ServiceMetrics
+from streamguard.service.protocol import (
+    ChunkOverlay,
+    CreateStreamRequest,
+    FileStreamRequest,
+    LatencySummary,
+    ServiceError,
+    StreamInfo,
+    StreamKind,
+    StreamState,
+    StreamStatsBody,
+)
+
+if TYPE_CHECKING:
+    from streamguard.ingest.chunker import AVChunk
+
+log = structlog.get_logger("streamguard.service")
+
+RTF_WINDOW = 20  # chunks in the rolling real-time factor
+LATENCY_WINDOW = 200  # answers kept for the latency percentiles
+ACTIVE_STATES = (StreamState.STARTING, StreamState.LIVE, StreamState.RECONNECTING)
+
+
+class ChunkSource(Protocol):
+    """What every ingest source offers (files, RTSP, WebRTC)."""
+
+    def chunks(self) -> AsyncIterator[AVChunk]: ...
+
+
+class Stream:
+    """One stream's state and stats; the scheduler's listener for its chunks."""
+
+    def __init__(
+        self,
+        kind: StreamKind,
+        description: str,
+        owner: str,
+        source: ChunkSource,
+        scheduler: Scheduler,
+        metrics: ServiceMetrics,
+        chunk_seconds: float,
+    ):
+        self.id = uuid.uuid4().hex
+        self.kind = kind
+        self.description = description
+        self.owner = owner
+        self.source = source
+        self.state = StreamState.STARTING
+        self.error: str | None = None
+        self.created = time.time()
+        self.removed = asyncio.Event()  # set once the stream is deleted
+        self.task: asyncio.Task[None] | None = None
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._chunk_seconds = chunk_seconds
+        self._queue = QueueStats(0, 0)
+        self.chunks_received = 0
+        self.chunks_processed = 0
+        self.chunks_dropped_redundant = 0
+        self.tokens_in = 0
+        self.tokens_kept = 0
+        self.kv_tokens = 0
+        self.kv_bytes = 0
+        self.questions_answered = 0
+        self._rtf: deque[float] = deque(maxlen=RTF_WINDOW)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.last_report: ChunkReport | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _set_state(self, state: StreamState, error: str | None = None) -> None:
+        if self.state in (StreamState.ENDED, StreamState.ERROR) or state is self.state:
+            return
+        self.state, self.error = state, error
+        details = {} if error is None else {"error": error}
+        log.info("stream.state", stream=self.id, state=state.value, **details)
+
+    def chunk_received(self, chunk: AVChunk) -> None:
+        self._set_state(StreamState.LIVE)
+        self.chunks_received += 1
+        self._metrics.chunks_received.inc(self.id)
+        self._scheduler.submit_chunk(self.id, chunk)
+        self._metrics.queue_depth.labels(self.id).set(self.queue().depth)
+
+    def finish(self) -> None:
+        self._set_state(StreamState.ENDED)
+
+    def fail(self, message: str) -> None:
+        self._set_state(StreamState.ERROR, message)
+
+    # -- scheduler callbacks (StreamListener) ---------------------------------------------
+
+    def chunk_processed(self, outcome: ChunkOutcome) -> None:
+        report, session = outcome.report, outcome.session
+        self.chunks_processed += 1
+        self.last_report = report
+        # The session's totals: a `previous`-policy eviction lowers what a chunk kept earlier.
+        self.tokens_in = session.video_tokens_in + session.audio_tokens
+        self.tokens_kept = session.video_tokens_kept + session.audio_tokens
+        self.kv_tokens, self.kv_bytes = outcome.cache_tokens, outcome.cache_bytes
+        self._rtf.append(outcome.seconds / self._chunk_seconds)
+        m = self._metrics
+        m.chunks_processed.inc(self.id)
+        if report.video_dropped or report.previous_video_evicted:
+            self.chunks_dropped_redundant += 1
+            m.chunks_dropped.inc(self.id, reason="redundant")
+        m.tokens_in.inc(self.id, report.tokens_in)
+        m.tokens_kept.inc(self.id, report.tokens_kept)
+        m.compression.labels(self.id).set(self.compression)
+        m.real_time_factor.labels(self.id).set(self.real_time_factor or 0.0)
+        m.queue_depth.labels(self.id).set(self.queue().depth)
+        m.kv_tokens.labels(self.id).set(self.kv_tokens)
+        m.kv_bytes.labels(self.id).set(self.kv_bytes)
+
+    def chunk_failed(self, index: int, error: Exception) -> None:
+        self.fail(f"chunk {index} could not be processed: {error}")
+        if self.task is not None:
+            self.task.cancel()
+
+    def chunk_shed(self, chunk: AVChunk) -> None:
+        self._metrics.chunks_dropped.inc(self.id, reason="shed")
+        log.debug("chunk.shed", stream=self.id, chunk=chunk.index)
+
+    # -- questions -------------------------------------------------------------------------
+
+    def ask(self, text: str, max_tokens: int | None) -> Answer:
+        if self.removed.is_set():
+            raise ServiceError("stream_ended", f"stream {self.id} was deleted")
+        return self._scheduler.ask(self.id, text, max_tokens)
+
+    def record_answer(self, result: AnswerResult) -> None:
+        self.questions_answered += 1
+        self._metrics.questions.inc(self.id)
+        if result.time_to_first_delta_s is not None:
+            self._latencies.append(result.time_to_first_delta_s)
+            self._metrics.first_delta.observe(result.time_to_first_delta_s)
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def queue(self) -> QueueStats:
+        """The scheduler's queue numbers; the last ones seen once the stream has left it."""
+        with contextlib.suppress(UnknownStreamError):
+            self._queue = self._scheduler.queue_stats(self.id)
+        return self._queue
+
+    @property
+    def compression(self) -> float:
+        return 1.0 - self.tokens_kept / self.tokens_in if self.tokens_in else 0.0
+
+    @property
+    def real_time_factor(self) -> float | None:
+        return sum(self._rtf) / len(self._rtf) if self._rtf else None
+
+    def info(self) -> StreamInfo:
+        queue = self.queue()
+        latencies = sorted(self._latencies)
+        return StreamInfo(
+            id=self.id,
+            kind=self.kind,
+            source=self.description,
+            state=self.state,
+            error=self.error,
+            created=self.created,
+            stats=StreamStatsBody(
+                chunks_received=self.chunks_received,
+                chunks_processed=self.chunks_processed,
+                chunks_dropped_redundant=self.chunks_dropped_redundant,
+                chunks_shed=queue.shed,
+                tokens_in=self.tokens_in,
+                tokens_kept=self.tokens_kept,
+                compression=self.compression,
+                real_time_factor=self.real_time_factor,
+                queue_depth=queue.depth,
+                kv_tokens=self.kv_tokens,
+                kv_bytes=self.kv_bytes,
+                questions_answered=self.questions_answered,
+                answer_latency=LatencySummary(
+                    count=len(latencies),
+                    p50_ms=_percentile_ms(latencies, 0.50),
+                    p95_ms=_percentile_ms(latencies, 0.95),
+                ),
+                last_chunk=None if self.last_report is None else _overlay(self.last_report),
+            ),
+        )
+
+
+class StreamRegistry:
+    """Every stream of this process, by id."""
+
+    def __init__(self, settings: Settings, backbone: Backbone, scheduler: Scheduler, metrics: ServiceMetrics):
+        self.settings = settings
+        self.backbone = backbone
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self._streams: dict[str, Stream] = {}
+        self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
+        metrics.watch_streams(self.count_by_state)
+
+    async def open(self, kind: StreamKind, source: ChunkSource, description: str, owner: str) -> Stream:
+        """Set up a stream's pipeline on the worker, then start consuming its source."""
+        held = sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
+        check_stream_quota(self.settings.service, held)
+        self._opening[owner] += 1
+        try:
+            # the session prefills its prompt prefix: a model call, so it runs on the worker
+            pipeline = await self.scheduler.call(create_pipeline, self.backbone, self.settings)
+        finally:
+            self._opening[owner] -= 1
+        stream = Stream(
+            kind, description, owner, source, self.scheduler, self.metrics, self.settings.chunk.seconds
+        )
+        self._streams[stream.id] = stream
+        self.scheduler.register(stream.id, pipeline, stream)
+        self.metrics.add_stream(stream.id)
+        stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{stream.id}")
+        log.info("stream.created", stream=stream.id, kind=kind.value, source=description)
+        return stream
+
+    async def _consume(self, stream: Stream) -> None:
+        try:
+            async with contextlib.aclosing(stream.source.chunks()) as chunks:
+                async for chunk in chunks:
+                    stream.chunk_received(chunk)
+        except Exception as exc:
+            stream.fail(str(exc) or type(exc).__name__)
+            log.warning("stream.source_failed", stream=stream.id, error=str(exc), exc_type=type(exc).__name__)
+        else:
+            stream.finish()
+
+    def get(self, stream_id: str) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise ServiceError("unknown_stream", f"no stream with id {stream_id!r}", status=404)
+        return stream
+
+    def all(self) -> list[Stream]:
+        return list(self._streams.values())
+
+    def count_by_state(self) -> Counter[StreamState]:
+        return Counter(stream.state for stream in self._streams.values())
+
+    async def delete(self, stream_id: str) -> StreamInfo:
+        """Stop the source, end open questions, free the cache; returns the final stats."""
+        stream = self.get(stream_id)
+        del self._streams[stream_id]
+        if stream.task is not None:
+            stream.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream.task
+        stream.finish()
+        final = stream.info()
+        self.scheduler.unregister(stream_id)
+        self.metrics.forget(stream_id)
+        stream.removed.set()
+        log.info(
+            "stream.deleted",
+            stream=stream_id,
+            chunks_processed=final.stats.chunks_processed,
+            chunks_shed=final.stats.chunks_shed,
+            questions=final.stats.questions_answered,
+        )
+        return final
+
+    async def close(self) -> None:
+        for stream_id in list(self._streams):
+            await self.delete(stream_id)
+
+
+async def open_source(
+    request: CreateStreamRequest, settings: Settings
+) -> tuple[ChunkSource, StreamKind, str]:
+    """The source a `POST /v1/streams` body asks for, checked before any stream exists."""
+    if isinstance(request, FileStreamRequest):
+        if not settings.service.allow_file_sources:
+            raise ServiceError(
+                "file_sources_disabled",
+                "file sources are disabled on this server; an operator can enable them with "
+                "service.allow_file_sources (env STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES=true)",
+                status=403,
+            )
+        from streamguard.ingest.files import FileSource, probe
+
+        try:
+            await asyncio.to_thread(probe, request.path)
+        except (ValueError, OSError) as exc:  # MediaError is a ValueError
+            raise ServiceError("invalid_source", f"{request.path}: {exc}", status=422) from None
+        source = FileSource(request.path, settings.chunk, realtime=request.realtime)
+        return source, StreamKind.FILE, request.path
+    try:
+        from streamguard.ingest.rtsp import RtspSource
+    except ImportError:
+        raise ServiceError(
+            "source_unavailable", "RTSP ingest is not part of this build yet", status=501
+        ) from None
+    return RtspSource(request.url, settings.chunk), StreamKind.RTSP, _without_credentials(request.url)
+
+
+def _without_credentials(url: str) -> str:
+    """A camera URL fit for listings and logs: `rtsp://user:pass@host/x` → `rtsp://host/x`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _percentile_ms(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted seconds, in milliseconds."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1] * 1000.0
+
+
+def _overlay(report: ChunkReport) -> ChunkOverlay:
+    return ChunkOverlay(
+        index=report.index,
+        start=report.start,
+        grid=report.grid,
+        resized_hw=report.resized_hw,
+        semantic=report.semantic,
+        spatial=report.spatial,
+        video_dropped=report.video_dropped,
+        previous_video_evicted=report.previous_video_evicted,
+        video_tokens_in=report.video_tokens_in,
+        video_tokens_kept=report.video_tokens_kept,
+        audio_tokens=report.audio_tokens,
+        similarity=report.similarity,
+    )

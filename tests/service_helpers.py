@@ -1,0 +1,117 @@
+"""Helpers to run the real service in tests: the tiny real model, uvicorn on a free 127.0.0.1
+port in a background thread, and bounded waits (no test sleeps for a fixed time)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from websockets.sync.client import ClientConnection, connect
+
+from streamguard.config import Settings, load_settings
+from streamguard.ingest.chunker import AVChunk
+
+T = TypeVar("T")
+
+TOKEN = "test-token"
+TIMEOUT_S = 60.0
+
+
+def tiny_settings(checkpoint: Path, **service: Any) -> Settings:
+    """configs/tiny.yaml on a checkpoint built by `build_tiny_checkpoint`, one known token."""
+    return load_settings("tiny", model={"path": str(checkpoint)}, service={"tokens": [TOKEN], **service})
+
+
+def random_chunks(count: int, seed: int = 0, height: int = 84, width: int = 112) -> list[AVChunk]:
+    """Chunks of random frames and noise: every chunk differs, so none is dropped as redundant."""
+    rng = np.random.default_rng(seed)
+    return [
+        AVChunk(
+            index=i,
+            start=2.0 * i,
+            frames=[rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)],
+            audio=(rng.standard_normal(32000) * 0.1).astype(np.float32),
+        )
+        for i in range(count)
+    ]
+
+
+def wait_until(check: Callable[[], T | None], what: str, timeout_s: float = TIMEOUT_S) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class LiveService:
+    """A running service: `url`, an authenticated `http` client and websocket helpers."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=TIMEOUT_S
+        )
+
+    def ws(self, path: str, token: str | None = TOKEN, query_token: bool = False) -> ClientConnection:
+        url = "ws" + self.url.removeprefix("http") + path
+        headers = {}
+        if token is not None and query_token:
+            url += f"?token={token}"
+        elif token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return connect(url, additional_headers=headers, open_timeout=TIMEOUT_S, max_size=None)
+
+    def stream(self, stream_id: str) -> dict:
+        response = self.http.get(f"/v1/streams/{stream_id}")
+        response.raise_for_status()
+        return response.json()
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[LiveService]:
+    """Run `app` under uvicorn in a thread on a free port; shut it down cleanly afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), "the service to start")
+        assert thread.is_alive(), "the service failed to start"
+        live = LiveService(f"http://127.0.0.1:{port}")
+        yield live
+        live.http.close()
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT_S)
+        sock.close()
+    assert not thread.is_alive(), "the service did not shut down"
+
+
+def receive(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> dict:
+    return json.loads(ws.recv(timeout=timeout_s))
+
+
+def receive_until(ws: ClientConnection, done: Callable[[dict], bool]) -> list[dict]:
+    """Every event up to and including the first for which `done` holds."""
+    events = [receive(ws)]
+    while not done(events[-1]):
+        events.append(receive(ws))
+    return events

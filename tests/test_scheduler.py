@@ -1,0 +1,215 @@
+"""The inference worker on the tiny real model: order, fairness, shedding, question priority,
+cancellation. The test hook `chunk_delay_s` slows the real model down; nothing is faked."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+import pytest
+import torch
+from service_helpers import random_chunks, tiny_settings
+
+from streamguard.backbones import load_backbone
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.engine import kv
+from streamguard.engine.pipeline import ChunkPipeline, create_pipeline
+from streamguard.engine.scheduler import ChunkOutcome, Scheduler, StreamEndedError
+from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
+from streamguard.ingest.chunker import AVChunk
+
+QUESTION = "What is happening?"
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return tiny_settings(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def backbone(settings):
+    return load_backbone(settings.model, settings.chunk)
+
+
+class Recorder:
+    """A stream listener that writes what happens, in the order the loop hears it, to `log`."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, int]]):
+        self.name = name
+        self.log = log
+        self.failures: list[Exception] = []
+
+    def chunk_processed(self, outcome: ChunkOutcome) -> None:
+        self.log.append(("chunk", self.name, outcome.report.index))
+
+    def chunk_failed(self, index: int, error: Exception) -> None:
+        self.failures.append(error)
+
+    def chunk_shed(self, chunk: AVChunk) -> None:
+        self.log.append(("shed", self.name, chunk.index))
+
+
+async def until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def add_streams(scheduler: Scheduler, settings, backbone, names: str, log: list) -> dict[str, ChunkPipeline]:
+    pipelines = {}
+    for name in names:
+        pipelines[name] = create_pipeline(backbone, settings)
+        scheduler.register(name, pipelines[name], Recorder(name, log))
+    return pipelines
+
+
+def processed(log: list, name: str) -> list[int]:
+    return [index for kind, stream, index in log if kind == "chunk" and stream == name]
+
+
+async def feed(scheduler: Scheduler, names: str, chunks: list[AVChunk]) -> None:
+    """Keep submitting chunks faster than the slowed worker takes them."""
+    for chunk in chunks:
+        for name in names:
+            scheduler.submit_chunk(name, chunk)
+        await asyncio.sleep(0.01)
+
+
+async def test_chunks_keep_their_order_and_streams_take_turns(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=8)
+    log: list = []
+    pipelines = add_streams(scheduler, settings, backbone, "ab", log)
+    chunks = random_chunks(6)
+    # queued before the worker starts, so the turn order is the whole story
+    for chunk in chunks[:3]:
+        scheduler.submit_chunk("a", chunk)
+    for chunk in chunks[3:]:
+        scheduler.submit_chunk("b", chunk)
+    scheduler.start()
+    try:
+        await until(lambda: len(log) == 6, "six chunks")
+    finally:
+        await scheduler.stop()
+    assert log == [("chunk", s, i) for s, i in [("a", 0), ("b", 3), ("a", 1), ("b", 4), ("a", 2), ("b", 5)]]
+    assert [c.index for c in pipelines["a"].session.chunks] == [0, 1, 2]
+    assert [c.index for c in pipelines["b"].session.chunks] == [3, 4, 5]
+    assert scheduler.stats().chunks_processed == 6 and scheduler.stats().chunks_shed == 0
+
+
+async def test_a_slow_worker_sheds_the_oldest_pending_chunks(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=2, chunk_delay_s=0.2)
+    log: list = []
+    pipelines = add_streams(scheduler, settings, backbone, "a", log)
+    scheduler.start()
+    depths = []
+    try:
+        for chunk in random_chunks(8):
+            scheduler.submit_chunk("a", chunk)
+            depths.append(scheduler.queue_stats("a").depth)
+        await until(lambda: len(log) == 8, "every chunk processed or shed")
+    finally:
+        await scheduler.stop()
+    done, shed = processed(log, "a"), [i for kind, _, i in log if kind == "shed"]
+    assert max(depths) <= 2  # memory stays bounded
+    assert shed and sorted(done + shed) == list(range(8))
+    assert done == sorted(done) and done[-2:] == [6, 7]  # the newest chunks are never shed
+    assert shed == sorted(shed)  # always the oldest pending one
+    assert scheduler.queue_stats("a").shed == len(shed) == scheduler.stats().chunks_shed
+    assert [c.index for c in pipelines["a"].session.chunks] == done
+
+
+async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_coming(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=4, chunk_delay_s=0.05)
+    log: list = []
+    add_streams(scheduler, settings, backbone, "ab", log)
+    scheduler.start()
+    producer = asyncio.create_task(feed(scheduler, "ab", random_chunks(400)))
+    try:
+        await until(lambda: processed(log, "a"), "a first chunk of stream a")
+        log.append(("ask", "a", -1))
+        answer = scheduler.ask("a", QUESTION, max_tokens=8)
+        deltas = []
+        async for delta in answer:
+            deltas.append(delta)
+            log.append(("delta", "a", len(deltas)))
+        log.append(("done", "a", -1))
+        asked_at = log.index(("ask", "a", -1))
+        during = log[asked_at : log.index(("done", "a", -1))]
+        await until(lambda: len(processed(log[asked_at:], "a")) >= 2, "stream a to resume after its answer")
+        assert not producer.done()  # the answer came while chunks kept arriving
+    finally:
+        producer.cancel()
+        await scheduler.stop()
+    result = answer.result
+    assert result is not None and result.text == "".join(deltas) and deltas
+    assert result.finish_reason in ("stop", "length") and result.generated_tokens >= len(deltas)
+    chunks_during = [event for event in during if event[0] == "chunk"]
+    # the asking stream's chunks wait (its cache holds the question); the other stream flows
+    assert chunks_during and all(stream == "b" for _, stream, _ in chunks_during)
+    # priority: never two chunk prefills in a row while the question is open
+    kinds = [event[0] for event in during if event[0] in ("chunk", "delta")]
+    assert all(not (x == y == "chunk") for x, y in itertools.pairwise(kinds))
+
+
+async def test_cancel_stops_at_the_next_token_and_leaves_the_cache_as_it_was(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=4, chunk_delay_s=0.1)
+    log: list = []
+    pipelines = add_streams(scheduler, settings, backbone, "ab", log)
+    session = pipelines["a"].session
+    scheduler.start()
+    producer = None
+    try:
+        for chunk in random_chunks(2, seed=1):
+            scheduler.submit_chunk("a", chunk)
+        await until(lambda: len(processed(log, "a")) == 2, "stream a's chunks")
+        full = [delta async for delta in scheduler.ask("a", QUESTION)]
+        assert len(full) >= 3
+        before, tokens_before = kv.snapshot(session.cache), session.cache_tokens
+
+        # stream b keeps the worker busy, so the cancel lands between two of the answer's tokens
+        producer = asyncio.create_task(feed(scheduler, "b", random_chunks(400, seed=2)))
+        await until(lambda: processed(log, "b"), "stream b to flow")
+        answer = scheduler.ask("a", QUESTION)
+        first = await anext(answer)
+        answer.cancel()
+        rest = [delta async for delta in answer]
+        assert answer.result is not None and answer.result.finish_reason == "cancelled"
+        assert len([first, *rest]) < len(full) and first == full[0]
+        assert session.cache_tokens == tokens_before
+        after = kv.snapshot(session.cache)
+        assert all(
+            torch.equal(k0, k1) and torch.equal(v0, v1)
+            for (k0, v0), (k1, v1) in zip(before, after, strict=True)
+        )
+        # the stream's context is what it was: the same question gets the same answer
+        assert [delta async for delta in scheduler.ask("a", QUESTION)] == full
+    finally:
+        if producer is not None:
+            producer.cancel()
+        await scheduler.stop()
+
+
+async def test_rejected_questions_and_removed_streams_end_the_answer_with_an_error(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=4, chunk_delay_s=0.1)
+    log: list = []
+    add_streams(scheduler, settings, backbone, "ab", log)
+    scheduler.start()
+    producer = asyncio.create_task(feed(scheduler, "b", random_chunks(400, seed=3)))
+    try:
+        with pytest.raises(QuestionTooLongError):
+            await anext(scheduler.ask("a", "x" * (settings.session.max_question_chars + 1)))
+        with pytest.raises(EmptyQuestionError):
+            await anext(scheduler.ask("a", "   "))
+        answer = scheduler.ask("a", QUESTION)
+        await anext(answer)
+        scheduler.unregister("a")
+        with pytest.raises(StreamEndedError):
+            async for _ in answer:
+                pass
+        assert scheduler.stats().streams == 1
+    finally:
+        producer.cancel()
+        await scheduler.stop()
