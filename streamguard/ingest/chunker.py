@@ -1,14 +1,46 @@
-"""Timestamped video and audio frames in, aligned fixed-length A/V chunks out.
+"""Timestamped video and audio in, aligned fixed-length A/V chunks out, for every source.
 
-Every source (files, RTSP, WebRTC) feeds this one class. The stream's t = 0 is the first
-timestamp seen on either track. Video is sampled at `fps` by presentation time: sample k is the
-latest frame shown at k/fps (or the first frame after it when none was shown yet). Audio is
-resampled to 16 kHz mono float and laid on the same timeline; holes become silence and are
-flagged. Only what the sampler needs is kept: the last frame, the samples still to emit.
+Files, RTSP and WebRTC all feed one `Chunker` with PyAV frames (timed by pts/time_base) or
+decoded numpy arrays with a time in seconds. Both tracks' timestamps must come from one clock.
+
+Timeline
+  The stream's t = 0 is `origin` when given, else the first timestamp seen on either track.
+  Chunk i covers [i·seconds, (i+1)·seconds); chunks come out in index order, each exactly once.
+
+Video
+  Sampled at `fps` by presentation time: the picture for instant s = start + k/fps is the latest
+  frame with pts ≤ s, or, when no frame of the chunk precedes s, the first frame after s. Only
+  frames inside the chunk count, so a chunk either has all `frames_per_chunk` pictures or none
+  (`video_missing`). A frame is converted to RGB only when it is picked; the chunker holds the
+  latest frame and the pictures picked for chunks not yet emitted, nothing more.
+
+Audio
+  Resampled by PyAV to 16 kHz mono float and laid on the timeline by timestamp. Frames run on
+  back to back while their timestamps stay within `tolerance` of where the previous frame ended
+  (clock jitter must not chop the sound); a hole larger than that becomes silence. Any part of
+  a chunk not covered by the source is silence, measured by `audio_coverage`.
+
+Discontinuities (never a crash, never a chunk out of order)
+  A track whose timestamp leaps forward by more than `max_gap` (default 5 chunks), or goes back
+  by more than `tolerance` (a wrap, a restarted camera), is re-based: it continues at the
+  furthest point either track has reached, so a long jump costs no empty chunks and a short one
+  (a real outage) yields at most `max_gap` of silence and missing video. A video frame at most
+  `tolerance` older than the last one is dropped as late.
+
+Emission
+  A chunk is ready once both tracks have passed its end, or once one track has passed it by
+  `latency` (default 1 chunk) while the other lags or is absent, so a stream without audio or
+  without video still flows. Media arriving for an already emitted chunk is dropped as late.
+
+End of stream
+  `flush()` emits every chunk that holds media. The last, partial chunk is kept when it holds
+  at least half a chunk of media: its audio is padded with silence (and flagged) and its last
+  picture repeats. A shorter tail is dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,21 +50,24 @@ import numpy as np
 
 from streamguard.config import ChunkSettings
 
-# A timestamp that jumps further than this (or backwards) re-bases that track's timeline so it
-# continues where it was, instead of emitting hours of empty chunks or going back in time.
-MAX_GAP_S = 10.0
-# Audio timestamps may wobble by a few milliseconds; a larger hole is filled with silence.
-AUDIO_GAP_TOLERANCE_S = 0.05
+log = logging.getLogger(__name__)
+
+MAX_GAP_CHUNKS = 5  # default `max_gap`, in chunks
+TOLERANCE_S = 0.1  # default `tolerance`
+MIN_TAIL_CHUNKS = 0.5  # `flush` keeps a last partial chunk holding at least this much media
+_EPSILON_S = 1e-3  # float slack when comparing media ends with chunk bounds
 
 
 @dataclass
 class AVChunk:
-    index: int
-    start: float
-    frames: list[np.ndarray]  # frames_per_chunk RGB uint8 (H, W, 3); empty when the chunk has no video
-    audio: np.ndarray  # float32 mono, samples_per_chunk samples
-    audio_coverage: float = 1.0  # share of the audio that came from the source (the rest is silence)
-    wallclock: float = field(default_factory=time.monotonic)
+    """One chunk of the stream: what the model sees of `seconds` of audio and video."""
+
+    index: int  # 0, 1, 2, … in stream order
+    start: float  # stream seconds of the chunk's start
+    frames: list[np.ndarray]  # frames_per_chunk RGB uint8 (H, W, 3), or none at all
+    audio: np.ndarray  # float32 mono, samples_per_chunk samples in [-1, 1]
+    audio_coverage: float = 1.0  # share of `audio` that came from the source; silence fills the rest
+    wallclock: float = field(default_factory=time.monotonic)  # time.monotonic() when emitted
 
     @property
     def audio_missing(self) -> bool:
@@ -43,173 +78,308 @@ class AVChunk:
         return not self.frames
 
 
-class _Track:
-    """Maps a source's timestamps onto the stream timeline, re-basing on jumps."""
-
-    def __init__(self) -> None:
-        self.offset: float | None = None
-        self.last: float | None = None
-
-    def stream_time(self, t: float, origin: float, step: float) -> float:
-        if self.offset is None:
-            self.offset = origin
-        elif self.last is not None and (
-            t - self.offset > self.last + MAX_GAP_S or t - self.offset < self.last - step
-        ):
-            self.offset = t - (self.last + step)
-        self.last = t - self.offset
-        return self.last
-
-
 class Chunker:
-    def __init__(self, settings: ChunkSettings, stall_chunks: float = 1.0):
-        self.settings = settings
-        self.rate = settings.sample_rate
-        self.samples_per_chunk = settings.samples_per_chunk
-        self.frames_per_chunk = settings.frames_per_chunk
-        # A chunk waits this long for a track that has stopped before it is emitted without it.
-        self.stall_s = stall_chunks * settings.seconds
-        self._origin: float | None = None
-        self._video_track, self._audio_track = _Track(), _Track()
-        self._resampler: av.AudioResampler | None = None
-        self._prev_frame: tuple[float, av.VideoFrame | np.ndarray] | None = None
-        self._next_sample = 0  # global index of the next video sample instant
-        self._samples: dict[int, np.ndarray] = {}
-        self._audio = np.zeros(0, dtype=np.float32)  # samples from `_audio_start` on
-        self._covered = np.zeros(0, dtype=bool)
-        self._audio_start = 0  # absolute sample index of `_audio[0]`
-        self._audio_end = 0  # absolute sample index written so far
-        self._video_time = -math.inf
-        self._audio_time = -math.inf
-        self._next_chunk = 0
+    """Cuts one stream's timestamped frames into `AVChunk`s; see the module docstring."""
 
-    # -- input -----------------------------------------------------------------------------
+    def __init__(
+        self,
+        settings: ChunkSettings,
+        *,
+        latency: float | None = None,
+        max_gap: float | None = None,
+        tolerance: float = TOLERANCE_S,
+        origin: float | None = None,
+    ):
+        self.settings = settings
+        self.latency = settings.seconds if latency is None else latency
+        self.max_gap = MAX_GAP_CHUNKS * settings.seconds if max_gap is None else max_gap
+        self.tolerance = tolerance
+        self._origin = origin
+        self._video_clock, self._audio_clock = _Clock("video"), _Clock("audio")
+        self._video = _VideoSampler(settings)
+        self._audio = _AudioTimeline(settings.sample_rate)
+        self._next_index = 0
+
+    # -- input -------------------------------------------------------------------------------
 
     def push_video(self, frame: av.VideoFrame | np.ndarray, t: float | None = None) -> None:
-        t = _timestamp(frame, t)
-        now = self._video_track.stream_time(t, self._origin_for(t), 1.0 / self.settings.fps)
-        while self._next_sample / self.settings.fps <= now:
-            instant = self._next_sample / self.settings.fps
-            use_prev = self._prev_frame is not None and self._prev_frame[0] <= instant
-            self._samples[self._next_sample] = _rgb(self._prev_frame[1] if use_prev else frame)
-            self._next_sample += 1
-        self._prev_frame = (now, frame)
-        self._video_time = now
+        """Add a video frame shown from `t` seconds (default: its pts × time_base) on.
+
+        A numpy frame is RGB uint8 (H, W, 3); it is kept by reference until picked, so do not
+        reuse its buffer.
+        """
+        if isinstance(frame, np.ndarray) and (
+            frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8
+        ):
+            raise ValueError(
+                f"a numpy video frame must be RGB uint8 (H, W, 3), got {frame.dtype} {frame.shape}"
+            )
+        raw = _source_time(frame, t)
+        if raw is None:
+            raise ValueError("a video frame needs a timestamp: pass t, or a frame with pts and time_base")
+        clock = self._video_clock
+        at = self._stream_time(clock, self._audio_clock, raw)
+        if clock.anchor is not None and at <= clock.anchor:
+            return  # late or repeated: a newer frame is already on screen
+        clock.end = at + (at - clock.anchor if clock.anchor is not None else 0.0)
+        clock.anchor = at
+        self._video.add(frame, at)
 
     def push_audio(
         self, frame: av.AudioFrame | np.ndarray, t: float | None = None, sample_rate: int | None = None
     ) -> None:
+        """Add audio starting at `t` seconds (default: its pts × time_base; without either, it
+        follows the previous audio). Numpy audio is (samples,) mono or (channels, samples), float
+        in [-1, 1] or int16, at `sample_rate` (default: the chunk rate)."""
         if isinstance(frame, np.ndarray):
-            frame = _audio_frame(frame, sample_rate or self.rate)
-        t = _timestamp(frame, t)
-        now = self._audio_track.stream_time(t, self._origin_for(t), frame.samples / frame.sample_rate)
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
-        frame.pts = None  # the timeline is ours; the resampler need not check continuity
-        resampled = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        samples = np.concatenate(resampled) if resampled else np.zeros(0, np.float32)
-        # Resampled audio runs on from where the last block ended (the resampler holds a few
-        # samples back); only a real hole in the timestamps moves it forward.
-        at = round(now * self.rate)
-        if at - self._audio_end > AUDIO_GAP_TOLERANCE_S * self.rate or self._audio_end == 0:
-            self._audio_end = max(self._audio_end, at)
-        self._write_audio(self._audio_end, samples.astype(np.float32, copy=False))
-        self._audio_time = max(self._audio_time, now + frame.samples / frame.sample_rate)
+            frame = audio_frame(frame, sample_rate or self.settings.sample_rate)
+        if frame.samples == 0:
+            return
+        raw = _source_time(frame, t)
+        clock = self._audio_clock
+        if raw is None:
+            at = clock.anchor if clock.anchor is not None else self._video_clock.end or 0.0
+        else:
+            at = self._stream_time(clock, self._video_clock, raw)
+        if clock.anchor is not None and at - clock.anchor < self.tolerance:
+            at = clock.anchor  # clock jitter: the samples run on from the previous frame
+        else:
+            self._audio.jump_to(round(at * self.settings.sample_rate))
+        clock.anchor = clock.end = at + frame.samples / frame.sample_rate
+        self._audio.append(frame)
 
-    def _origin_for(self, t: float) -> float:
+    def _stream_time(self, clock: _Clock, other: _Clock, raw: float) -> float:
+        """Stream seconds of a source timestamp on `clock`'s track, re-basing it after a jump."""
         if self._origin is None:
-            self._origin = t
-        return self._origin
+            self._origin = raw
+        if clock.shift is None:
+            clock.shift = -self._origin
+        at = raw + clock.shift
+        if clock.anchor is None:  # a track's first frame may come before or after the other's
+            reference, behind = (other.end if other.end is not None else 0.0), self.max_gap
+        else:
+            reference, behind = clock.anchor, self.tolerance
+        jump = at - reference
+        if -behind <= jump <= self.max_gap:
+            return at
+        target = max((end for end in (clock.end, other.end) if end is not None), default=0.0)
+        clock.shift += target - at
+        log.warning(
+            "%s timestamp jumped by %+.3f s; track re-based to continue at %.3f s", clock.name, jump, target
+        )
+        return target
 
-    def _write_audio(self, at: int, samples: np.ndarray) -> None:
-        if at < self._audio_end:  # overlap with what is already written: keep the earlier audio
-            samples = samples[self._audio_end - at :]
-            at = self._audio_end
-        end = at + samples.shape[0]
-        need = end - self._audio_start
-        if need > self._audio.shape[0]:
-            self._audio = np.concatenate([self._audio, np.zeros(need - self._audio.shape[0], np.float32)])
-            self._covered = np.concatenate([self._covered, np.zeros(need - self._covered.shape[0], bool)])
-        self._audio[at - self._audio_start : end - self._audio_start] = samples
-        self._covered[at - self._audio_start : end - self._audio_start] = True
-        self._audio_end = max(self._audio_end, end)
-
-    # -- output ----------------------------------------------------------------------------
+    # -- output ------------------------------------------------------------------------------
 
     def pop_ready(self) -> list[AVChunk]:
+        """The chunks that are complete (or whose lagging track waited `latency` for), in order."""
         chunks = []
-        while self._ready(self._next_chunk):
+        while self._ready():
             chunks.append(self._emit())
         return chunks
 
     def flush(self) -> list[AVChunk]:
-        """Emit what is left at the end of a stream. The last, partial chunk is padded (the last
-        frame repeated, silence) when it holds at least half a chunk of media, else dropped."""
-        if self._resampler is not None:  # the samples the resampler still holds back
-            tail = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(None)]
-            if tail:
-                self._write_audio(self._audio_end, np.concatenate(tail).astype(np.float32, copy=False))
-        chunks = self.pop_ready()
-        last_media = max(self._video_time, self._audio_time)
+        """At the end of the stream: every chunk still held, the partial last one padded when it
+        holds at least half a chunk of media (see the module docstring)."""
+        self._audio.drain()
+        reached = self.position
+        chunks = []
         while (
-            self._origin is not None and (self._next_chunk + 0.5) * self.settings.seconds <= last_media + 1e-9
+            reached - self._next_index * self.settings.seconds
+            >= MIN_TAIL_CHUNKS * self.settings.seconds - _EPSILON_S
         ):
             chunks.append(self._emit())
         return chunks
 
-    def _ready(self, index: int) -> bool:
-        end = (index + 1) * self.settings.seconds
-        video_done = self._next_sample >= (index + 1) * self.frames_per_chunk
-        audio_done = self._audio_end >= (index + 1) * self.samples_per_chunk
-        newest = max(self._video_time, self._audio_time)
-        video_ok = video_done or self._video_time < newest - self.stall_s
-        audio_ok = audio_done or self._audio_time < newest - self.stall_s
-        return self._origin is not None and newest >= end and video_ok and audio_ok
+    @property
+    def position(self) -> float:
+        """Stream seconds the media has reached on its furthest track (-inf before any)."""
+        video = self._video_clock.end if self._video_clock.end is not None else -math.inf
+        return max(self._audio.position, video)
+
+    def _ready(self) -> bool:
+        end = (self._next_index + 1) * self.settings.seconds
+        video, audio = self._video.latest_time, self._audio.position
+        video_ok = video >= end or audio >= end + self.latency
+        audio_ok = audio >= end or video >= end + self.latency
+        return video_ok and audio_ok
 
     def _emit(self) -> AVChunk:
-        index = self._next_chunk
-        first = index * self.frames_per_chunk
-        frames = [
-            self._samples.pop(k) for k in range(first, first + self.frames_per_chunk) if k in self._samples
-        ]
-        if frames and len(frames) < self.frames_per_chunk:
-            frames += [frames[-1]] * (self.frames_per_chunk - len(frames))
-        lo, hi = index * self.samples_per_chunk, (index + 1) * self.samples_per_chunk
-        audio = np.zeros(self.samples_per_chunk, np.float32)
-        covered = 0
-        a, b = max(lo, self._audio_start), min(hi, self._audio_start + self._audio.shape[0])
-        if b > a:
-            audio[a - lo : b - lo] = self._audio[a - self._audio_start : b - self._audio_start]
-            covered = int(self._covered[a - self._audio_start : b - self._audio_start].sum())
-        # forget what this chunk used
-        cut = max(0, min(hi, self._audio_start + self._audio.shape[0]) - self._audio_start)
-        self._audio, self._covered = self._audio[cut:], self._covered[cut:]
-        self._audio_start += cut
-        self._audio_end = max(self._audio_end, self._audio_start)
-        if self._next_sample < first + self.frames_per_chunk:  # video stalled: skip its instants
-            self._next_sample = first + self.frames_per_chunk
-        self._next_chunk += 1
-        return AVChunk(index, index * self.settings.seconds, frames, audio, covered / self.samples_per_chunk)
+        index = self._next_index
+        self._next_index += 1
+        frames = self._video.take(index)
+        audio, real = self._audio.take(self.settings.samples_per_chunk)
+        return AVChunk(
+            index, index * self.settings.seconds, frames, audio, real / self.settings.samples_per_chunk
+        )
 
 
-def _timestamp(frame: av.VideoFrame | av.AudioFrame | np.ndarray, t: float | None) -> float:
-    if t is not None:
-        return float(t)
-    if isinstance(frame, np.ndarray) or frame.pts is None or frame.time_base is None:
-        raise ValueError("a frame without a timestamp needs an explicit t")
-    return float(frame.pts * frame.time_base)
+@dataclass
+class _Clock:
+    """Maps one track's source timestamps onto the stream timeline."""
+
+    name: str
+    shift: float | None = None  # stream time = source time + shift
+    anchor: float | None = None  # jumps are measured from here: audio's next sample, video's last frame
+    end: float | None = None  # where the track's media reaches on the stream timeline
 
 
-def _rgb(frame: av.VideoFrame | np.ndarray) -> np.ndarray:
-    return frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
+class _VideoSampler:
+    """Picks the frame on screen at each sampling instant; holds the latest frame and the picks."""
+
+    def __init__(self, settings: ChunkSettings):
+        self.fps = settings.fps
+        self.seconds = settings.seconds
+        self.per_chunk = settings.frames_per_chunk
+        self._next_instant = 0  # global number of the first instant not decided yet
+        self._picked: dict[int, np.ndarray] = {}
+        self._latest: _Shown | None = None
+
+    @property
+    def latest_time(self) -> float:
+        return self._latest.time if self._latest is not None else -math.inf
+
+    def add(self, frame: av.VideoFrame | np.ndarray, at: float) -> None:
+        """A frame newer than every frame before it: it decides the instants before `at`."""
+        shown = _Shown(at, frame)
+        while (instant := self._next_instant) / self.fps < at:
+            start, end = self._window(instant)
+            if self._latest is not None and self._latest.time >= start:
+                self._picked[instant] = self._latest.rgb()
+            elif at < end:  # nothing of this chunk shown yet: the first frame after the instant
+                self._picked[instant] = shown.rgb()
+            self._next_instant += 1
+        self._latest = shown
+
+    def take(self, index: int) -> list[np.ndarray]:
+        """Chunk `index`'s pictures, deciding the instants the video has not passed yet."""
+        first, stop = index * self.per_chunk, (index + 1) * self.per_chunk
+        start, end = self._window(first)
+        latest = self._latest
+        if latest is not None and start <= latest.time < end:
+            for instant in range(max(self._next_instant, first), stop):
+                self._picked[instant] = latest.rgb()
+        self._next_instant = max(self._next_instant, stop)
+        return [self._picked.pop(i) for i in range(first, stop) if i in self._picked]
+
+    def _window(self, instant: int) -> tuple[float, float]:
+        index = instant // self.per_chunk
+        return index * self.seconds, (index + 1) * self.seconds
 
 
-def _audio_frame(samples: np.ndarray, rate: int) -> av.AudioFrame:
-    """Wrap float or int16 numpy audio, (n,) mono or (channels, n), as a PyAV frame."""
-    data = np.atleast_2d(samples)
-    fmt = "s16p" if data.dtype == np.int16 else "fltp"
-    data = data.astype(np.int16 if fmt == "s16p" else np.float32, copy=False)
+class _Shown:
+    """A frame and the time it went on screen; converted to RGB once, when first picked."""
+
+    def __init__(self, time: float, frame: av.VideoFrame | np.ndarray):
+        self.time = time
+        self._frame = frame
+        self._rgb: np.ndarray | None = None
+
+    def rgb(self) -> np.ndarray:
+        # A source slower than `fps` fills several instants with one frame: convert it once.
+        if self._rgb is None:
+            frame = self._frame
+            self._rgb = frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
+        return self._rgb
+
+
+class _AudioTimeline:
+    """16 kHz mono samples on the stream's sample clock, kept from the next chunk's start on."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.start = 0  # stream sample of `_samples[0]`: the next chunk's first sample
+        self.cursor: int | None = None  # stream sample where the next resampled sample goes
+        self._samples = np.zeros(4 * rate, np.float32)  # a growable buffer, `_length` valid
+        self._real = np.zeros(4 * rate, bool)  # which of them came from the source
+        self._length = 0
+        self._resampler: av.AudioResampler | None = None
+        self._input: tuple[str, str, int] | None = None  # format, layout and rate it was set up for
+
+    @property
+    def position(self) -> float:
+        """Stream seconds the audio has reached (-inf before any)."""
+        return -math.inf if self.cursor is None else self.cursor / self.rate
+
+    def append(self, frame: av.AudioFrame) -> None:
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if source != self._input:  # PyAV's resampler takes one input format for life
+            self.drain()
+            self._input = source
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        for out in self._resampler.resample(frame):
+            self._write(out.to_ndarray().reshape(-1))
+
+    def drain(self) -> None:
+        """Write out the samples the resampler still holds; the next frame starts a new one."""
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._write(out.to_ndarray().reshape(-1))
+            self._resampler, self._input = None, None
+
+    def jump_to(self, sample: int) -> None:
+        """Continue at `sample` (never backwards); a hole up to it is silence."""
+        self.drain()
+        self.cursor = sample if self.cursor is None else max(self.cursor, sample)
+
+    def take(self, count: int) -> tuple[np.ndarray, int]:
+        """The next chunk's `count` samples and how many of them came from the source."""
+        audio = np.zeros(count, np.float32)
+        held = min(count, self._length)
+        audio[:held] = self._samples[:held]
+        real = int(self._real[:held].sum())
+        rest = self._length - held
+        self._samples[:rest] = self._samples[held : self._length]
+        self._real[:rest] = self._real[held : self._length]
+        self._length = rest
+        self.start += count
+        return np.clip(audio, -1.0, 1.0, out=audio), real
+
+    def _write(self, samples: np.ndarray) -> None:
+        assert self.cursor is not None, "jump_to places the first audio"
+        at, self.cursor = self.cursor, self.cursor + samples.shape[0]
+        if at < self.start:  # late: this part of the stream was already emitted
+            samples = samples[self.start - at :]
+            at = self.start
+        if samples.shape[0] == 0:
+            return
+        offset = at - self.start
+        stop = offset + samples.shape[0]
+        if stop > self._samples.shape[0]:
+            grown = max(stop, 2 * self._samples.shape[0])
+            self._samples = np.concatenate(
+                [self._samples, np.zeros(grown - self._samples.shape[0], np.float32)]
+            )
+            self._real = np.concatenate([self._real, np.zeros(grown - self._real.shape[0], bool)])
+        self._samples[self._length : offset] = 0.0
+        self._real[self._length : offset] = False
+        self._samples[offset:stop] = samples
+        self._real[offset:stop] = True
+        self._length = stop
+
+
+def audio_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
+    """Numpy audio as a PyAV frame: (samples,) mono or (channels, samples) with 1 or 2 channels,
+    float (in [-1, 1]) or int16."""
+    data = samples[None] if samples.ndim == 1 else samples
+    if data.ndim != 2 or data.shape[0] not in (1, 2):
+        raise ValueError(
+            f"numpy audio must be (samples,) or (channels, samples) with 1 or 2 channels, got {samples.shape}"
+        )
+    if data.dtype == np.int16:
+        fmt = "s16p"
+    elif np.issubdtype(data.dtype, np.floating):
+        fmt, data = "fltp", data.astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"numpy audio must be float or int16, got {samples.dtype}")
     layout = "mono" if data.shape[0] == 1 else "stereo"
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
-    frame.sample_rate = rate
+    frame.sample_rate = sample_rate
     return frame
+
+
+def _source_time(frame: av.VideoFrame | av.AudioFrame | np.ndarray, t: float | None) -> float | None:
+    if t is not None:
+        return float(t)
+    return None if isinstance(frame, np.ndarray) else frame.time

@@ -1,49 +1,90 @@
-"""Small generated audio-video clips for tests, benchmarks and demos (PyAV encodes them)."""
+"""Small generated clips for tests, benchmarks and demos, encoded with PyAV.
+
+Pictures and sound come from `generate_frames` and `generate_audio`; every writer encodes
+what they return, so a clip, a .y4m fake webcam and a .wav fake microphone show and play the
+same thing for the same arguments. Everything is deterministic for a given seed.
+"""
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
 import av
 import numpy as np
+from av.container import OutputContainer
+from av.stream import Stream
 
 Motion = Literal["static", "moving", "pan"]
-AudioKind = Literal["tone", "noise", "silence", "none"]
+Sound = Literal["tone", "noise", "silence"]
+
+# One pitch per 2-second stretch of a tone, so neighbouring chunks sound different.
+TONE_PITCHES_HZ = (330.0, 440.0, 550.0, 660.0, 880.0, 495.0, 770.0, 385.0)
+TONE_STRETCH_S = 2.0
+AMPLITUDE = 0.3
+AUDIO_BLOCK = 1024  # samples per encoded audio frame: an AAC frame
+PAN_SPEED = 0.1  # of the frame width per second: a slow pan
+PAN_WORLD = 3  # the panned image is this many frame widths wide (and wraps around)
 
 
-def generate_frame(
-    index: int, fps: float, width: int, height: int, motion: Motion, seed: int = 0
+def video_codec() -> str:
+    """H.264 through libx264 where PyAV's FFmpeg has it, else MPEG-4 part 2."""
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def generate_frames(
+    seconds: float,
+    width: int = 160,
+    height: int = 120,
+    fps: float = 15,
+    motion: Motion = "static",
+    seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """RGB uint8 (height, width, 3) frames at `fps` for `seconds`.
+
+    "static" repeats one textured scene; "moving" draws squares that cross the frame in about a
+    second; "pan" slides a window slowly over a scene `PAN_WORLD` frames wide.
+    """
+    world = _scene(width * PAN_WORLD if motion == "pan" else width, height, seed)
+    rng = np.random.default_rng(seed + 1)
+    squares = [(rng.uniform(0, 10), rng.uniform(0.6, 1.2), rng.integers(0, 256, 3)) for _ in range(3)]
+    size = max(2, height // 4)
+    for i in range(round(seconds * fps)):
+        t = i / fps
+        if motion == "pan":
+            columns = (np.arange(width) + round(t * PAN_SPEED * width)) % world.shape[1]
+            frame = world[:, columns]
+        else:
+            frame = world.copy()
+        if motion == "moving":
+            for phase, speed, colour in squares:
+                x = _bounce(phase + t * speed * 1.7, width - size)
+                y = _bounce(phase * 0.7 + t * speed, height - size)
+                frame[y : y + size, x : x + size] = colour
+        yield frame
+
+
+def generate_audio(
+    seconds: float, sample_rate: int = 16000, sound: Sound = "tone", seed: int = 0, channels: int = 1
 ) -> np.ndarray:
-    """A deterministic textured RGB scene: gradient, stripes and two squares."""
-    rng = np.random.default_rng(seed)
-    world_width = width * 3
-    y, x = np.mgrid[0:height, 0:world_width]
-    base = np.stack([(x * 255 // world_width), (y * 255 // height), ((x // 16 + y // 16) % 2) * 120 + 60], -1)
-    texture = rng.integers(0, 40, (height, world_width, 1))
-    world = (base + texture).clip(0, 255).astype(np.uint8)
-    t = index / fps
-    shift = int(t * 12) % (world_width - width) if motion == "pan" else 0
-    frame = world[:, shift : shift + width].copy()
-    if motion == "moving":
-        for k, color in enumerate(([255, 40, 40], [40, 40, 255])):
-            size = height // 4
-            cx = int((0.5 + 0.4 * np.sin(2.1 * t + k * 2)) * (width - size))
-            cy = int((0.5 + 0.4 * np.cos(1.7 * t + k)) * (height - size))
-            frame[cy : cy + size, cx : cx + size] = color
-    return frame
+    """Float32 audio in PyAV's planar layout, (channels, samples), every channel alike.
 
-
-def generate_audio(seconds: float, sample_rate: int, kind: AudioKind, seed: int = 0) -> np.ndarray:
-    """Mono float32; a tone changes pitch every 2 s so chunks differ by their sound."""
+    A tone holds each pitch of `TONE_PITCHES_HZ` (rotated by `seed`) for 2 s, with a continuous
+    phase so the changes do not click; noise is white; silence is zeros.
+    """
     n = round(seconds * sample_rate)
-    t = np.arange(n) / sample_rate
-    if kind == "tone":
-        pitch = 220.0 * 2 ** ((np.floor(t / 2) % 5) / 4)
-        return (0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
-    if kind == "noise":
-        return (0.1 * np.random.default_rng(seed).standard_normal(n)).astype(np.float32)
-    return np.zeros(n, np.float32)
+    if sound == "tone":
+        stretch = np.arange(n) // round(TONE_STRETCH_S * sample_rate)
+        pitch = np.asarray(TONE_PITCHES_HZ)[(stretch + seed) % len(TONE_PITCHES_HZ)]
+        mono = AMPLITUDE * np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate)
+    elif sound == "noise":
+        mono = np.clip(np.random.default_rng(seed).normal(0, AMPLITUDE / 3, n), -1, 1)
+    else:
+        mono = np.zeros(n)
+    return np.repeat(mono.astype(np.float32)[None], channels, axis=0)
 
 
 def write_clip(
@@ -51,40 +92,34 @@ def write_clip(
     seconds: float,
     width: int = 160,
     height: int = 120,
-    fps: int = 15,
+    fps: float = 15,
     motion: Motion = "static",
-    audio: AudioKind = "tone",
+    audio: Sound | Literal["none"] = "tone",
     seed: int = 0,
     video: bool = True,
     sample_rate: int = 16000,
+    channels: int = 1,
 ) -> Path:
-    """An h264 + AAC clip (mp4 or mkv by suffix)."""
+    """An H.264 (or MPEG-4) + AAC clip; the container follows the suffix (.mp4, .mkv, …).
+
+    MP4s are written with `movflags=faststart` (index first), as streamed files are, so a
+    truncated one still opens and fails where its data ends.
+    """
+    if not video and audio == "none":
+        raise ValueError("a clip needs video, audio or both")
     path = Path(path)
-    with av.open(str(path), "w") as container:
-        vstream = None
+    options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    with av.open(str(path), "w", options=options) as container:
+        tracks = []
         if video:
-            vstream = container.add_stream(
-                "libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"}
-            )
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-        astream = container.add_stream("aac", rate=sample_rate, layout="mono") if audio != "none" else None
-        if vstream is not None:
-            for i in range(round(seconds * fps)):
-                frame = av.VideoFrame.from_ndarray(
-                    generate_frame(i, fps, width, height, motion, seed), format="rgb24"
-                )
-                frame.pts = i
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
-        if astream is not None:
-            samples = generate_audio(seconds, sample_rate, audio, seed)
-            step = 1024
-            for start in range(0, samples.shape[0], step):
-                block = samples[None, start : start + step]
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sample_rate, start
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode(None))
+            codec = video_codec()
+            settings = {"preset": "veryfast", "crf": "26"} if codec == "libx264" else {}
+            frames = generate_frames(seconds, width, height, fps, motion, seed)
+            tracks.append(_video_track(container, codec, fps, width, height, frames, settings))
+        if audio != "none":
+            samples = generate_audio(seconds, sample_rate, audio, seed, channels)
+            tracks.append(_audio_track(container, "aac", sample_rate, samples))
+        _mux(container, tracks)
     return path
 
 
@@ -93,29 +128,106 @@ def write_y4m(
     seconds: float,
     width: int = 320,
     height: int = 240,
-    fps: int = 15,
+    fps: float = 15,
     motion: Motion = "moving",
+    seed: int = 0,
 ) -> Path:
-    """A raw YUV4MPEG2 clip, the format Chromium's fake webcam reads."""
+    """A raw YUV4MPEG2 (4:2:0) clip, the format of Chromium's fake webcam."""
     path = Path(path)
     with av.open(str(path), "w", format="yuv4mpegpipe") as container:
-        stream = container.add_stream("rawvideo", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(round(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(generate_frame(i, fps, width, height, motion), format="rgb24")
-            container.mux(stream.encode(frame.reformat(format="yuv420p")))
-        container.mux(stream.encode(None))
+        frames = generate_frames(seconds, width, height, fps, motion, seed)
+        _mux(container, [_video_track(container, "rawvideo", fps, width, height, frames, {})])
     return path
 
 
-def write_wav(path: str | Path, seconds: float, sample_rate: int = 48000, kind: AudioKind = "tone") -> Path:
-    """A 16-bit PCM WAV (Chromium's fake microphone reads one)."""
+def write_wav(
+    path: str | Path,
+    seconds: float,
+    sample_rate: int = 48000,
+    sound: Sound = "tone",
+    seed: int = 0,
+    channels: int = 1,
+) -> Path:
+    """A 16-bit PCM WAV, the format of Chromium's fake microphone."""
     path = Path(path)
-    samples = (generate_audio(seconds, sample_rate, kind) * 32767).astype(np.int16)
     with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=sample_rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        samples = generate_audio(seconds, sample_rate, sound, seed, channels)
+        _mux(container, [_audio_track(container, "pcm_s16le", sample_rate, samples)])
     return path
+
+
+# A track to mux: its stream, and its frames with their times in seconds.
+_Track = tuple[Stream, Iterator[tuple[float, Stream, av.VideoFrame | av.AudioFrame]]]
+
+
+def _video_track(
+    container: OutputContainer,
+    codec: str,
+    fps: float,
+    width: int,
+    height: int,
+    frames: Iterable[np.ndarray],
+    options: dict[str, str],
+) -> _Track:
+    rate = Fraction(fps).limit_denominator(1001)
+    stream = container.add_stream(codec, rate=rate, options=options)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+
+    def timed() -> Iterator[tuple[float, Stream, av.VideoFrame]]:
+        for i, picture in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, 1 / rate
+            yield float(i / rate), stream, frame
+
+    return stream, timed()
+
+
+def _audio_track(container: OutputContainer, codec: str, sample_rate: int, samples: np.ndarray) -> _Track:
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+
+    def timed() -> Iterator[tuple[float, Stream, av.AudioFrame]]:
+        for start in range(0, samples.shape[1], AUDIO_BLOCK):
+            block = np.ascontiguousarray(samples[:, start : start + AUDIO_BLOCK])
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+            yield start / sample_rate, stream, frame
+
+    return stream, timed()
+
+
+def _mux(container: OutputContainer, tracks: list[_Track]) -> None:
+    """Encode every track's frames in time order, so the file interleaves them as a camera would."""
+    for _, stream, frame in heapq.merge(*(frames for _, frames in tracks), key=lambda item: item[0]):
+        container.mux(stream.encode(frame))
+    for stream, _ in tracks:
+        container.mux(stream.encode(None))
+
+
+def _scene(width: int, height: int, seed: int) -> np.ndarray:
+    """A gradient under a fine checker, with coloured rectangles and discs placed by `seed`."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack(
+        [
+            40 + 160 * x / max(1, width - 1),
+            40 + 160 * y / max(1, height - 1),
+            120 + 40 * ((x // 8 + y // 8) % 2),
+        ],
+        axis=-1,
+    )
+    for _ in range(max(3, width // 40)):
+        colour = rng.integers(0, 256, 3)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(4, max(5, height / 4), 2)
+        if rng.random() < 0.5:
+            image[(abs(x - cx) < rx) & (abs(y - cy) < ry)] = colour
+        else:
+            image[(x - cx) ** 2 + (y - cy) ** 2 < rx**2] = colour
+    return image.astype(np.uint8)
+
+
+def _bounce(position: float, span: int) -> int:
+    """A triangle wave: `position` in spans, folded back and forth over 0..span."""
+    phase = position % 2
+    return round((phase if phase <= 1 else 2 - phase) * span)
