@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -153,6 +155,142 @@ def _summary(reports, session, elapsed: float, seconds_per_chunk: float) -> dict
     }
 
 
+# -- serve, ask, streams -----------------------------------------------------------------------
+
+TOKEN_ENV = "STREAMGUARD_TOKEN"
+DEV_TOKEN = "streamguard-dev-token"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from streamguard.service import create_app
+    from streamguard.service.logs import redact_server_logs
+
+    settings = _settings_from(args)
+    host, port = args.host or settings.service.host, args.port or settings.service.port
+    # the service's `event key=value` lines (stream lifecycle, questions) at INFO
+    logging.getLogger("streamguard").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    base = f"http://{host}:{port}"
+    console.print(f"StreamGuard: model {settings.model.path}, config {args.config}")
+    console.print(f"  page     {base}/\n  API docs {base}/docs\n  metrics  {base}/metrics")
+    if DEV_TOKEN in settings.service.tokens:
+        console.print(
+            f"  [yellow]token: the development token '{DEV_TOKEN}' is accepted; set "
+            "STREAMGUARD_SERVICE__TOKENS='[\"<secret>\"]' before exposing this server[/yellow]"
+        )
+    else:
+        console.print("  token: one of service.tokens (clients: --token or STREAMGUARD_TOKEN)")
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, log_level="debug" if args.verbose else "info"
+    )
+    redact_server_logs()  # after the Config: it sets uvicorn's logging up
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _client_target(args: argparse.Namespace) -> tuple[str, str]:
+    """The service URL and token a client command uses: flags, then env, then the config."""
+    settings = load_settings(args.config)
+    url = (args.url or f"http://{settings.service.host}:{settings.service.port}").rstrip("/")
+    token = args.token or os.environ.get(TOKEN_ENV) or (settings.service.tokens or [""])[0]
+    return url, token
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    url, token = _client_target(args)
+    from websockets.exceptions import WebSocketException
+
+    try:
+        return asyncio.run(_ask_remote(url, token, args.stream, args.question, args.max_tokens))
+    except (OSError, WebSocketException) as exc:
+        return _unreachable(url, exc)
+
+
+def _unreachable(url: str, exc: Exception) -> int:
+    console.print(f"[red]error:[/red] cannot reach the service at {url} ({exc})", highlight=False)
+    return 1
+
+
+async def _ask_remote(url: str, token: str, stream_id: str, question: str, max_tokens: int | None) -> int:
+    from websockets.asyncio.client import connect
+
+    ws_url = "ws" + url.removeprefix("http") + f"/v1/streams/{stream_id}/ws"
+    ask = {"type": "question.ask", "id": "cli", "text": question, "max_tokens": max_tokens}
+    async with connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send(json.dumps({k: v for k, v in ask.items() if v is not None}))
+        try:
+            async for raw in ws:
+                event = json.loads(raw)
+                if event["type"] == "answer.delta":
+                    out.print(event["text"], end="", markup=False, highlight=False)
+                elif event["type"] == "answer.done":
+                    stats = event["stats"]
+                    first = stats["time_to_first_delta_ms"]
+                    first_text = "n/a" if first is None else f"{first:.0f} ms"
+                    out.print(
+                        f"\n[dim]{stats['generated_tokens']} tokens ({stats['finish_reason']}), first delta after "
+                        f"{first_text}, {stats['total_ms']:.0f} ms, context {stats['context_tokens']} tokens[/dim]"
+                    )
+                    return 0
+                elif event["type"] == "error":
+                    console.print(f"[red]error ({event['code']}):[/red] {event['message']}", highlight=False)
+                    return 1
+        except asyncio.CancelledError:  # Ctrl-C: stop the generation on the server too
+            await ws.send(json.dumps({"type": "question.cancel", "id": "cli"}))
+            raise
+    console.print("[red]error:[/red] the connection closed before the answer was done")
+    return 1
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    import httpx
+
+    url, token = _client_target(args)
+    try:
+        response = httpx.get(f"{url}/v1/streams", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    except httpx.TransportError as exc:
+        return _unreachable(url, exc)
+    if response.is_error:
+        error = response.json().get("error", {})
+        console.print(
+            f"[red]error ({error.get('code', response.status_code)}):[/red] {error.get('message', response.text)}"
+        )
+        return 1
+    streams = response.json()["streams"]
+    if args.json:
+        out.print_json(data=streams)
+        return 0
+    if not streams:
+        out.print(f"no streams on {url}")
+        return 0
+    table = Table(title=f"streams on {url}")
+    for name in ("id", "kind", "state", "source"):
+        table.add_column(name)
+    for name in ("chunks", "redundant", "shed", "pruned", "RTF", "queue", "KV MiB", "questions", "p50 ms"):
+        table.add_column(name, justify="right")
+    for stream in streams:
+        stats = stream["stats"]
+        rtf, p50 = stats["real_time_factor"], stats["answer_latency"]["p50_ms"]
+        table.add_row(
+            stream["id"],
+            stream["kind"],
+            stream["state"] + (f" ({stream['error']})" if stream["error"] else ""),
+            stream["source"],
+            f"{stats['chunks_processed']}/{stats['chunks_received']}",
+            str(stats["chunks_dropped_redundant"]),
+            str(stats["chunks_shed"]),
+            f"{100 * stats['compression']:.0f}%",
+            "-" if rtf is None else f"{rtf:.2f}",
+            str(stats["queue_depth"]),
+            f"{stats['kv_bytes'] / 2**20:.1f}",
+            str(stats["questions_answered"]),
+            "-" if p50 is None else f"{p50:.0f}",
+        )
+    out.print(table)
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -178,6 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-new-tokens", type=int)
     replay.add_argument("--json", help="write the per-chunk report and summary to this JSON file")
     replay.set_defaults(run=cmd_replay)
+
+    serve = commands.add_parser("serve", help="run the service: REST, websocket questions, /metrics")
+    serve.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
+    serve.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    serve.add_argument("--host", help="bind address (default: service.host)")
+    serve.add_argument("--port", type=int, help="port (default: service.port)")
+    serve.set_defaults(run=cmd_serve)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="the service (default: http://service.host:service.port of --config)")
+    client.add_argument(
+        "--token", help=f"bearer token (default: ${TOKEN_ENV}, else the config's first token)"
+    )
+    client.add_argument("--config", default="default", help="config for the default URL and token")
+
+    ask = commands.add_parser(
+        "ask", parents=[client], help="ask a running stream a question, print the answer as it arrives"
+    )
+    ask.add_argument("stream", help="the stream id (see `streamguard streams`)")
+    ask.add_argument("question")
+    ask.add_argument("--max-tokens", type=int, help="cap on the answer's tokens")
+    ask.set_defaults(run=cmd_ask)
+
+    streams = commands.add_parser(
+        "streams", parents=[client], help="list the service's streams and their stats"
+    )
+    streams.add_argument("--json", action="store_true", help="print the raw JSON")
+    streams.set_defaults(run=cmd_streams)
     return parser
 
 

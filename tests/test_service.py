@@ -4,6 +4,7 @@ real websocket clients. Waits are bounded polls; nothing asserts on time."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import httpx
@@ -12,8 +13,10 @@ from service_helpers import TOKEN, receive, receive_until, serve, tiny_settings,
 from websockets.exceptions import ConnectionClosed
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.cli import main
 from streamguard.ingest.synthetic import write_clip
 from streamguard.service import create_app
+from streamguard.service.logs import RedactTokens
 
 OTHER_TOKEN = "other-token"
 MAX_MESSAGE_BYTES = 4096
@@ -133,6 +136,12 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
         assert closed.value.rcvd.code == 4410
     assert service.http.get(f"/v1/streams/{stream_id}").status_code == 404
     assert metric_value(service.http.get("/metrics").text, name, stream=stream_id, reason="redundant") is None
+    # the questions and answers outlive the stream
+    log = service.http.get(f"/v1/streams/{stream_id}/answers").json()
+    assert log["stream"]["state"] == "ended" and log["stream"]["source"] == str(clip)
+    assert [(a["question_id"], a["question"], a["answer"]) for a in log["answers"]] == [
+        ("q1", QUESTION, done["text"])
+    ]
 
 
 def test_bad_websocket_messages_each_get_their_own_error_and_the_socket_lives_on(service, clip):
@@ -184,8 +193,29 @@ def test_cancel_ends_an_answer_with_finish_reason_cancelled(service, clip):
     service.http.delete(f"/v1/streams/{stream_id}")
 
 
+def test_the_cli_lists_streams_and_asks_questions(service, clip, capsys):
+    stream_id = create_file_stream(service, clip)["id"]
+    processed_stream(service, stream_id)
+    target = ["--url", service.url, "--token", TOKEN]
+    assert main(["streams", *target, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [stream["stats"]["chunks_processed"] for stream in listed if stream["id"] == stream_id] == [3]
+    assert main(["streams", *target]) == 0
+    assert main(["ask", stream_id, QUESTION, "--max-tokens", "4", *target]) == 0
+    assert "4 tokens (length)" in capsys.readouterr().out
+    assert main(["ask", stream_id, QUESTION, "--url", service.url, "--token", "wrong"]) == 1
+    assert "invalid_token" in capsys.readouterr().err
+    assert main(["ask", "nope", QUESTION, *target]) == 1
+    assert "unknown_stream" in capsys.readouterr().err
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
 def test_unknown_streams_are_404_and_4404(service):
-    for response in (service.http.get("/v1/streams/nope"), service.http.delete("/v1/streams/nope")):
+    for response in (
+        service.http.get("/v1/streams/nope"),
+        service.http.delete("/v1/streams/nope"),
+        service.http.get("/v1/streams/nope/answers"),
+    ):
         assert response.status_code == 404 and error_of(response)["code"] == "unknown_stream"
     with service.ws("/v1/streams/nope/ws") as ws:
         assert receive(ws)["code"] == "unknown_stream"
@@ -287,3 +317,17 @@ def test_an_overloaded_worker_sheds_chunks_and_counts_them(checkpoint, tmp_path)
         metric_value(metrics, f"streamguard_service_{name.removeprefix('streamguard_')}", reason="shed")
         == stats["chunks_shed"]
     )
+
+
+def test_tokens_in_request_lines_are_blanked_in_the_server_log():
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s"',
+        ("1.2.3.4", "GET", "/v1/x/ws?a=1&token=s3cret"),
+        None,
+    )
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == '1.2.3.4 - "GET /v1/x/ws?a=1&token=***"'

@@ -14,20 +14,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, WebSocket
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamguard.backbones import Backbone, load_backbone
+from streamguard.cluster import open_store
 from streamguard.config import Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.service.auth import authenticate, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
+    AnswerLog,
     ApiError,
     CreateStreamRequest,
     ServiceError,
@@ -36,8 +38,6 @@ from streamguard.service.protocol import (
     describe_errors,
 )
 from streamguard.service.streams import StreamRegistry, open_source
-
-log = structlog.get_logger("streamguard.service")
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
 
@@ -81,6 +81,17 @@ async def delete_stream(stream_id: str, _: Token, registry: Registry) -> StreamI
     return await registry.delete(stream_id)
 
 
+@api.get("/streams/{stream_id}/answers")
+async def stream_answers(
+    stream_id: str, _: Token, registry: Registry, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> AnswerLog:
+    """The stream's latest questions and answers, oldest first (also after it was deleted)."""
+    record = await registry.store.get_stream(stream_id)
+    if record is None:
+        raise ServiceError("unknown_stream", f"no stream with id {stream_id!r}", status=404)
+    return AnswerLog(stream=record, answers=await registry.store.answers(stream_id, limit))
+
+
 @api.websocket("/streams/{stream_id}/ws")
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     """Questions and stats of one stream; see `streamguard.service.protocol` for the messages.
@@ -96,7 +107,7 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     except ServiceError as error:
         await refuse(websocket, error)
         return
-    await Connection(websocket, stream, state.settings.service).serve()
+    await Connection(websocket, stream, state.settings.service, state.registry.store).serve()
 
 
 ops = APIRouter(tags=["operations"])
@@ -122,17 +133,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.cluster)
         model = backbone or await asyncio.to_thread(load_backbone, settings.model, settings.chunk)
         scheduler = Scheduler(settings.service.max_pending_chunks, chunk_delay_s)
         scheduler.start()
-        app.state.registry = StreamRegistry(settings, model, scheduler, app.state.metrics)
-        log.info("service.ready", model=model.model_id, device=str(model.device))
+        app.state.registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
+        event("service.ready", model=model.model_id, device=str(model.device))
         try:
             yield
         finally:
             await app.state.registry.close()
             await scheduler.stop()
-            log.info("service.stopped")
+            event("service.stopped")
 
     app = FastAPI(
         title="StreamGuard",

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from dataclasses import dataclass
 
-import structlog
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
+from streamguard.cluster.store import AnswerRecord, Store
 from streamguard.config import ServiceSettings
 from streamguard.engine.scheduler import Answer, StreamEndedError
 from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
 from streamguard.service.auth import WS_CLOSE_OFFSET
+from streamguard.service.logs import event
 from streamguard.service.protocol import (
     AnswerDelta,
     AnswerDone,
@@ -33,8 +36,6 @@ from streamguard.service.protocol import (
     parse_client_message,
 )
 from streamguard.service.streams import Stream
-
-log = structlog.get_logger("streamguard.service")
 
 # Why an answer could not be given, as the client's error code.
 _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
@@ -59,10 +60,11 @@ async def refuse(websocket: WebSocket, error: ServiceError) -> None:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, stream: Stream, settings: ServiceSettings):
+    def __init__(self, websocket: WebSocket, stream: Stream, settings: ServiceSettings, store: Store):
         self.websocket = websocket
         self.stream = stream
         self.settings = settings
+        self.store = store
         self._outbox: asyncio.Queue[BaseModel | _Close] = asyncio.Queue()
         self._answers: dict[str, Answer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,12 +141,13 @@ class Connection:
             )
         answer = self.stream.ask(message.text, message.max_tokens)
         self._answers[message.id] = answer
-        log.info("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
-        task = asyncio.create_task(self._answer(message.id, answer))
+        event("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
+        task = asyncio.create_task(self._answer(message, answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, question_id: str, answer: Answer) -> None:
+    async def _answer(self, question: QuestionAsk, answer: Answer) -> None:
+        question_id = question.id
         try:
             async for delta in answer:
                 self._send(AnswerDelta(id=question_id, text=delta))
@@ -153,7 +156,9 @@ class Connection:
             if code is not None:
                 self._send(ErrorEvent(code=code, message=str(exc), id=question_id))
                 return
-            log.exception("question.failed", stream=self.stream.id, question=question_id)
+            event(
+                "question.failed", logging.ERROR, exc_info=True, stream=self.stream.id, question=question_id
+            )
             self._send(ErrorEvent(code="internal_error", message=f"the answer failed: {exc}", id=question_id))
             return
         finally:
@@ -172,7 +177,19 @@ class Connection:
             context_tokens=result.context_tokens,
         )
         self._send(AnswerDone(id=question_id, text=result.text, stats=stats))
-        log.info(
+        await self.store.log_answer(
+            AnswerRecord(
+                stream_id=self.stream.id,
+                question_id=question_id,
+                question=question.text,
+                answer=result.text,
+                finish_reason=result.finish_reason,
+                generated_tokens=result.generated_tokens,
+                time_to_first_delta_ms=stats.time_to_first_delta_ms,
+                at=time.time(),
+            )
+        )
+        event(
             "question.answered",
             stream=self.stream.id,
             question=question_id,

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from streamguard.cluster.store import AnswerRecord, StreamRecord
+
 ErrorCode = Literal[
     # websocket messages
     "bad_json",
@@ -146,6 +148,13 @@ class StreamInfo(BaseModel):
 
 class StreamList(BaseModel):
     streams: list[StreamInfo]
+
+
+class AnswerLog(BaseModel):
+    """A stream's record and its latest answers, kept after the stream is deleted."""
+
+    stream: StreamRecord
+    answers: list[AnswerRecord]
 
 
 # -- websocket: client to server -------------------------------------------------------------

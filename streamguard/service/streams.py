@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -17,9 +18,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import structlog
-
 from streamguard.backbones.base import Backbone
+from streamguard.cluster.store import Store, StreamRecord, worker_name
 from streamguard.config import Settings
 from streamguard.engine.pipeline import ChunkReport, create_pipeline
 from streamguard.engine.scheduler import (
@@ -31,6 +31,7 @@ from streamguard.engine.scheduler import (
     UnknownStreamError,
 )
 from streamguard.service.auth import check_stream_quota
+from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
     ChunkOverlay,
@@ -47,7 +48,6 @@ from streamguard.service.protocol import (
 if TYPE_CHECKING:
     from streamguard.ingest.chunker import AVChunk
 
-log = structlog.get_logger("streamguard.service")
 
 RTF_WINDOW = 20  # chunks in the rolling real-time factor
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles
@@ -106,7 +106,7 @@ class Stream:
             return
         self.state, self.error = state, error
         details = {} if error is None else {"error": error}
-        log.info("stream.state", stream=self.id, state=state.value, **details)
+        event("stream.state", stream=self.id, state=state.value, **details)
 
     def chunk_received(self, chunk: AVChunk) -> None:
         self._set_state(StreamState.LIVE)
@@ -152,7 +152,7 @@ class Stream:
 
     def chunk_shed(self, chunk: AVChunk) -> None:
         self._metrics.chunks_dropped.inc(self.id, reason="shed")
-        log.debug("chunk.shed", stream=self.id, chunk=chunk.index)
+        event("chunk.shed", logging.DEBUG, stream=self.id, chunk=chunk.index)
 
     # -- questions -------------------------------------------------------------------------
 
@@ -183,6 +183,17 @@ class Stream:
     @property
     def real_time_factor(self) -> float | None:
         return sum(self._rtf) / len(self._rtf) if self._rtf else None
+
+    def record(self, worker: str) -> StreamRecord:
+        return StreamRecord(
+            id=self.id,
+            kind=self.kind.value,
+            source=self.description,
+            state=self.state.value,
+            error=self.error,
+            created=self.created,
+            worker=worker,
+        )
 
     def info(self) -> StreamInfo:
         queue = self.queue()
@@ -220,11 +231,20 @@ class Stream:
 class StreamRegistry:
     """Every stream of this process, by id."""
 
-    def __init__(self, settings: Settings, backbone: Backbone, scheduler: Scheduler, metrics: ServiceMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        backbone: Backbone,
+        scheduler: Scheduler,
+        metrics: ServiceMetrics,
+        store: Store,
+    ):
         self.settings = settings
         self.backbone = backbone
         self.scheduler = scheduler
         self.metrics = metrics
+        self.store = store
+        self.worker = worker_name()
         self._streams: dict[str, Stream] = {}
         self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
         metrics.watch_streams(self.count_by_state)
@@ -245,8 +265,9 @@ class StreamRegistry:
         self._streams[stream.id] = stream
         self.scheduler.register(stream.id, pipeline, stream)
         self.metrics.add_stream(stream.id)
+        await self._save(stream)
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{stream.id}")
-        log.info("stream.created", stream=stream.id, kind=kind.value, source=description)
+        event("stream.created", stream=stream.id, kind=kind.value, source=description)
         return stream
 
     async def _consume(self, stream: Stream) -> None:
@@ -254,11 +275,24 @@ class StreamRegistry:
             async with contextlib.aclosing(stream.source.chunks()) as chunks:
                 async for chunk in chunks:
                     stream.chunk_received(chunk)
+                    if stream.chunks_received == 1:  # now live
+                        await self._save(stream)
         except Exception as exc:
             stream.fail(str(exc) or type(exc).__name__)
-            log.warning("stream.source_failed", stream=stream.id, error=str(exc), exc_type=type(exc).__name__)
+            event(
+                "stream.source_failed",
+                logging.WARNING,
+                stream=stream.id,
+                error=str(exc),
+                exc_type=type(exc).__name__,
+            )
         else:
             stream.finish()
+        finally:  # ended, failed, or cancelled by a delete or a failed chunk
+            await self._save(stream)
+
+    async def _save(self, stream: Stream) -> None:
+        await self.store.put_stream(stream.record(self.worker))
 
     def get(self, stream_id: str) -> Stream:
         stream = self._streams.get(stream_id)
@@ -281,11 +315,12 @@ class StreamRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.task
         stream.finish()
+        await self._save(stream)  # the record (and its answer log) outlives the stream
         final = stream.info()
         self.scheduler.unregister(stream_id)
         self.metrics.forget(stream_id)
         stream.removed.set()
-        log.info(
+        event(
             "stream.deleted",
             stream=stream_id,
             chunks_processed=final.stats.chunks_processed,
