@@ -27,9 +27,12 @@ TOKEN = "test-token"
 TIMEOUT_S = 60.0
 
 
-def tiny_settings(checkpoint: Path, **service: Any) -> Settings:
-    """configs/tiny.yaml on a checkpoint built by `build_tiny_checkpoint`, one known token."""
-    return load_settings("tiny", model={"path": str(checkpoint)}, service={"tokens": [TOKEN], **service})
+def tiny_settings(checkpoint: Path, session: dict[str, Any] | None = None, **service: Any) -> Settings:
+    """configs/tiny.yaml on a checkpoint built by `build_tiny_checkpoint`, one known token;
+    keyword arguments override `service:` settings, `session` the `session:` ones."""
+    return load_settings(
+        "tiny", model={"path": str(checkpoint)}, service={"tokens": [TOKEN], **service}, session=session or {}
+    )
 
 
 def random_chunks(count: int, seed: int = 0, height: int = 84, width: int = 112) -> list[AVChunk]:

@@ -42,6 +42,7 @@ def service(checkpoint):
         allow_file_sources=True,
         max_message_bytes=MAX_MESSAGE_BYTES,
         max_streams_per_token=2,
+        session={"max_new_tokens": 256},
     )
     with serve(create_app(settings)) as live:
         yield live
@@ -177,6 +178,30 @@ def test_bad_websocket_messages_each_get_their_own_error_and_the_socket_lives_on
         ws.send(json.dumps({"type": "question.ask", "id": "ok", "text": QUESTION, "max_tokens": 4}))
         events = receive_until(ws, lambda event: event["type"] in ("answer.done", "error"))
         assert events[-1]["type"] == "answer.done"
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_a_connection_holds_a_bounded_number_of_distinct_questions(service, clip):
+    stream_id = create_file_stream(service, clip)["id"]
+    processed_stream(service, stream_id)
+    ids = ["d", "d", "e1", "e2", "e3", "e4"]
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        # long answers (max_new_tokens 256), serialised on the stream: all still open when the burst lands
+        for question_id in ids:
+            ws.send(
+                json.dumps({"type": "question.ask", "id": question_id, "text": QUESTION, "max_tokens": 256})
+            )
+        errors, done = [], set()
+        while len(done) + len(errors) < len(ids):
+            event = receive(ws)
+            if event["type"] == "error":
+                errors.append((event["id"], event["code"]))
+                for question_id in ("d", "e1", "e2", "e3"):
+                    ws.send(json.dumps({"type": "question.cancel", "id": question_id}))
+            elif event["type"] == "answer.done":
+                done.add(event["id"])
+    assert sorted(errors) == [("d", "duplicate_question"), ("e4", "too_many_questions")]
+    assert done == {"d", "e1", "e2", "e3"}
     service.http.delete(f"/v1/streams/{stream_id}")
 
 

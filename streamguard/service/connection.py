@@ -45,6 +45,10 @@ _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
 }
 
 WS_CLOSE_STREAM_ENDED = WS_CLOSE_OFFSET + 410
+# Questions one socket may have open at once: each holds the stream's chunks back while it runs.
+MAX_OPEN_QUESTIONS = 4
+# A stats tick is skipped while this many events still wait to be sent (a client not reading).
+MAX_OUTBOX_FOR_STATS = 64
 
 
 @dataclass
@@ -139,6 +143,12 @@ class Connection:
             raise ServiceError(
                 "duplicate_question", f"question {message.id!r} is still running", id=message.id
             )
+        if len(self._answers) >= MAX_OPEN_QUESTIONS:
+            raise ServiceError(
+                "too_many_questions",
+                f"{MAX_OPEN_QUESTIONS} questions are already running on this connection; wait for one to finish",
+                id=message.id,
+            )
         answer = self.stream.ask(message.text, message.max_tokens)
         self._answers[message.id] = answer
         event("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
@@ -201,7 +211,8 @@ class Connection:
 
     async def _send_stats(self, interval_s: float) -> None:
         while True:
-            self._send(StreamStatsEvent(stream=self.stream.info()))
+            if self._outbox.qsize() < MAX_OUTBOX_FOR_STATS:
+                self._send(StreamStatsEvent(stream=self.stream.info()))
             await asyncio.sleep(interval_s)
 
     def _unsubscribe(self) -> None:

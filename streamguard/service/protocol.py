@@ -22,6 +22,7 @@ ErrorCode = Literal[
     "empty_question",
     "unknown_question",
     "duplicate_question",
+    "too_many_questions",
     "stream_ended",
     "internal_error",
     # REST and auth
