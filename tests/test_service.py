@@ -235,6 +235,24 @@ def test_the_cli_lists_streams_and_asks_questions(service, clip, capsys):
     service.http.delete(f"/v1/streams/{stream_id}")
 
 
+def test_a_source_that_breaks_puts_its_stream_in_error_and_keeps_what_it_had(service, tmp_path):
+    whole = write_clip(tmp_path / "whole.mp4", seconds=8, motion="moving").read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(whole[: len(whole) // 2])  # the header says 8 s; half the data is there
+    stream_id = create_file_stream(service, broken)["id"]
+
+    def failed():
+        stream = service.stream(stream_id)
+        return stream if stream["state"] == "error" and stream["stats"]["chunks_processed"] >= 1 else None
+
+    stream = wait_until(failed, "the stream to fail")
+    assert "broken.mp4" in stream["error"]
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:  # what was prefilled can still be asked about
+        ws.send(json.dumps({"type": "question.ask", "id": "q", "text": QUESTION, "max_tokens": 2}))
+        assert receive_until(ws, lambda event: event["type"] != "answer.delta")[-1]["type"] == "answer.done"
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
 def test_unknown_streams_are_404_and_4404(service):
     for response in (
         service.http.get("/v1/streams/nope"),

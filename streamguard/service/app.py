@@ -37,7 +37,7 @@ from streamguard.service.protocol import (
     StreamList,
     describe_errors,
 )
-from streamguard.service.streams import StreamRegistry, open_source
+from streamguard.service.streams import StreamRegistry, open_source, unknown_stream
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
 
@@ -88,7 +88,7 @@ async def stream_answers(
     """The stream's latest questions and answers, oldest first (also after it was deleted)."""
     record = await registry.store.get_stream(stream_id)
     if record is None:
-        raise ServiceError("unknown_stream", f"no stream with id {stream_id!r}", status=404)
+        raise unknown_stream(stream_id)
     return AnswerLog(stream=record, answers=await registry.store.answers(stream_id, limit))
 
 

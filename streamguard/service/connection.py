@@ -1,7 +1,8 @@
 """One websocket client of one stream: questions in, answer deltas and stats out.
 
 A single sender task writes to the socket, so deltas of concurrent questions, stats and errors
-never interleave mid-frame. Any number of questions may run at once, each under its own id.
+never interleave mid-frame. Up to `MAX_OPEN_QUESTIONS` questions may run at once, each under
+its own id.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Connection:
                 f"{MAX_OPEN_QUESTIONS} questions are already running on this connection; wait for one to finish",
                 id=message.id,
             )
-        answer = self.stream.ask(message.text, message.max_tokens)
+        answer = self.stream.ask(message.id, message.text, message.max_tokens)
         self._answers[message.id] = answer
         event("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
         task = asyncio.create_task(self._answer(message, answer))

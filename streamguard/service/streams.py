@@ -156,9 +156,9 @@ class Stream:
 
     # -- questions -------------------------------------------------------------------------
 
-    def ask(self, text: str, max_tokens: int | None) -> Answer:
+    def ask(self, question_id: str, text: str, max_tokens: int | None) -> Answer:
         if self.removed.is_set():
-            raise ServiceError("stream_ended", f"stream {self.id} was deleted")
+            raise ServiceError("stream_ended", f"stream {self.id} was deleted", id=question_id)
         return self._scheduler.ask(self.id, text, max_tokens)
 
     def record_answer(self, result: AnswerResult) -> None:
@@ -297,7 +297,7 @@ class StreamRegistry:
     def get(self, stream_id: str) -> Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
-            raise ServiceError("unknown_stream", f"no stream with id {stream_id!r}", status=404)
+            raise unknown_stream(stream_id)
         return stream
 
     def all(self) -> list[Stream]:
@@ -332,6 +332,10 @@ class StreamRegistry:
     async def close(self) -> None:
         for stream_id in list(self._streams):
             await self.delete(stream_id)
+
+
+def unknown_stream(stream_id: str) -> ServiceError:
+    return ServiceError("unknown_stream", f"no stream with id {stream_id!r}", status=404)
 
 
 async def open_source(
