@@ -354,6 +354,14 @@ def test_a_backwards_jump_rebases_and_keeps_order(back_to: float) -> None:
     assert chunks[2].audio[after] == pytest.approx(ramp(np.array(back_to))[()], abs=1e-6)
 
 
+def test_an_explicit_origin_puts_t_0_before_the_first_timestamp() -> None:
+    # A file whose streams start at 10 s while its first frames are stamped 10.5 s.
+    events = video(frame_times(3.5, 30.0, start=10.5)) + numpy_audio(10.5, 14.0)
+    chunks, _ = run(events, Chunker(SETTINGS, origin=10.0))
+    assert len(chunks) == 2 and chunks[0].audio_coverage == pytest.approx(0.75)
+    assert [stamp(f) for f in chunks[0].frames][:2] == [10.5, 10.5]
+
+
 def test_a_track_starting_far_from_the_other_is_put_at_the_stream_frontier() -> None:
     # Independent clock bases (as RTP gives per track): audio stamped 500 s off the video.
     events = video(frame_times(6.0, 30.0)) + [(t - 500.0, p) for t, p in numpy_audio(500.0, 506.0)]

@@ -6,7 +6,7 @@ PyAV cannot open, or one without audio and video, is `MediaError`. A file that b
 (truncated, corrupt data) yields every chunk before the damage, as at a normal end of stream,
 then raises `MediaError`. A truncated file is noticed when decoding fails, or, for containers
 that record their duration up front (MP4/MOV, Matroska/WebM), when the media ends more than a
-chunk short of it. A truncated MP4 whose index sits at its end cannot be opened at all.
+few frames short of it. A truncated MP4 whose index sits at its end cannot be opened at all.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ from streamguard.ingest.chunker import AVChunk, Chunker
 # A file's demuxer may run one track a few seconds ahead of the other; a chunk waits this many
 # chunks for the lagging track before it goes out without it (live sources wait one).
 FILE_LATENCY_CHUNKS = 3
-# Containers whose header records the duration, so that media ending early means damage.
+# Containers whose header records the duration, so that media ending early means damage; and
+# how much shorter than that the media may end (frame and packet rounding) before it counts.
 _DURATION_IN_HEADER = {"mov", "mp4", "matroska", "webm"}
+TRUNCATION_SLACK_S = 0.5
 DEFAULT_FPS = 25.0  # for timing a raw stream that states no frame rate
 
 
@@ -98,7 +100,7 @@ def iter_chunks(path: str | Path, settings: ChunkSettings) -> Iterator[AVChunk]:
             raise MediaError(f"{path}: not a single audio or video frame could be decoded")
         yield from chunker.flush()
         declared = _declared_duration(container)
-        if declared is not None and chunker.position < declared - settings.seconds:
+        if declared is not None and chunker.position < declared - TRUNCATION_SLACK_S:
             raise MediaError(
                 f"{path}: media ends at {chunker.position:.1f} s of the {declared:.1f} s its container "
                 "declares; the file is truncated or damaged"
@@ -177,7 +179,7 @@ def _first_streams(path: str | Path, container: InputContainer) -> tuple[Stream 
 
 
 def _frame_rate(video: Stream | None) -> float | None:
-    rate = video.average_rate or video.guessed_rate if video is not None else None
+    rate = video.guessed_rate or video.average_rate if video is not None else None
     return float(rate) if rate else None
 
 

@@ -1,0 +1,27 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamguard.ingest.synthetic import write_clip
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`clip("x.mp4", seconds, **write_clip options)`: a generated clip, written once per session
+    for each distinct set of arguments. Treat it as read-only; copy it to change it."""
+    folder = tmp_path_factory.mktemp("clips")
+    written: dict[tuple[Any, ...], Path] = {}
+
+    def make(name: str, seconds: float, **options: Any) -> Path:
+        key = (name, seconds, *sorted(options.items()))
+        if key not in written:
+            written[key] = write_clip(folder / f"{len(written)}-{name}", seconds, **options)
+        return written[key]
+
+    return make
