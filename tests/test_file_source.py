@@ -22,7 +22,7 @@ from streamguard.config import ChunkSettings
 from streamguard.ingest import MediaError
 from streamguard.ingest.chunker import AVChunk
 from streamguard.ingest.files import FileSource, MediaInfo, iter_chunks, probe
-from streamguard.ingest.synthetic import TONE_PITCHES_HZ, generate_frames, write_wav
+from streamguard.ingest.synthetic import TONE_PITCHES_HZ, generate_frames, write_wav, write_y4m
 
 SETTINGS = ChunkSettings()
 RATE = SETTINGS.sample_rate
@@ -116,6 +116,25 @@ def test_a_raw_stream_without_timestamps_is_timed_by_its_frame_rate(clip: Clip, 
                 packet.stream = stream
                 out.mux(packet)
     assert len(list(iter_chunks(raw, SETTINGS))) == 2  # 60 frames at 15 fps, not at FFmpeg's default 25
+
+
+# -- synthetic media --------------------------------------------------------------------------------
+
+
+def test_generated_media_is_deterministic_small_and_as_described(clip: Clip, tmp_path: Path) -> None:
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(generate_frames(1, seed=3), generate_frames(1, seed=3), strict=True)
+    )
+    assert not np.array_equal(next(generate_frames(1, seed=3)), next(generate_frames(1, seed=4)))
+    static = list(generate_frames(1, motion="static"))
+    assert all(np.array_equal(static[0], f) for f in static)
+    for motion in ("moving", "pan"):
+        frames = list(generate_frames(1, motion=motion))
+        assert not np.array_equal(frames[0], frames[-1])
+    assert clip("ten.mp4", 10, motion="moving").stat().st_size < 300_000
+    webcam = list(iter_chunks(write_y4m(tmp_path / "webcam.y4m", 2, fps=15), SETTINGS))
+    assert len(webcam) == 1 and webcam[0].frames[0].shape == (240, 320, 3) and webcam[0].audio_coverage == 0.0
 
 
 # -- probe ------------------------------------------------------------------------------------------

@@ -76,16 +76,13 @@ def iter_chunks(path: str | Path, settings: ChunkSettings) -> Iterator[AVChunk]:
         )
         if video is not None:
             video.thread_type = "AUTO"  # frame and slice threads: decoding is what a file source costs
+        # A raw elementary stream has no timestamps: its frames are timed by its frame rate.
+        period = 1 / (_frame_rate(video) or DEFAULT_FPS)
         video_frames = 0
         try:
             for frame in container.decode(*streams):
                 if isinstance(frame, av.VideoFrame):
-                    # A raw elementary stream has no timestamps: its frames come at its rate.
-                    t = (
-                        frame.time
-                        if frame.time is not None
-                        else video_frames / (_frame_rate(video) or DEFAULT_FPS)
-                    )
+                    t = frame.time if frame.time is not None else video_frames * period
                     chunker.push_video(frame, t)
                     video_frames += 1
                 else:
