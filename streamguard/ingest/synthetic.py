@@ -113,9 +113,9 @@ def write_clip(
         tracks = []
         if video:
             codec = video_codec()
-            settings = {"preset": "veryfast", "crf": "26"} if codec == "libx264" else {}
+            encoder_options = {"preset": "veryfast", "crf": "26"} if codec == "libx264" else {}
             frames = generate_frames(seconds, width, height, fps, motion, seed)
-            tracks.append(_video_track(container, codec, fps, width, height, frames, settings))
+            tracks.append(_video_track(container, codec, fps, width, height, frames, encoder_options))
         if audio != "none":
             samples = generate_audio(seconds, sample_rate, audio, seed, channels)
             tracks.append(_audio_track(container, "aac", sample_rate, samples))
