@@ -218,6 +218,18 @@ def test_deltas_concatenate_to_the_answer(tiny_backbone, clip):
     assert session.stats.last_answer.generated_tokens <= 6
 
 
+def test_an_answer_closed_early_reports_the_tokens_it_generated_and_restores_the_cache(tiny_backbone, clip):
+    _, _, encoded, _ = clip
+    session = stream(tiny_backbone, encoded[:1], [None], [False])
+    before = kv.cache_length(session.cache)
+    deltas = session.ask("Describe it.", SamplingParams(max_new_tokens=20, temperature=1.0, seed=0))
+    first = next(deltas)
+    deltas.close()  # what a cancelled question does
+    assert first
+    assert session.stats.last_answer.generated_tokens >= 1
+    assert kv.cache_length(session.cache) == before
+
+
 def test_oversized_and_empty_questions_are_refused(tiny_backbone):
     session = StreamSession(tiny_backbone, SessionSettings(max_question_chars=10), SYSTEM)
     with pytest.raises(QuestionTooLongError, match="limit is 10"):

@@ -240,10 +240,10 @@ class StreamSession:
         context_length = kv.cache_length(self.cache)
         positions = self._question_positions(len(ids))
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        generated: list[int] = []
         try:
             logits = self.backbone.forward(self.backbone.embed_tokens(ids), positions, self.cache)
             next_position = int(positions[0, -1]) + 1
-            generated: list[int] = []
             emitted = ""
             for _ in range(params.max_new_tokens):
                 token = _sample(logits[-1], params, generator)
@@ -263,9 +263,9 @@ class StreamSession:
                 pos = torch.full((3, 1), next_position, dtype=torch.long)
                 logits = self.backbone.forward(self.backbone.embed_tokens([token]), pos, self.cache)
                 next_position += 1
-            stats.generated_tokens = len(generated)
-        finally:
+        finally:  # a cancelled answer (generator closed early) still reports what it generated
             kv.truncate(self.cache, context_length)
+            stats.generated_tokens = len(generated)
             stats.total_s = time.perf_counter() - started
             self.stats.questions += 1
             self.stats.last_answer = stats
