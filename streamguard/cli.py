@@ -45,6 +45,7 @@ def _settings_from(args: argparse.Namespace):
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamguard.backbones import load_backbone
     from streamguard.engine.pipeline import create_pipeline
+    from streamguard.ingest import MediaError
     from streamguard.ingest.files import iter_chunks, probe
 
     settings = _settings_from(args)
@@ -59,20 +60,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     expected = max(1, math.ceil(info.duration / settings.chunk.seconds)) if info.duration else None
     reports = []
     answered = False
+    broken: MediaError | None = None
     started = time.monotonic()
     columns = (TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("chunks", total=expected)
-        for chunk in iter_chunks(args.file, settings.chunk):
-            if args.realtime:
-                time.sleep(max(0.0, started + chunk.start + settings.chunk.seconds - time.monotonic()))
-            reports.append(pipeline.process(chunk))
-            progress.advance(task)
-            chunk_end = chunk.start + settings.chunk.seconds
-            if args.question and args.at is not None and not answered and chunk_end >= args.at:
-                progress.stop()
-                _ask(session, args.question, chunk_end)
-                answered = True
+        try:
+            for chunk in iter_chunks(args.file, settings.chunk):
+                if args.realtime:
+                    time.sleep(max(0.0, started + chunk.start + settings.chunk.seconds - time.monotonic()))
+                reports.append(pipeline.process(chunk))
+                progress.advance(task)
+                chunk_end = chunk.start + settings.chunk.seconds
+                if args.question and args.at is not None and not answered and chunk_end >= args.at:
+                    progress.stop()
+                    _ask(session, args.question, chunk_end)
+                    answered = True
+        except MediaError as exc:  # a truncated or corrupt tail: show what was streamed, then fail
+            if not reports:
+                raise
+            broken = exc
     if not reports:
         console.print(f"[red]{args.file}: no chunk could be cut from this file")
         return 1
@@ -89,7 +96,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _ask(session, args.question, reports[-1].start + settings.chunk.seconds)
     if args.json:
         payload = {"file": str(args.file), "summary": summary, "chunks": [asdict(r) for r in reports]}
+        if broken is not None:
+            payload["error"] = str(broken)
         Path(args.json).write_text(json.dumps(payload, indent=2))
+    if broken is not None:
+        console.print(f"[red]error:[/red] stopped after {len(reports)} chunk(s): {broken}", highlight=False)
+        return 2
     return 0
 
 

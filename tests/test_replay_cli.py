@@ -61,3 +61,16 @@ def test_bad_inputs_are_one_clear_line(tiny_model, tmp_path, capsys):
     assert replay(tiny_model, str(clip), "-q", "x" * 3000) == 2
     assert "limit is 2000" in capsys.readouterr().err
     assert replay(tiny_model, str(tmp_path / "missing.mp4")) == 2
+
+
+def test_a_truncated_file_prints_what_was_streamed_then_fails(tiny_model, tmp_path, capsys):
+    whole = write_clip(tmp_path / "whole.mp4", 7, motion="moving")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: round(whole.stat().st_size * 0.6)])
+    report = tmp_path / "cut.json"
+    assert replay(tiny_model, str(cut), "--json", str(report)) == 2
+    captured = capsys.readouterr()
+    assert "compression:" in captured.out
+    assert "cut.mp4" in captured.err and "stopped after" in captured.err
+    data = json.loads(report.read_text())
+    assert data["chunks"] and "cut.mp4" in data["error"]
