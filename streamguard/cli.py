@@ -173,18 +173,38 @@ TOKEN_ENV = "STREAMGUARD_TOKEN"
 DEV_TOKEN = "streamguard-dev-token"
 
 
+def _serve_config(args: argparse.Namespace) -> str:
+    """The config `serve` runs: the one asked for, else the GPU default, else the CPU demo."""
+    import torch
+
+    if args.config is not None:
+        return args.config
+    if torch.cuda.is_available():
+        return "default"
+    console.print(
+        "[yellow]No CUDA GPU: serving the tiny demo model (random weights: the whole pipeline runs, "
+        "the answers are noise). Pass --config default (Qwen2.5-Omni-7B) to insist.[/yellow]"
+    )
+    return "tiny"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from streamguard.backbones import load_backbone
     from streamguard.service import create_app
     from streamguard.service.logs import redact_server_logs
 
+    args.config = _serve_config(args)
     settings = _settings_from(args)
     host, port = args.host or settings.service.host, args.port or settings.service.port
     # the service's `event key=value` lines (stream lifecycle, questions) at INFO
     logging.getLogger("streamguard").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Loaded before the server starts, so a missing checkpoint is one clear line, not a traceback.
+    with console.status(f"loading {settings.model.path}"):
+        backbone = load_backbone(settings.model, settings.chunk)
     base = f"http://{host}:{port}"
-    console.print(f"StreamGuard: model {settings.model.path}, config {args.config}")
+    console.print(f"StreamGuard: model {settings.model.path} on {backbone.device}, config {args.config}")
     console.print(f"  page     {base}/\n  API docs {base}/docs\n  metrics  {base}/metrics")
     if DEV_TOKEN in settings.service.tokens:
         console.print(
@@ -194,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         console.print("  token: one of service.tokens (clients: --token or STREAMGUARD_TOKEN)")
     config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_level="debug" if args.verbose else "info"
+        create_app(settings, backbone), host=host, port=port, log_level="debug" if args.verbose else "info"
     )
     redact_server_logs()  # after the Config: it sets uvicorn's logging up
     uvicorn.Server(config).run()
@@ -330,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=cmd_replay)
 
     serve = commands.add_parser("serve", help="run the service: REST, websocket questions, /metrics")
-    serve.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
+    serve.add_argument(
+        "--config",
+        help="a config name under configs/ or a YAML path (default: `default` on a CUDA GPU, else `tiny`)",
+    )
     serve.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
     serve.add_argument("--host", help="bind address (default: service.host)")
     serve.add_argument("--port", type=int, help="port (default: service.port)")
