@@ -45,6 +45,7 @@ def _settings_from(args: argparse.Namespace):
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamguard.backbones import load_backbone
     from streamguard.engine.pipeline import create_pipeline
+    from streamguard.engine.replay import summarize_replay
     from streamguard.ingest import MediaError
     from streamguard.ingest.files import iter_chunks, probe
 
@@ -84,7 +85,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         console.print(f"[red]{args.file}: no chunk could be cut from this file")
         return 1
     out.print(_chunk_table(reports))
-    summary = _summary(reports, session, time.monotonic() - started, settings.chunk.seconds)
+    summary = summarize_replay(reports, session, time.monotonic() - started, settings.chunk.seconds)
     out.print(
         f"compression: {summary['input_tokens_pruned_pct']:.1f}% of input tokens pruned "
         f"({summary['video_tokens_pruned_pct']:.1f}% of video tokens); "
@@ -144,27 +145,6 @@ def _chunk_table(reports) -> Table:
             ),
         )
     return table
-
-
-def _summary(reports, session, elapsed: float, seconds_per_chunk: float) -> dict:
-    video_in = sum(r.video_tokens_in for r in reports)
-    tokens_in = sum(r.tokens_in for r in reports)
-    # Held tokens come from the session: the `previous` policy evicts video after its report.
-    video_kept = session.stats.video_tokens_kept
-    tokens_kept = video_kept + session.stats.audio_tokens
-    return {
-        "chunks": len(reports),
-        "video_tokens_in": video_in,
-        "video_tokens_kept": video_kept,
-        "input_tokens": tokens_in,
-        "input_tokens_kept": tokens_kept,
-        "video_tokens_pruned_pct": 100.0 * (1 - video_kept / video_in) if video_in else 0.0,
-        "input_tokens_pruned_pct": 100.0 * (1 - tokens_kept / tokens_in) if tokens_in else 0.0,
-        "chunks_video_dropped": sum(r.video_dropped or r.previous_video_evicted for r in reports),
-        "kv_tokens": session.cache_tokens,
-        "kv_bytes": session.cache_bytes,
-        "real_time_factor": elapsed / (len(reports) * seconds_per_chunk),
-    }
 
 
 # -- serve, ask, streams -----------------------------------------------------------------------
