@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -177,6 +178,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     args.config = _serve_config(args)
     settings = _settings_from(args)
+    if settings.cluster.redis_url:  # checked first: a model load takes a while
+        from streamguard.cluster import StoreUnavailableError, check_store
+
+        try:
+            asyncio.run(check_store(settings.cluster))
+        except (StoreUnavailableError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+            return 2
     host, port = args.host or settings.service.host, args.port or settings.service.port
     # the service's `event key=value` lines (stream lifecycle, questions) at INFO
     logging.getLogger("streamguard").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -85,8 +85,17 @@ class ServiceSettings(BaseModel):
 
 
 class ClusterSettings(BaseModel):
+    # Unset: one worker, state in memory. Set (redis://[:password@]host:port/db): shared state.
     redis_url: str | None = None
-    lease_ttl_s: float = 10.0
+    key_prefix: str = "streamguard:"
+    # A worker heartbeats its leases every third of this; a stream whose lease lapses may be claimed.
+    lease_ttl_s: float = Field(10.0, gt=0)
+    # The limit on every Redis call; past it the service runs from memory until Redis answers again.
+    timeout_s: float = Field(1.0, gt=0)
+    retry_interval_s: float = Field(1.0, gt=0)  # how often an outage is probed
+    answer_log_max: int = Field(1000, gt=0)  # answers kept per stream
+    outage_buffer_max: int = Field(10000, gt=0)  # answers held for Redis while it is down
+    finished_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # an ended stream's keys then expire
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ stream and joins the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -21,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamguard.backbones import Backbone, load_backbone
-from streamguard.cluster import open_store
+from streamguard.cluster import Heartbeat, open_store
 from streamguard.config import Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.service.auth import authenticate, presented_token, require_token
@@ -121,8 +122,15 @@ async def metrics(request: Request, _: Token) -> Response:
 
 @ops.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
-    """Liveness, and the worker's load (no stream ids or sources: this needs no token)."""
-    return {"status": "ok", "worker": asdict(request.app.state.registry.scheduler.stats())}
+    """Liveness, the worker's load, and the shared store: `degraded` (with the reason) while Redis
+    is away and the service runs from memory. No stream ids or sources: this needs no token."""
+    registry: StreamRegistry = request.app.state.registry
+    store = registry.store.health()
+    return {
+        "status": "ok" if store.up else "degraded",
+        "store": asdict(store),
+        "worker": asdict(registry.scheduler.stats()),
+    }
 
 
 def create_app(
@@ -133,18 +141,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.cluster)
-        model = backbone or await asyncio.to_thread(load_backbone, settings.model, settings.chunk)
-        scheduler = Scheduler(settings.service.max_pending_chunks, chunk_delay_s)
-        scheduler.start()
-        app.state.registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
-        event("service.ready", model=model.model_id, device=str(model.device))
-        try:
-            yield
-        finally:
-            await app.state.registry.close()
-            await scheduler.stop()
-            event("service.stopped")
+        # first: an unreachable Redis fails the start before a model loads
+        async with contextlib.aclosing(await open_store(settings.cluster)) as store:
+            model = backbone or await asyncio.to_thread(load_backbone, settings.model, settings.chunk)
+            scheduler = Scheduler(settings.service.max_pending_chunks, chunk_delay_s)
+            scheduler.start()
+            registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
+            app.state.registry = registry
+            heartbeat = Heartbeat(
+                store, registry.active_counters, registry.lease_lost, settings.cluster.lease_ttl_s / 3
+            )
+            heartbeat.start()
+            event("service.ready", model=model.model_id, device=str(model.device))
+            try:
+                yield
+            finally:
+                await heartbeat.stop()
+                await registry.close()
+                await scheduler.stop()
+                event("service.stopped")
 
     app = FastAPI(
         title="StreamGuard",

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streamguard.cluster.store import StoreHealth
 from streamguard.service.protocol import StreamState
 
 DROP_REASONS = ("redundant", "shed")
@@ -109,6 +110,21 @@ class ServiceMetrics:
 
     def watch_streams(self, count: Callable[[], Mapping[StreamState, int]]) -> None:
         self.registry.register(_StreamStates(count))
+
+    def watch_store(self, health: Callable[[], StoreHealth]) -> None:
+        """`streamguard_store_up` and the answers waiting for it, read at scrape time."""
+        up = Gauge(
+            "streamguard_store_up",
+            "1 while the shared store answers; 0 while Redis is away and the service runs from memory",
+            registry=self.registry,
+        )
+        up.set_function(lambda: float(health().up))
+        buffered = Gauge(
+            "streamguard_store_buffered_answers",
+            "Answers held in memory until Redis is back",
+            registry=self.registry,
+        )
+        buffered.set_function(lambda: float(health().buffered_answers))
 
     def add_stream(self, stream: str) -> None:
         """Write a new stream's counters at zero, so a dashboard sees them before the first event."""

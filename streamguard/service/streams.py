@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from streamguard.backbones.base import Backbone
-from streamguard.cluster.store import Store, StreamRecord, worker_name
+from streamguard.cluster.store import Counters, Store, StreamRecord
 from streamguard.config import Settings
 from streamguard.engine.pipeline import ChunkReport, create_pipeline
 from streamguard.engine.scheduler import (
@@ -195,6 +195,11 @@ class Stream:
             worker=worker,
         )
 
+    def counters(self) -> Counters:
+        """The scalar stats, as the store publishes them for other workers and dashboards."""
+        stats = self.info().stats.model_dump()
+        return {name: value for name, value in stats.items() if not isinstance(value, dict)}
+
     def info(self) -> StreamInfo:
         queue = self.queue()
         latencies = sorted(self._latencies)
@@ -244,10 +249,11 @@ class StreamRegistry:
         self.scheduler = scheduler
         self.metrics = metrics
         self.store = store
-        self.worker = worker_name()
+        self.worker = store.worker
         self._streams: dict[str, Stream] = {}
         self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
         metrics.watch_streams(self.count_by_state)
+        metrics.watch_store(store.health)
 
     async def open(self, kind: StreamKind, source: ChunkSource, description: str, owner: str) -> Stream:
         """Set up a stream's pipeline on the worker, then start consuming its source."""
@@ -266,6 +272,7 @@ class StreamRegistry:
         self.scheduler.register(stream.id, pipeline, stream)
         self.metrics.add_stream(stream.id)
         await self._save(stream)
+        await self.store.acquire_lease(stream.id)  # a new id: no other worker holds it
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{stream.id}")
         event("stream.created", stream=stream.id, kind=kind.value, source=description)
         return stream
@@ -290,9 +297,20 @@ class StreamRegistry:
             stream.finish()
         finally:  # ended, failed, or cancelled by a delete or a failed chunk
             await self._save(stream)
+            await self.store.release_lease(stream.id)
 
     async def _save(self, stream: Stream) -> None:
         await self.store.put_stream(stream.record(self.worker))
+        await self.store.put_counters(stream.id, stream.counters())
+
+    def active_counters(self) -> dict[str, Counters]:
+        """The counters of every stream this worker runs (the heartbeat renews their leases)."""
+        return {s.id: s.counters() for s in self._streams.values() if s.state in ACTIVE_STATES}
+
+    def lease_lost(self, stream_id: str) -> None:
+        # Another worker claimed the stream while this one could not renew its lease (a stall
+        # longer than the lease): both may now run it, which an operator should hear of.
+        event("stream.lease_lost", logging.WARNING, stream=stream_id, worker=self.worker)
 
     def get(self, stream_id: str) -> Stream:
         stream = self._streams.get(stream_id)
