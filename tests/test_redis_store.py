@@ -8,8 +8,10 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import yaml
 from redis_helpers import free_port, redis_server
 from service_helpers import receive_until, serve, tiny_settings, wait_until
 
@@ -18,11 +20,12 @@ from streamguard.cli import main
 from streamguard.cluster import AnswerRecord, StoreUnavailableError, StreamRecord, open_store
 from streamguard.cluster.fallback import FallbackStore
 from streamguard.cluster.redis_store import RedisStore
-from streamguard.config import ClusterSettings
+from streamguard.config import ClusterSettings, load_settings
 from streamguard.service import create_app
 
 pytestmark = pytest.mark.redis
 
+REPO = Path(__file__).resolve().parents[1]
 BOUND_S = 20.0  # the longest any wait here may take
 
 
@@ -231,6 +234,28 @@ async def _up(store: FallbackStore) -> bool:
     return store.health().up
 
 
+async def test_an_answer_whose_write_timed_out_but_landed_is_not_written_twice(server, cluster):
+    # the probe waits longer than the pause, so the late write lands before Redis is used again
+    store = await open_store(
+        cluster.model_copy(update={"timeout_s": 0.2, "retry_interval_s": 1.0}), worker="worker-1"
+    )
+    late = await RedisStore.connect(cluster.model_copy(update={"timeout_s": 10.0}), "worker-1")
+    try:
+        await store.put_stream(stream_record("s1", worker="worker-1"))
+        await store.log_answer(answer_record("s1", 0))
+        with server.client() as redis:
+            redis.client_pause(300)
+        landing = asyncio.create_task(late.log_answer(answer_record("s1", 1)))  # held by the pause
+        await store.log_answer(answer_record("s1", 1))  # times out here, yet lands through `late`
+        await store.log_answer(answer_record("s1", 2))
+        await landing
+        await eventually(lambda: _up(store), "Redis to answer again")
+        assert await store.answers("s1", 10) == [answer_record("s1", n) for n in range(3)]
+    finally:
+        await late.aclose()
+        await store.aclose()
+
+
 async def test_full_outage_buffer_drops_the_oldest_and_says_so(server, cluster):
     settings = cluster.model_copy(update={"timeout_s": 0.2, "retry_interval_s": 0.05, "outage_buffer_max": 2})
     store = await open_store(settings, worker="worker-1")
@@ -262,6 +287,18 @@ def test_serve_refuses_an_unreachable_redis_before_loading_a_model(monkeypatch, 
     assert main(["serve", "--config", "tiny", "--model", "/nonexistent/checkpoint"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach Redis" in err and "STREAMGUARD_CLUSTER__REDIS_URL" in err
+
+
+def test_the_compose_workers_run_the_cluster_config_against_its_redis():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    workers = {name: service for name, service in compose["services"].items() if name != "redis"}
+    assert len(workers) == 2
+    for worker in workers.values():
+        assert worker["command"][-2:] == ["--config", "configs/cluster.yaml"]
+        assert worker["environment"]["STREAMGUARD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    settings = load_settings("cluster")
+    assert settings.cluster.redis_url == "redis://redis:6379/0" and settings.service.host == "0.0.0.0"
 
 
 # -- the service riding out an outage ------------------------------------------------------------

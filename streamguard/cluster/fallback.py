@@ -3,8 +3,9 @@
 Every write lands in a local `MemoryStore` first, then in Redis while it is up. The first call
 that finds Redis gone logs one warning, and from then on calls skip Redis: reads come from
 memory, answers wait in a bounded buffer, and a background probe pings Redis every
-`retry_interval_s`. Once it answers, the worker's stream records are written again (Redis may
-have restarted empty), the buffered answers are appended in their order, and Redis is used again.
+`retry_interval_s`. Once it answers, the worker's stream records are written again, a stream
+Redis lost (it restarted empty) gets this worker's copy of its answer log back, the buffered
+answers are appended in their order, and Redis is used again.
 Leases need nothing: the heartbeat's next renewal takes a lapsed lease back unless another worker
 claimed it meanwhile.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -42,6 +44,7 @@ class FallbackStore:
         self._outage: str | None = None  # why Redis is down; None while it is up
         self._buffered: deque[AnswerRecord] = deque()
         self._dropped = 0  # buffered answers pushed out by newer ones in this outage
+        self._unsure: AnswerRecord | None = None  # the answer whose write found Redis gone
         # Writes take turns, so answers reach Redis in the order they were given and a re-sync
         # is never overtaken by a write it would then overwrite.
         self._writing = asyncio.Lock()
@@ -76,6 +79,7 @@ class FallbackStore:
                 with self._falls_back():
                     await self.redis.log_answer(record)
                     return
+                self._unsure = record  # the call failed, but Redis may have applied it
             self._buffer(record)
 
     async def answers(self, stream_id: str, limit: int) -> list[AnswerRecord]:
@@ -179,8 +183,7 @@ class FallbackStore:
             except StoreUnavailableError:
                 continue
             log.warning(
-                "store.up url=%s: back after the outage; re-synced %d stream records, flushed %d "
-                "buffered answers",
+                "store.up url=%s: back after the outage; re-synced %d stream records and %d answers",
                 self.redis.url,
                 records,
                 answers,
@@ -188,21 +191,37 @@ class FallbackStore:
             return
 
     async def _resync(self) -> tuple[int, int]:
-        """Write this worker's records and buffered answers to Redis, then use it again. A Redis
-        that restarted empty lost the answer logs too: this worker's copies replace them."""
+        """Write this worker's records and buffered answers to Redis, then use it again. Each
+        step is a transaction that is not repeated once done, so a probe that fails half-way
+        leaves no twins when the next one finishes."""
         await self.redis.ping()
         records = self.local.records()
         lost = set(await self.redis.missing_streams([record.id for record in records]))
-        await self.redis.put_streams(records)
-        pending = [
-            a for stream_id in lost for a in await self.local.answers(stream_id, self.local.max_answers)
-        ]
-        pending += [a for a in self._buffered if a.stream_id not in lost]
-        for start in range(0, len(pending), FLUSH_BATCH):
-            await self.redis.log_answers(pending[start : start + FLUSH_BATCH])
-        self._buffered.clear()
-        self._outage, self._dropped = None, 0
-        return len(records), len(pending)
+        restored = 0
+        for record in records:
+            if record.id in lost:  # Redis restarted empty: this worker's copy of the log replaces it
+                log = await self.local.answers(record.id, self.local.max_answers)
+                await self.redis.restore_stream(record, log)
+                self._buffered = deque(a for a in self._buffered if a.stream_id != record.id)
+                restored += len(log)
+        await self.redis.put_streams(r for r in records if r.id not in lost)
+        unsure = self._unsure
+        # Only this worker appends to its streams' logs: had the failed write landed, it is the last.
+        if (
+            unsure is not None
+            and unsure in self._buffered
+            and [unsure] == await self.redis.answers(unsure.stream_id, 1)
+        ):
+            self._buffered.remove(unsure)
+        flushed = 0
+        while self._buffered:
+            batch = list(itertools.islice(self._buffered, FLUSH_BATCH))
+            await self.redis.log_answers(batch)
+            for _ in batch:
+                self._buffered.popleft()
+            flushed += len(batch)
+        self._outage, self._dropped, self._unsure = None, 0, None
+        return len(records), restored + flushed
 
     async def aclose(self) -> None:
         if self._probe is not None:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -152,20 +153,23 @@ class RedisStore:
 
     async def put_streams(self, records: Iterable[StreamRecord]) -> None:
         """Write records in one transaction (also how a worker re-syncs after an outage)."""
-        ttl_ms = round(self.settings.finished_ttl_s * 1000)
         async with self._call("put_stream"):
             pipe = self.client.pipeline(transaction=True)
             for record in records:
-                key = self.key("stream", record.id)
-                pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.model_dump().items()})
-                if record.state in ACTIVE_STATES:
-                    pipe.persist(key)
-                    pipe.zadd(self.key("active"), {record.id: record.created})
-                else:
-                    pipe.zrem(self.key("active"), record.id)
-                    for kind in ("stream", "answers", "counters"):
-                        pipe.pexpire(self.key(kind, record.id), ttl_ms)
+                self._queue_record(pipe, record)
             await pipe.execute()
+
+    def _queue_record(self, pipe: Pipeline, record: StreamRecord) -> None:
+        key = self.key("stream", record.id)
+        pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.model_dump().items()})
+        if record.state in ACTIVE_STATES:
+            pipe.persist(key)
+            pipe.zadd(self.key("active"), {record.id: record.created})
+        else:
+            pipe.zrem(self.key("active"), record.id)
+            ttl_ms = round(self.settings.finished_ttl_s * 1000)
+            for kind in ("stream", "answers", "counters"):
+                pipe.pexpire(self.key(kind, record.id), ttl_ms)
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
         async with self._call("get_stream"):
@@ -187,15 +191,29 @@ class RedisStore:
         await self.log_answers([record])
 
     async def log_answers(self, records: Iterable[AnswerRecord]) -> None:
-        """Append in order, in one round trip (also how answers buffered in an outage are flushed)."""
+        """Append in order, in one transaction (how answers buffered in an outage are flushed):
+        all or none, so a retry adds no twins."""
         async with self._call("log_answer"):
-            pipe = self.client.pipeline(transaction=True)  # all or none: a retry adds no twins
+            pipe = self.client.pipeline(transaction=True)
             for record in records:
-                keys = [self.key("answers", record.stream_id), self.key("stream", record.stream_id)]
-                await self._log_answer(
-                    keys=keys, args=[self.settings.answer_log_max, record.model_dump_json()], client=pipe
-                )
+                await self._queue_answer(pipe, record)
             await pipe.execute()
+
+    async def restore_stream(self, record: StreamRecord, answers: Iterable[AnswerRecord]) -> None:
+        """Write a stream Redis lost (it restarted empty) from a worker's own copy: the record
+        and its whole answer log, replacing any, in one transaction."""
+        async with self._call("restore_stream"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.key("answers", record.id))
+            self._queue_record(pipe, record)
+            for answer in answers:
+                await self._queue_answer(pipe, answer)
+            await pipe.execute()
+
+    async def _queue_answer(self, pipe: Pipeline, record: AnswerRecord) -> None:
+        keys = [self.key("answers", record.stream_id), self.key("stream", record.stream_id)]
+        args = [self.settings.answer_log_max, record.model_dump_json()]
+        await self._log_answer(keys=keys, args=args, client=pipe)  # queued: runs on execute
 
     async def answers(self, stream_id: str, limit: int) -> list[AnswerRecord]:
         if limit <= 0:
