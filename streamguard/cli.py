@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -146,6 +146,45 @@ def _chunk_table(reports) -> Table:
             ),
         )
     return table
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+
+def _number_list(kind: type[int] | type[float]) -> Callable[[str], tuple]:
+    """An argparse type for `1,2,5`: positive numbers of `kind`."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive values, got {text!r}")
+        return values
+
+    return parse
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamguard.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        config=args.config,
+        out=args.out,
+        quick=args.quick,
+        files=tuple(args.files),
+        minutes=args.minutes or (),
+        streams=args.streams or (),
+        model=args.model,
+    )
+    result = run_bench(options, console)
+    out.print(
+        f"wrote {args.out / 'bench.json'}, {args.out / 'report.md'} and plots in {result['duration_s']:.0f} s"
+    )
+    return 0
 
 
 # -- serve, ask, streams -----------------------------------------------------------------------
@@ -337,6 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-new-tokens", type=int)
     replay.add_argument("--json", help="write the per-chunk report and summary to this JSON file")
     replay.set_defaults(run=cmd_replay)
+
+    bench = commands.add_parser(
+        "bench", help="measure compression, costs, latency, memory, concurrency, fidelity"
+    )
+    bench.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
+    bench.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    bench.add_argument(
+        "--out", type=Path, required=True, help="folder for bench.json, report.md and the plots"
+    )
+    bench.add_argument("--quick", action="store_true", help="a reduced run (short clips and streams)")
+    bench.add_argument(
+        "--files", nargs="+", type=Path, default=[], help="files to measure compression on too"
+    )
+    bench.add_argument(
+        "--minutes", type=_number_list(float), help="stream lengths for question latency (default 1,2,5,10)"
+    )
+    bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
+    bench.set_defaults(run=cmd_bench)
 
     serve = commands.add_parser("serve", help="run the service: REST, websocket questions, /metrics")
     serve.add_argument(

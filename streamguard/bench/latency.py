@@ -1,0 +1,180 @@
+"""Figure 4: a question after 1, 2, 5, 10 minutes of stream, answered from the rolling session
+versus re-prefilling the whole context offline, as a user without a streaming cache would.
+
+One long replay per method runs as fast as it goes through the real pipeline (encoders, pruner,
+rolling session), looping a short clip. At each checkpoint the rolling session answers the
+question, then the baseline builds a fresh session holding every token the stream kept so far
+(no budget, no eviction), prefilled from scratch, and answers the same question. The baseline's
+features are each distinct chunk's, encoded once outside its timing (the features the stream
+computed), so it is charged for prefill and generation only. The same replay feeds the memory
+(figure 5) and per-chunk cost (figure 2) sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any
+
+import torch
+
+from streamguard.backbones.base import Backbone, EncodedChunk
+from streamguard.bench.memory import MemorySample, sample_memory
+from streamguard.bench.workload import Method, Tick, looped
+from streamguard.config import Settings
+from streamguard.engine.pipeline import ChunkReport, create_pipeline
+from streamguard.engine.session import SamplingParams, SessionStats, StreamSession
+from streamguard.ingest.chunker import AVChunk
+
+QUESTION = "What has happened in the stream so far?"
+
+
+@dataclass
+class KeptChunk:
+    """What the stream kept of one chunk: which distinct source chunk, its kept video, or none."""
+
+    source: int
+    keep: torch.Tensor
+    video_dropped: bool
+
+
+@dataclass
+class AnswerTiming:
+    time_to_first_delta_s: float | None
+    total_s: float
+    generated_tokens: int
+    context_tokens: int
+    text: str
+
+
+@dataclass
+class LongStream:
+    method: str
+    reports: list[ChunkReport] = field(default_factory=list)
+    stats: SessionStats = field(default_factory=SessionStats)  # the session's counters at the end
+    prefix_tokens: int = 0
+    memory: list[MemorySample] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_chunks(minutes: Sequence[float], seconds_per_chunk: float) -> dict[int, float]:
+    """{chunks streamed: minutes} for each checkpoint (at least one chunk each)."""
+    return {max(1, round(m * 60 / seconds_per_chunk)): m for m in minutes}
+
+
+def run_long_stream(
+    backbone: Backbone,
+    settings: Settings,
+    method: Method,
+    source: Sequence[AVChunk],
+    minutes: Sequence[float],
+    reps: int,
+    tick: Tick,
+) -> LongStream:
+    """Replay `source` in a loop for the longest checkpoint, asking at every checkpoint."""
+    seconds = settings.chunk.seconds
+    method_settings = method.settings(settings)
+    pipeline = create_pipeline(backbone, method_settings)
+    checkpoints = checkpoint_chunks(minutes, seconds)
+    params = SamplingParams(max_new_tokens=settings.session.max_new_tokens)
+    features: dict[int, EncodedChunk] = {}
+    kept: list[KeptChunk] = []
+    result = LongStream(method.name)
+    for chunk in looped(source, max(checkpoints), seconds):
+        report = pipeline.process(chunk)
+        result.reports.append(report)
+        if report.previous_video_evicted:
+            kept[-1].video_dropped = True
+        kept_indices = sorted(set(report.semantic) | set(report.spatial))
+        kept.append(
+            KeptChunk(
+                chunk.index % len(source), torch.tensor(kept_indices, dtype=torch.long), report.video_dropped
+            )
+        )
+        result.memory.append(sample_memory(chunk.start + seconds, pipeline.session))
+        tick()
+        streamed = chunk.index + 1
+        if streamed not in checkpoints:
+            continue
+        for index in {k.source for k in kept} - features.keys():
+            features[index] = backbone.encode(backbone.preprocess(source[index].frames, source[index].audio))
+        rolling = [timed_answer(pipeline.session, QUESTION, params, time.perf_counter()) for _ in range(reps)]
+        baseline = [reprefill_answer(backbone, method_settings, features, kept, params) for _ in range(reps)]
+        result.checkpoints.append(checkpoint_row(checkpoints[streamed], streamed, rolling, baseline))
+        tick()
+    result.stats = dataclasses.replace(pipeline.session.stats)
+    result.prefix_tokens = pipeline.session.prefix_length
+    return result
+
+
+def timed_answer(
+    session: StreamSession, question: str, params: SamplingParams, started: float
+) -> AnswerTiming:
+    """Answer `question` from `session`, timed from `started` to the first text delta and to the end."""
+    first: float | None = None
+    parts = []
+    for delta in session.ask(question, params):
+        if first is None:
+            first = time.perf_counter()
+        parts.append(delta)
+    ended = time.perf_counter()
+    stats = session.stats.last_answer
+    return AnswerTiming(
+        time_to_first_delta_s=None if first is None else first - started,
+        total_s=ended - started,
+        generated_tokens=stats.generated_tokens,
+        context_tokens=stats.context_tokens,
+        text="".join(parts),
+    )
+
+
+def reprefill_answer(
+    backbone: Backbone,
+    settings: Settings,
+    features: dict[int, EncodedChunk],
+    kept: Sequence[KeptChunk],
+    params: SamplingParams,
+) -> AnswerTiming | None:
+    """The baseline: a fresh session prefilled with every kept token (prompt included), then the
+    question; None when the whole context does not fit the model's position range."""
+    tokens = sum(features[k.source].audio.shape[0] + (0 if k.video_dropped else k.keep.numel()) for k in kept)
+    unbounded = settings.session.model_copy(update={"token_budget": max(1, tokens)})
+    started = time.perf_counter()
+    session = StreamSession(backbone, unbounded, settings.model.system_prompt)
+    try:
+        for k in kept:
+            session.append_chunk(features[k.source], keep=k.keep, drop_video=k.video_dropped)
+    except RuntimeError:  # positions past the model's range: an offline prompt this long cannot exist
+        return None
+    return timed_answer(session, QUESTION, params, started)
+
+
+def checkpoint_row(
+    minutes: float, chunks: int, rolling: list[AnswerTiming], baseline: list[AnswerTiming | None]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"minutes": minutes, "chunks": chunks, "rolling": _timing_summary(rolling)}
+    measured = [b for b in baseline if b is not None]
+    row["reprefill"] = _timing_summary(measured) if measured else None
+    if measured:
+        row["total_ratio"] = row["reprefill"]["total_ms"] / row["rolling"]["total_ms"]
+        first_rolling, first_baseline = row["rolling"]["first_delta_ms"], row["reprefill"]["first_delta_ms"]
+        row["first_delta_ratio"] = (
+            first_baseline / first_rolling if first_rolling and first_baseline is not None else None
+        )
+        # Below the rolling budget both hold the same tokens, so greedy answers must agree.
+        row["same_answer"] = rolling[0].text == measured[0].text
+    return row
+
+
+def _timing_summary(timings: list[AnswerTiming]) -> dict[str, Any]:
+    firsts = [t.time_to_first_delta_s for t in timings if t.time_to_first_delta_s is not None]
+    return {
+        "first_delta_ms": 1000 * median(firsts) if firsts else None,
+        "total_ms": 1000 * median(t.total_s for t in timings),
+        "generated_tokens": timings[0].generated_tokens,
+        "context_tokens": timings[0].context_tokens,
+        "reps": len(timings),
+    }

@@ -1,0 +1,323 @@
+"""The bench's files: bench.json (every raw figure) and report.md (tables and the plots)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamguard.bench.flops import __doc__ as FLOPS_FORMULA
+
+MIB = 2**20
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(_finite(result), indent=2) + "\n")
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> Path:
+    env = result["environment"]
+    sections = [
+        "# StreamGuard bench\n",
+        f"Model `{env['model']}` on {env['device']} ({env['device_name'] or 'unknown'}, {env['dtype']}), "
+        f"config `{env['config_file']}`, commit `{env['git_commit']}`, {env['date']}, "
+        f"{'quick' if env['quick'] else 'full'} run in {result['duration_s']:.0f} s.\n",
+        "Absolute times only mean something on a GPU with a real checkpoint. On a CPU with the tiny "
+        "random model read the ratios (re-prefill vs rolling, pruned vs full, selection's share), "
+        "not the milliseconds.\n",
+        _headline(result),
+        _compression(result["compression"]),
+        _costs(result["costs"]),
+        _selection(result["selection"]),
+        _latency(result["latency"], result["plots"]["question_latency"]),
+        _memory(result["memory"], result["plots"]["memory"]),
+        _concurrency(result["concurrency"], result["plots"]["concurrency"]),
+        _fidelity(result["fidelity"]),
+    ]
+    path.write_text("\n".join(sections))
+    return path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _headline(result: dict[str, Any]) -> str:
+    head = result["headline"]
+    rows = [
+        [f"input tokens pruned, {clip}", ", ".join(f"{m} {p:.1f}%" for m, p in methods.items())]
+        for clip, methods in head["input_tokens_pruned_pct"].items()
+    ]
+    ratio = head["question_latency_ratio"]
+    if ratio is not None:
+        rows.append(
+            [
+                f"question latency, re-prefill / rolling at {ratio['minutes']:g} min ({ratio['method']})",
+                f"{ratio['total_ratio']:.1f}×",
+            ]
+        )
+    rows.append(
+        [
+            "KV cache per stream-minute (no budget)",
+            ", ".join(f"{m} {b / MIB:.2f} MiB" for m, b in head["kv_bytes_per_minute"].items())
+            + "; at Qwen2.5-Omni-7B bf16: "
+            + ", ".join(f"{m} {b / MIB:.0f} MiB" for m, b in head["kv_bytes_per_minute_at_7b_bf16"].items()),
+        ]
+    )
+    share = head["selection_share_pct"]
+    rows.append(
+        [
+            "selection's share of chunk compute",
+            f"{share['loaded_model_measured']:.1f}% measured on the loaded model; at 7B width "
+            f"(grid {share['grid']}) {share['7b_width_scaled']:.2f}% (FLOP-scaled) to "
+            f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
+        ]
+    )
+    return "## Headline\n\n" + _table(["figure", "value"], rows)
+
+
+def _compression(compression: dict[str, Any]) -> str:
+    parts = ["## 1. Compression per method\n"]
+    for clip, figure in compression.items():
+        rows = [
+            [
+                method,
+                e["video_tokens_in"],
+                e["video_tokens_kept"],
+                e["video_tokens_pruned_pct"],
+                e["input_tokens_pruned_pct"],
+                e["chunks_video_dropped"],
+            ]
+            for method, e in figure["methods"].items()
+        ]
+        note = f" (offline merging skipped: {figure['offline_skipped']})" if figure["offline_skipped"] else ""
+        parts.append(f"**{clip}** — `{figure['file']}`, {figure['chunks']} chunks{note}\n")
+        parts.append(
+            _table(
+                ["method", "video in", "video kept", "video pruned %", "input pruned %", "chunks w/o video"],
+                rows,
+            )
+        )
+    parts.append(
+        "Random, high and mean-audio keep as many tokens as ContextGuard per chunk (matched ratio) and share "
+        "its drop rule; they differ in which tokens, which the fidelity table shows.\n"
+    )
+    return "\n".join(parts)
+
+
+def _costs(costs: dict[str, Any]) -> str:
+    full, pruned = costs["full"], costs["pruned"]
+    rows = []
+    for stage in full["stages"]:
+        f, p = full["stages"][stage], pruned["stages"][stage]
+        rows.append(
+            [stage, f["median_ms"], f["p95_ms"], p["median_ms"], p["p95_ms"], pruned["share_pct"][stage]]
+        )
+    f, p = full["chunk_total"], pruned["chunk_total"]
+    rows.append(["whole chunk", f["median_ms"], f["p95_ms"], p["median_ms"], p["p95_ms"], 100.0])
+    return (
+        f"## 2. Per-chunk cost ({costs['methods']['full']} vs {costs['methods']['pruned']}, {pruned['chunks']} chunks each)\n\n"
+        + _table(
+            ["stage", "full median ms", "full p95 ms", "pruned median ms", "pruned p95 ms", "pruned share %"],
+            rows,
+        )
+        + f"\nSelection takes {costs['selection_share_pct']:.1f}% of a pruned chunk's compute; the pruned "
+        f"prefill's median is {_cell(costs['prefill_median_ratio'])}× the full one's.\n"
+    )
+
+
+def _selection(figure: dict[str, Any]) -> str:
+    rows = [
+        [
+            "×".join(str(x) for x in r["grid"]),
+            r["video_tokens"],
+            r["kept_video_tokens"],
+            f"{r['a2v']['median_ms']:.1f} / {r['a2v']['p95_ms']:.1f}",
+            f"{r['mean_audio']['median_ms']:.2f} / {r['mean_audio']['p95_ms']:.2f}",
+            r["loaded_model_ms"]["encode_prefill_ms"],
+            r["encode_prefill_7b_ms_scaled"],
+            r["selection_share_pct_scaled"],
+            r["encode_prefill_7b_ms_at_matmul_throughput"],
+            r["selection_share_pct_at_matmul_throughput"],
+        ]
+        for r in figure["rows"]
+    ]
+    return (
+        f"## 3. Selection cost at Qwen2.5-Omni-7B width (d = {figure['width']}, {figure['audio_tokens']} audio "
+        "tokens, random tensors)\n\n"
+        + _table(
+            [
+                "grid F×H×W",
+                "video tokens",
+                "kept",
+                "A2V select ms median / p95",
+                "mean-audio select ms median / p95",
+                "loaded model encode+prefill ms",
+                "7B encode+prefill ms (FLOP-scaled)",
+                "share %",
+                f"7B encode+prefill ms (at {figure['matmul_tflops']:.3g} TFLOP/s)",
+                "share %",
+            ],
+            rows,
+        )
+        + "\nThe A2V predictor has the default size (128 queries, 2 cross-attention layers) with random "
+        "weights. FLOPs of one chunk, from the model configs:\n\n```\n" + FLOPS_FORMULA.strip() + "\n```\n"
+    )
+
+
+def _latency(latency: dict[str, Any], plot: str) -> str:
+    rows = []
+    for method, checkpoints in latency["methods"].items():
+        for r in checkpoints:
+            base = r["reprefill"] or {}
+            rows.append(
+                [
+                    method,
+                    r["minutes"],
+                    r["rolling"]["context_tokens"],
+                    r["rolling"]["first_delta_ms"],
+                    r["rolling"]["total_ms"],
+                    base.get("context_tokens"),
+                    base.get("first_delta_ms"),
+                    base.get("total_ms"),
+                    r.get("total_ratio"),
+                ]
+            )
+    return (
+        "## 4. Question latency: rolling session vs re-prefilling the context\n\n"
+        f"Question “{latency['question']}” after each stream length ({latency['source']}, replayed faster than "
+        f"real time). Baseline: {latency['baseline']}; {latency['features_reused']}.\n\n"
+        + _table(
+            [
+                "method",
+                "minutes",
+                "rolling context",
+                "rolling first delta ms",
+                "rolling total ms",
+                "re-prefill context",
+                "re-prefill first delta ms",
+                "re-prefill total ms",
+                "ratio (total)",
+            ],
+            rows,
+        )
+        + f"\n![question latency]({plot})\n"
+    )
+
+
+def _memory(memory: dict[str, Any], plot: str) -> str:
+    rows = []
+    for method, entry in memory["methods"].items():
+        s = entry["summary"]
+        rows.append(
+            [
+                method,
+                s["kv_tokens_per_minute"],
+                s["kv_bytes_per_minute"] / MIB,
+                s["kv_bytes_per_token"],
+                s["kv_bytes_per_minute_at_7b_bf16"] / MIB,
+                s["token_budget"],
+                s["kv_bytes_max"] / MIB,
+                s["kv_second_half_spread"],
+                s["rss_bytes_start"] / MIB,
+                s["rss_bytes_peak"] / MIB,
+                s["rss_second_half_growth_bytes"] / MIB,
+            ]
+        )
+    return (
+        "## 5. Memory\n\n"
+        + _table(
+            [
+                "method",
+                "KV tokens / min",
+                "KV MiB / min (no budget)",
+                "bytes / token",
+                "7B bf16 MiB / min",
+                "token budget",
+                "KV max MiB",
+                "KV spread, 2nd half",
+                "RSS start MiB",
+                "RSS peak MiB",
+                "RSS growth, 2nd half MiB",
+            ],
+            rows,
+        )
+        + "\nPer minute: every token the stream kept, at the cache's bytes per token (the growth without a "
+        "budget). Under the rolling budget the oldest chunks are evicted and the cache stays flat.\n\n"
+        + f"![memory]({plot})\n"
+    )
+
+
+def _concurrency(concurrency: dict[str, Any], plot: str) -> str:
+    rows = [
+        [
+            r["streams"],
+            r["rtf"],
+            r["load"],
+            100 * r["shed_rate"],
+            r["lag"]["p95_ms"],
+            r["question_first_delta"]["median_ms"],
+            r["question_total"]["median_ms"],
+            r["realtime"],
+        ]
+        for r in concurrency["rows"]
+    ]
+    pace = "real time" if concurrency["speed"] == 1 else f"{concurrency['speed']:g}× real time"
+    return (
+        f"## 6. Concurrency ({concurrency['chunks_per_stream']} chunks per stream, paced at {pace}, "
+        f"at most {concurrency['max_pending_chunks']} pending chunks per stream)\n\n"
+        + _table(
+            [
+                "streams",
+                "RTF",
+                "worker load",
+                "shed %",
+                "lag p95 ms",
+                "question first delta ms",
+                "question total ms",
+                "real time",
+            ],
+            rows,
+        )
+        + f"\nLargest N measured that stays real time: {concurrency['largest_measured_realtime_streams']}; "
+        f"one worker could keep about {concurrency['estimated_realtime_streams']} streams real time "
+        "(1 / RTF at the largest N).\n\n" + f"![concurrency]({plot})\n"
+    )
+
+
+def _fidelity(fidelity: dict[str, Any]) -> str:
+    clips = list(fidelity["kl"])
+    methods = list(dict.fromkeys(m for clip in clips for m in fidelity["kl"][clip]))
+    rows = [[m, *(fidelity["kl"][clip].get(m) for clip in clips)] for m in methods]
+    return (
+        "## 7. Fidelity: first-token KL(full ‖ pruned), nats\n\n"
+        + _table(["method", *clips], rows)
+        + f"\nMean over {len(fidelity['questions'])} questions. With random weights these are noise-level "
+        "divergences; compare methods with a real checkpoint.\n"
+    )

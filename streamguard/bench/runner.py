@@ -1,0 +1,276 @@
+"""`streamguard bench`: every figure measured in one run, written as JSON, Markdown and PNGs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streamguard.backbones import Backbone, load_backbone
+from streamguard.bench import compression, plots, report, selection
+from streamguard.bench.concurrency import measure_concurrency
+from streamguard.bench.costs import compare_costs
+from streamguard.bench.fidelity import QUESTIONS
+from streamguard.bench.latency import QUESTION, LongStream, checkpoint_chunks, run_long_stream
+from streamguard.bench.memory import samples_as_columns, summarize_memory
+from streamguard.bench.workload import FULL, Clip, Tick, configured_method, generated_clips, load_clip, looped
+from streamguard.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much each figure measures: the full run, or `--quick` for tests and smoke checks."""
+
+    clip_seconds: float
+    minutes: tuple[float, ...]
+    streams: tuple[int, ...]
+    concurrency_chunks: int
+    concurrency_speed: float  # 1: streams paced at real time
+    selection_grids: tuple[tuple[int, int], ...]
+    selection_reps: int
+    question_reps: int
+
+
+FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, selection.GRIDS, 10, 3)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 3)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    config: str
+    out: Path
+    quick: bool = False
+    files: tuple[Path, ...] = ()
+    minutes: tuple[float, ...] = ()  # empty: the scale's
+    streams: tuple[int, ...] = ()
+    model: str | None = None  # overrides model.path
+
+    @property
+    def scale(self) -> Scale:
+        base = QUICK_SCALE if self.quick else FULL_SCALE
+        overrides: dict[str, Any] = {}
+        if self.minutes:
+            overrides["minutes"] = tuple(sorted(self.minutes))
+        if self.streams:
+            overrides["streams"] = tuple(sorted(self.streams))
+        return Scale(**{**asdict(base), **overrides})
+
+
+def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
+    """Measure every figure, write bench.json, report.md and the plots to `options.out`."""
+    for path in options.files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    started = time.perf_counter()
+    scale = options.scale
+    settings = load_settings(options.config, **({"model": {"path": options.model}} if options.model else {}))
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status(f"loading {settings.model.path}"):
+        backbone = load_backbone(settings.model, settings.chunk)
+    if not settings.pruning.predictor_path:
+        console.print(
+            "[yellow]No A2V predictor configured: ContextGuard scores video against the mean audio "
+            "embedding, so 'contextguard' and 'mean_audio' select alike.[/yellow]"
+        )
+    clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk)
+    for path in map(Path, options.files):
+        name = path.name if path.name not in {c.name for c in clips} else str(path)
+        clips.append(load_clip(name, path, settings.chunk))
+    with _quiet_fallback_warnings(), _progress(console) as section:
+        result = _measure(backbone, settings, scale, clips, section)
+    result["environment"] = environment(backbone, settings, options)
+    result["headline"] = headline(result)
+    result["duration_s"] = time.perf_counter() - started
+    result["plots"] = {
+        "question_latency": plots.plot_latency(result["latency"], out / "question_latency.png").name,
+        "memory": plots.plot_memory(result["memory"], out / "memory.png").name,
+        "concurrency": plots.plot_concurrency(result["concurrency"], out / "concurrency.png").name,
+    }
+    report.write_json(result, out / "bench.json")
+    report.write_markdown(result, out / "report.md")
+    return result
+
+
+def _measure(
+    backbone: Backbone,
+    settings: Settings,
+    scale: Scale,
+    clips: list[Clip],
+    section: Callable[[str, int], Tick],
+) -> dict[str, Any]:
+    moving = next(c for c in clips if c.name == "moving")
+    long_methods = [FULL, configured_method(settings)]
+    checkpoints = checkpoint_chunks(scale.minutes, settings.chunk.seconds)
+
+    tick = section("1,7 compression, fidelity", sum(compression.steps_per_clip(c) for c in clips))
+    per_clip = {c.name: compression.measure_clip(backbone, settings, c, QUESTIONS, tick) for c in clips}
+
+    tick = section("3 selection at 7B width", selection.steps(scale.selection_grids))
+    selection_figure = selection.measure_selection(
+        backbone, settings, scale.selection_grids, scale.selection_reps, tick
+    )
+
+    tick = section("2,4,5 long streams", len(long_methods) * (max(checkpoints) + len(checkpoints)))
+    streams = [
+        run_long_stream(backbone, settings, method, moving.chunks, scale.minutes, scale.question_reps, tick)
+        for method in long_methods
+    ]
+
+    tick = section("6 concurrency", sum(scale.streams) * scale.concurrency_chunks)
+    concurrency_chunks = list(looped(moving.chunks, scale.concurrency_chunks, settings.chunk.seconds))
+    concurrency = measure_concurrency(
+        backbone, settings, concurrency_chunks, scale.streams, scale.concurrency_speed, tick
+    )
+    return {
+        "compression": {
+            c.name: {
+                "file": str(c.path),
+                "chunks": len(c.chunks),
+                "methods": per_clip[c.name]["compression"],
+                "offline_skipped": per_clip[c.name]["offline_skipped"],
+            }
+            for c in clips
+        },
+        "fidelity": {
+            "questions": QUESTIONS,
+            "reference": FULL.name,
+            "kl": {name: entry["fidelity"] for name, entry in per_clip.items()},
+        },
+        "costs": {
+            "methods": {"full": streams[0].method, "pruned": streams[1].method},
+            **compare_costs(streams[0].reports, streams[1].reports),
+        },
+        "selection": selection_figure,
+        "latency": {
+            "question": QUESTION,
+            "source": f"the {moving.name} clip ({len(moving.chunks)} chunks) looped",
+            "baseline": "a fresh session prefilled with every token the stream kept, then the question",
+            "features_reused": "its features are each distinct chunk's, encoded once outside its timing",
+            "methods": {s.method: s.checkpoints for s in streams},
+        },
+        "memory": {"methods": {s.method: _memory_entry(s, settings) for s in streams}},
+        "concurrency": concurrency,
+    }
+
+
+def _memory_entry(stream: LongStream, settings: Settings) -> dict[str, Any]:
+    summary = summarize_memory(
+        stream.memory,
+        stream.stats,
+        stream.prefix_tokens,
+        settings.session.token_budget,
+        settings.chunk.seconds,
+    )
+    return {"summary": summary, "series": samples_as_columns(stream.memory)}
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few figures a reader wants first (also quoted in the report's opening table)."""
+    full, pruned = result["costs"]["methods"]["full"], result["costs"]["methods"]["pruned"]
+    rows = result["latency"]["methods"][pruned]
+    measured = [r for r in rows if r["reprefill"] is not None]
+    at_five = min(measured, key=lambda r: abs(r["minutes"] - 5), default=None)
+    memory = result["memory"]["methods"]
+    widest = result["selection"]["rows"][-1]
+    return {
+        "input_tokens_pruned_pct": {
+            clip: {method: entry["input_tokens_pruned_pct"] for method, entry in figure["methods"].items()}
+            for clip, figure in result["compression"].items()
+        },
+        "question_latency_ratio": None
+        if at_five is None
+        else {"minutes": at_five["minutes"], "method": pruned, "total_ratio": at_five["total_ratio"]},
+        "kv_bytes_per_minute": {m: memory[m]["summary"]["kv_bytes_per_minute"] for m in (full, pruned)},
+        "kv_bytes_per_minute_at_7b_bf16": {
+            m: memory[m]["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m in (full, pruned)
+        },
+        "selection_share_pct": {
+            "loaded_model_measured": result["costs"]["selection_share_pct"],
+            "7b_width_scaled": widest["selection_share_pct_scaled"],
+            "7b_width_at_matmul_throughput": widest["selection_share_pct_at_matmul_throughput"],
+            "grid": widest["grid"],
+        },
+    }
+
+
+def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    device = backbone.device
+    config = settings.model_dump(mode="json", exclude={"service": {"tokens"}})
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "model": settings.model.path,
+        "config_file": options.config,
+        "config": config,
+        "quick": options.quick,
+        "scale": asdict(options.scale),
+        "git_commit": git_commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with "-dirty" when it has local changes; None outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if changes else "")
+
+
+@contextlib.contextmanager
+def _progress(console: Console) -> Iterator[Callable[[str, int], Tick]]:
+    """One bar per section; `section(name, total)` adds one and returns its step callback."""
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+
+        def section(name: str, total: int) -> Tick:
+            task = progress.add_task(name, total=total)
+            return lambda: progress.advance(task)
+
+        yield section
+
+
+@contextlib.contextmanager
+def _quiet_fallback_warnings() -> Iterator[None]:
+    """Every pipeline the bench builds would repeat the mean-audio fallback warning: said once above."""
+    pruning_log = logging.getLogger("streamguard.pruning")
+    level = pruning_log.level
+    pruning_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pruning_log.setLevel(level)

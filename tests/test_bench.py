@@ -1,0 +1,170 @@
+"""`streamguard bench --quick` end to end on the tiny model, and the helpers it shares."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import Qwen2_5OmniThinkerConfig
+
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.bench.flops import QWEN25_OMNI_7B, ThinkerDims, prefill_flops
+from streamguard.cli import main
+from streamguard.engine.fidelity import first_token_kl
+from streamguard.engine.pipeline import STAGES
+
+SECTIONS = {"compression", "fidelity", "costs", "selection", "latency", "memory", "concurrency"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, clip):
+    """One quick bench run, with a panning clip passed as a file of the user's."""
+    model = str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+    extra = clip("pan.mp4", 6, width=320, height=240, motion="pan")
+    out = tmp_path_factory.mktemp("bench")
+    assert (
+        main(
+            [
+                "bench",
+                "--config",
+                "tiny",
+                "--model",
+                model,
+                "--out",
+                str(out),
+                "--quick",
+                "--files",
+                str(extra),
+            ]
+        )
+        == 0
+    )
+    return out, json.loads((out / "bench.json").read_text()) | {"file": extra.name}
+
+
+def test_writes_every_section_the_report_and_the_plots(bench):
+    out, result = bench
+    assert result.keys() >= SECTIONS | {"environment", "headline"}
+    for name in ("question_latency.png", "memory.png", "concurrency.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+        assert name in result["plots"].values()
+    report = (out / "report.md").read_text()
+    for heading in (
+        "Compression",
+        "Per-chunk cost",
+        "Selection cost",
+        "Question latency",
+        "Memory",
+        "Fidelity",
+    ):
+        assert heading in report
+    assert "![question latency](question_latency.png)" in report and "only mean something on a GPU" in report
+    env = result["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["quick"] is True
+    assert env["git_commit"] and env["config"]["model"]["path"] == env["model"]
+    assert "tokens" not in env["config"]["service"]  # the service's secrets stay out of the file
+
+
+def test_compression_per_method_on_every_clip(bench):
+    _, result = bench
+    assert set(result["compression"]) == {"static", "moving", result["file"]}
+    for figure in result["compression"].values():
+        methods = figure["methods"]
+        assert methods["full"]["input_tokens_pruned_pct"] == 0.0
+        for name in ("contextguard_current", "contextguard_previous", "contextguard_offline"):
+            pruned = methods[name]
+            assert 0 < pruned["input_tokens_pruned_pct"] <= pruned["video_tokens_pruned_pct"] < 100
+        # Random keeps exactly as many tokens as ContextGuard (the matched-ratio baseline).
+        assert methods["random"]["video_tokens_kept"] == methods["contextguard_current"]["video_tokens_kept"]
+    dropped = {
+        clip: figure["methods"]["contextguard_current"]["chunks_video_dropped"]
+        for clip, figure in result["compression"].items()
+    }
+    # A still camera's video repeats itself: the drop rule removes far more of it than of a pan.
+    assert dropped["static"] > dropped[result["file"]]
+
+
+def test_fidelity_has_a_divergence_for_every_pruned_method(bench):
+    _, result = bench
+    for clip, kl in result["fidelity"]["kl"].items():
+        assert set(kl) == set(result["compression"][clip]["methods"]) - {"full"}
+        assert all(math.isfinite(value) and value >= 0 for value in kl.values())
+
+
+def test_costs_and_selection_at_7b_width(bench):
+    _, result = bench
+    costs = result["costs"]
+    assert set(costs["pruned"]["stages"]) == set(STAGES)
+    assert 0 < costs["selection_share_pct"] < 100
+    (row,) = result["selection"]["rows"]
+    assert result["selection"]["width"] == 3584 and row["grid"] == [2, 16, 16]
+    assert 0 < row["kept_video_tokens"] < row["video_tokens"]
+    assert row["a2v"]["median_ms"] > 0 and row["mean_audio"]["median_ms"] > 0
+    assert row["flops_7b"]["total"] > 1000 * row["flops_loaded"]["total"]
+    assert 0 < row["selection_share_pct_at_matmul_throughput"] < 100
+
+
+def test_rolling_answers_beat_re_prefill_more_as_the_stream_grows(bench):
+    _, result = bench
+    budget = result["environment"]["config"]["session"]["token_budget"]
+    for rows in result["latency"]["methods"].values():
+        shortest, longest = rows[0], rows[-1]
+        assert shortest["minutes"] < longest["minutes"]
+        assert longest["total_ratio"] > shortest["total_ratio"]
+        # Before the budget fills both hold the same tokens and give the same greedy answer.
+        assert shortest["rolling"]["context_tokens"] == shortest["reprefill"]["context_tokens"]
+        assert shortest["same_answer"]
+        assert longest["rolling"]["context_tokens"] <= budget
+
+
+def test_memory_is_bounded_by_the_budget_and_pruning_shrinks_it(bench):
+    _, result = bench
+    full, pruned = (result["memory"]["methods"][m]["summary"] for m in ("full", "contextguard_current"))
+    assert pruned["kv_bytes_per_minute"] < full["kv_bytes_per_minute"]
+    for summary in (full, pruned):
+        assert summary["kv_bytes_max"] <= summary["kv_bytes_ceiling"]
+        assert summary["rss_bytes_peak"] > 0
+    assert full["chunks_evicted"] > 0  # the quick replay outgrows the budget
+
+
+def test_concurrency_accounts_for_every_chunk(bench):
+    _, result = bench
+    figure = result["concurrency"]
+    assert [r["streams"] for r in figure["rows"]] == [1, 2]
+    for row in figure["rows"]:
+        assert row["chunks_processed"] + row["chunks_shed"] + row["chunks_failed"] == row["chunks_submitted"]
+        assert row["chunks_failed"] == 0 and row["rtf"] > 0
+        assert row["question_total"]["n"] == row["streams"]
+    assert figure["estimated_realtime_streams"] >= 1
+
+
+def test_bad_arguments_are_one_clear_line(tmp_path, capsys):
+    missing = str(tmp_path / "no.mp4")
+    assert main(["bench", "--config", "tiny", "--out", str(tmp_path), "--files", missing]) == 2
+    assert "no.mp4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--config", "tiny", "--out", str(tmp_path), "--minutes", "1,x"])
+    assert "comma-separated floats" in capsys.readouterr().err
+
+
+def test_first_token_kl():
+    logits = torch.tensor([2.0, 0.0, -1.0])
+    assert first_token_kl(logits, logits) == pytest.approx(0.0, abs=1e-12)
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
+    expected = float((p * (p / q).log()).sum())
+    assert first_token_kl(p.log(), q.log()) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="shapes"):
+        first_token_kl(logits, logits[:2])
+
+
+def test_7b_dimensions_match_the_transformers_default_thinker():
+    # transformers' default Qwen2.5-Omni thinker config is the 7B's language model.
+    text = ThinkerDims.from_config(Qwen2_5OmniThinkerConfig())
+    for name in ("hidden", "layers", "intermediate", "heads", "kv_heads", "audio_hidden", "audio_layers"):
+        assert getattr(text, name) == getattr(QWEN25_OMNI_7B, name)
+    # Dense work grows linearly with new tokens; attention adds the cached context on top.
+    assert prefill_flops(QWEN25_OMNI_7B, 200, 0) > 2 * prefill_flops(QWEN25_OMNI_7B, 100, 0)
+    assert prefill_flops(QWEN25_OMNI_7B, 100, 10_000) > prefill_flops(QWEN25_OMNI_7B, 100, 0)
