@@ -15,6 +15,7 @@ import yaml
 from redis_helpers import free_port, redis_server
 from service_helpers import receive_until, serve, tiny_settings, wait_until
 
+from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
 from streamguard.cluster import AnswerRecord, StoreUnavailableError, StreamRecord, open_store
@@ -206,6 +207,23 @@ async def _lapsed(store: RedisStore, stream_id: str) -> bool:
 # -- outages -----------------------------------------------------------------------------------
 
 
+async def test_an_answer_is_logged_even_if_its_caller_is_cancelled(cluster):
+    store = await open_store(cluster, worker="worker-1")
+    try:
+        await store.put_stream(stream_record("s1", worker="worker-1"))
+        expected = [answer_record("s1", n) for n in range(2)]
+        writes = [asyncio.create_task(store.log_answer(record)) for record in expected]
+        await asyncio.sleep(0)  # both start: the first writes, the second waits for its turn
+        writes[1].cancel()  # its client left
+        await eventually(lambda: _logged(store, "s1", expected), "both answers in Redis")
+    finally:
+        await store.aclose()
+
+
+async def _logged(store: FallbackStore, stream_id: str, expected: list[AnswerRecord]) -> bool:
+    return await store.redis.answers(stream_id, 10) == expected
+
+
 async def test_a_stalled_redis_times_out_and_buffered_answers_are_flushed_once(server, cluster, caplog):
     settings = cluster.model_copy(update={"timeout_s": 0.2, "retry_interval_s": 0.05})
     store = await open_store(settings, worker="worker-1")
@@ -324,6 +342,17 @@ def store_up_gauge(service) -> float:
     return float(line.split()[1])
 
 
+def logged(service, stream_id: str) -> dict | None:
+    """The stream's answer log once it holds an answer."""
+    body = service.http.get(f"/v1/streams/{stream_id}/answers").json()
+    return body if body.get("answers") else None
+
+
+def degraded(service) -> dict | None:
+    health = service.http.get("/healthz").json()
+    return health if health["status"] == "degraded" else None
+
+
 def test_the_service_rides_out_a_redis_crash_and_resyncs(checkpoint, clip, tmp_path):
     video = clip("long.mp4", 40.0, fps=4)  # outlives the test: deleted at its end
     with redis_server(tmp_path) as redis_process:
@@ -343,14 +372,14 @@ def test_the_service_rides_out_a_redis_crash_and_resyncs(checkpoint, clip, tmp_p
             wait_until(lambda: redis.get(f"{prefix}lease:{stream_id}") == worker, "the stream's lease")
             wait_until(lambda: redis.hget(f"{prefix}counters:{stream_id}", "chunks_processed"), "counters")
             ask(service, stream_id, "before")
+            wait_until(lambda: redis.xlen(f"{prefix}answers:{stream_id}") == 1, "the answer in Redis")
             assert service.http.get("/healthz").json()["status"] == "ok"
             assert store_up_gauge(service) == 1.0
 
             redis_process.kill()
             ask(service, stream_id, "during-1")  # answered; its log entry waits for Redis
             processed = service.stream(stream_id)["stats"]["chunks_processed"]
-            health = service.http.get("/healthz").json()
-            assert health["status"] == "degraded", health
+            health = wait_until(lambda: degraded(service), "healthz to say degraded")
             assert redis_process.url in health["store"]["reason"] and not health["store"]["up"]
             assert store_up_gauge(service) == 0.0
             ask(service, stream_id, "during-2")
@@ -381,3 +410,22 @@ def test_the_service_rides_out_a_redis_crash_and_resyncs(checkpoint, clip, tmp_p
             assert service.http.get(f"/v1/streams/{stream_id}/answers").json()["answers"][-1][
                 "question_id"
             ] == ("during-2")
+
+
+def test_a_second_worker_reads_the_first_ones_streams_and_answers(checkpoint, clip, tmp_path):
+    with redis_server(tmp_path) as redis_process:
+        settings = tiny_settings(checkpoint, allow_file_sources=True)
+        settings.cluster = ClusterSettings(redis_url=redis_process.url)
+        backbone = load_backbone(settings.model, settings.chunk)  # one model for both workers
+        with serve(create_app(settings, backbone)) as first, serve(create_app(settings, backbone)) as second:
+            created = first.http.post(
+                "/v1/streams", json={"source": "file", "path": str(clip("short.mp4", 2.0)), "realtime": False}
+            )
+            assert created.status_code == 201, created.text
+            stream_id = created.json()["id"]
+            ask(first, stream_id, "q1")
+            log = wait_until(lambda: logged(second, stream_id), "the answer in the second worker's view")
+            assert log["stream"]["id"] == stream_id and log["answers"][0]["question_id"] == "q1"
+            assert (
+                second.http.get(f"/v1/streams/{stream_id}").status_code == 404
+            )  # questions go to its worker

@@ -73,6 +73,10 @@ class FallbackStore:
     # -- answer log --------------------------------------------------------------------------
 
     async def log_answer(self, record: AnswerRecord) -> None:
+        # Shielded: a caller cancelled mid-write (its client left) must not lose an accepted answer.
+        await asyncio.shield(self._append(record))
+
+    async def _append(self, record: AnswerRecord) -> None:
         async with self._writing:
             await self.local.log_answer(record)
             if self.up:
@@ -182,7 +186,10 @@ class FallbackStore:
                     records, answers = await self._resync()
             except StoreUnavailableError:
                 continue
-            log.warning(
+            except Exception:  # a bug must not leave the worker on memory for good
+                log.exception("store.resync_failed url=%s", self.redis.url)
+                continue
+            log.info(
                 "store.up url=%s: back after the outage; re-synced %d stream records and %d answers",
                 self.redis.url,
                 records,

@@ -117,7 +117,7 @@ class RedisStore:
         except StoreUnavailableError as exc:
             await store.aclose()
             raise StoreUnavailableError(
-                f"cannot reach Redis (cluster.redis_url): {exc}. Start Redis there, "
+                f"cannot reach Redis (cluster.redis_url): {str(exc).rstrip('.')}. Start Redis there, "
                 "correct cluster.redis_url (env STREAMGUARD_CLUSTER__REDIS_URL), or unset it to run "
                 "one worker with its state in memory."
             ) from None
