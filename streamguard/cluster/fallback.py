@@ -119,7 +119,8 @@ class FallbackStore:
                 return await self.redis.counters(stream_id)
         return await self.local.counters(stream_id)
 
-    # -- leases (while Redis is down nobody can claim a stream, so this worker keeps them) ---
+    # -- leases: while Redis is away this worker keeps running its streams; their leases may
+    # lapse meanwhile, and the first renewal after the outage reports any another worker claimed.
 
     async def acquire_lease(self, stream_id: str) -> bool:
         if self.up:
