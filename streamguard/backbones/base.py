@@ -88,6 +88,11 @@ class Backbone(Protocol):
 
     def encode(self, inputs: ChunkInputs) -> EncodedChunk: ...
 
+    def chunk_order(self, encoded: EncodedChunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video (F*H*W,), audio (L,)) ranks of a chunk's tokens in its sequence: the session lays
+        the tokens it keeps in ascending rank (Qwen2.5-Omni: all video, then all audio)."""
+        ...
+
     def chunk_positions(
         self, encoded: EncodedChunk, slot: int, base: int
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,11 @@
 """One stream's rolling KV cache: a fixed prompt prefix, then chunks appended one by one.
 
-Layout in the cache: [prefix][chunk][chunk]…, each chunk its kept video tokens then its audio
-tokens, at the positions the backbone gives a chunk in its stream slot. Pruned tokens keep the
-positions they had before pruning, so the cache equals one offline forward over the pruned
-sequence. A question is appended after the last chunk, answered, then cut off again.
+Layout in the cache: [prefix][chunk][chunk]…, each chunk its kept video tokens and its audio
+tokens in the backbone's chunk order (Qwen2.5-Omni: all video, then all audio; video-SALMONN 2+:
+each temporal patch's video, then its audio), at the positions the backbone gives a chunk in its
+stream slot. Pruned tokens keep the positions and relative order they had before pruning, so the
+cache equals one offline forward over the pruned sequence. A question is appended after the last
+chunk, answered, then cut off again.
 
 Positions: slots count chunks from the stream's start; `position_offset` is subtracted from every
 layout position. When the next chunk would climb past the model's range (less the headroom a
@@ -115,8 +117,13 @@ class StreamSession:
         self._ensure_position_room(encoded)
         slot = self.next_slot
         video_positions, audio_positions = self.backbone.chunk_positions(encoded, slot, self.base)
+        video_rank, audio_rank = self.backbone.chunk_order(encoded)
+        order = torch.argsort(torch.cat([video_rank[keep], audio_rank]))
         embeds = encoded.audio if video_embeds is None else torch.cat([video_embeds, encoded.audio])
-        positions = torch.cat([video_positions[:, keep], audio_positions], dim=1) - self.position_offset
+        embeds = embeds[order.to(embeds.device)]
+        positions = (
+            torch.cat([video_positions[:, keep], audio_positions], dim=1)[:, order] - self.position_offset
+        )
         chunk = CachedChunk(
             index=self.stats.chunks_appended if index is None else index,
             slot=slot,

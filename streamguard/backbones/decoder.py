@@ -1,0 +1,135 @@
+"""The half the Qwen-based backbones share: a Qwen2 decoder with three-axis rotary positions
+(mRoPE), its ChatML tokenizer, its Qwen2.5-VL vision tower, and a rolling KV cache.
+
+A backbone subclasses `QwenDecoderBackbone` and adds what differs: preprocessing, the audio
+encoder, and where a chunk's tokens go (order and positions).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from streamguard.backbones.base import ChunkInputs, EncodedChunk
+from streamguard.config import ChunkSettings, ModelSettings
+
+
+class QwenDecoderBackbone(ABC):
+    """The decoder side of the `Backbone` protocol, over a transformers model whose `.model` holds
+    `language_model` and `get_video_features`, with an `lm_head` beside it."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.settings = settings
+        self.chunk = chunk
+        text_config = model.config.get_text_config()
+        self.hidden_size = int(text_config.hidden_size)
+        self.max_positions = int(text_config.max_position_embeddings)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.eos_token_ids = {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        if tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(tokenizer.eos_token_id)
+        self._rotary = model.model.language_model.rotary_emb
+
+    # -- encoders --------------------------------------------------------------------------
+
+    @abstractmethod
+    def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
+        """(L, d) audio tokens in the LLM space."""
+
+    @torch.inference_mode()
+    def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
+        if inputs.pixel_values_videos is None:
+            return None
+        pixels = inputs.pixel_values_videos.to(self.device)
+        flat = self.model.model.get_video_features(
+            pixels, inputs.video_grid_thw.to(self.device)
+        ).pooler_output[0]
+        t, h, w = (int(x) for x in inputs.video_grid_thw[0])
+        merge = int(self.model.model.visual.spatial_merge_size)
+        return flat.reshape(t, h // merge, w // merge, -1)
+
+    def encode(self, inputs: ChunkInputs) -> EncodedChunk:
+        return EncodedChunk(video=self.encode_video(inputs), audio=self.encode_audio(inputs))
+
+    # -- text ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def embed_tokens(self, ids: Sequence[int]) -> torch.Tensor:
+        table = self.model.get_input_embeddings()
+        return table(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+    # -- language model --------------------------------------------------------------------
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config.get_text_config())
+
+    @torch.inference_mode()
+    def forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, logits: str = "last"
+    ) -> torch.Tensor | None:
+        """Append (N, d) embeds at (3, N) positions to `cache`; logits of the last token, all
+        tokens, or none (a prefill that only fills the cache skips the LM head)."""
+        out = self.model.model.language_model(
+            inputs_embeds=embeds[None].to(self.device, self.dtype),
+            position_ids=positions[:, None, :].to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[0]
+        if logits == "none":
+            return None
+        if logits == "last":
+            hidden = hidden[-1:]
+        return self.model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def rotate_cache(self, cache: Any, delta: int) -> None:
+        """Move every cached key from position p to p - delta, on all three rotary axes.
+
+        RoPE rotates each frequency band by an angle proportional to the position, and a uniform
+        shift of all three mRoPE axes rotates every band by -delta times its frequency, so this is
+        exactly the cache a prefill at the shifted positions would have built.
+        """
+        for layer in cache.layers:
+            keys = layer.keys
+            shift = torch.full((3, 1, keys.shape[-2]), -delta, dtype=torch.long, device=keys.device)
+            cos, sin = self._rotary(keys, shift)
+            cos, sin = cos[:, None], sin[:, None]  # (1, 1, N, head_dim), broadcast over heads
+            half = keys.shape[-1] // 2
+            rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
+            layer.keys = keys * cos + rotated_half * sin
+
+
+def video_grid_positions(
+    grid: tuple[int, int, int],
+    first_patch: int,
+    seconds_per_grid: float,
+    positions_per_second: float,
+    base: int,
+) -> torch.Tensor:
+    """(3, T*H*W) positions of a video token grid in flat (t, h, w) order: temporal patch t of the
+    stream (`first_patch + t`) at base + ⌊(first_patch + t)·seconds_per_grid·positions_per_second⌋,
+    row h at base + h, column w at base + w — the Qwen2.5-VL rule both backbones inherit."""
+    grid_t, grid_h, grid_w = grid
+    t = ((first_patch + torch.arange(grid_t)) * seconds_per_grid * positions_per_second).long()
+    t_idx = t.view(-1, 1, 1).expand(grid_t, grid_h, grid_w)
+    h_idx = torch.arange(grid_h).view(1, -1, 1).expand(grid_t, grid_h, grid_w)
+    w_idx = torch.arange(grid_w).view(1, 1, -1).expand(grid_t, grid_h, grid_w)
+    return torch.stack([t_idx.flatten(), h_idx.flatten(), w_idx.flatten()]) + base

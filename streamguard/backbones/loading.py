@@ -1,0 +1,72 @@
+"""Where a backbone's checkpoint lives and what it runs on: tiny builds, config checks, devices, dtypes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamguard.backbones.base import BackboneError
+from streamguard.backbones.tiny import TINY_PREFIX, resolve_tiny
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def checkpoint_path(path: str) -> str:
+    """The folder or hub id to load: `tiny:<backbone>` builds (once) and names a tiny checkpoint."""
+    return resolve_tiny(path) if path.startswith(TINY_PREFIX) else path
+
+
+def local_config(path: str) -> dict[str, Any] | None:
+    """The config.json of a local checkpoint folder; None for a hub id, which from_pretrained resolves.
+
+    A local path without a config.json fails here, clearly, rather than deep inside transformers.
+    """
+    folder = Path(path)
+    looks_local = folder.is_absolute() or path.startswith(".") or folder.exists()
+    if not looks_local:
+        return None
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise BackboneError(f"model path {path!r} has no config.json: not a transformers checkpoint folder")
+    return json.loads(config_file.read_text())
+
+
+def checkpoint_family(config: dict[str, Any]) -> str | None:
+    """The backbone a checkpoint config belongs to (the `model.backbone` setting), None if neither.
+
+    video-SALMONN 2+ saves its config as a `qwen2_5_vl` model carrying an extra `audio_config`
+    (its Whisper encoder and window Q-Former); a plain Qwen2.5-VL has none.
+    """
+    model_type = config.get("model_type")
+    if model_type in ("qwen2_5_omni", "qwen2_5_omni_thinker"):
+        return "qwen2.5-omni"
+    if model_type == "qwen2_5_vl" and isinstance(config.get("audio_config"), dict):
+        return "video-salmonn2+"
+    return None
+
+
+def check_family(path: str, config: dict[str, Any], backbone: str, needs: str) -> None:
+    """Refuse a checkpoint of another family, naming the setting that would load it."""
+    family = checkpoint_family(config)
+    if family == backbone:
+        return
+    hint = f"; it is a {family} checkpoint: set model.backbone to {family}" if family else ""
+    raise BackboneError(
+        f"model path {path!r} holds a {config.get('model_type')!r} model; the {backbone} backbone "
+        f"needs {needs}{hint}"
+    )
