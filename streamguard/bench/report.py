@@ -207,12 +207,14 @@ def _latency(latency: dict[str, Any], plot: str) -> str:
                     base.get("first_delta_ms"),
                     base.get("total_ms"),
                     r.get("total_ratio"),
+                    r.get("total_ratio_of_medians"),
                 ]
             )
     return (
         "## 4. Question latency: rolling session vs re-prefilling the context\n\n"
         f"Question “{latency['question']}” after each stream length ({latency['source']}, replayed faster than "
-        f"real time). Baseline: {latency['baseline']}; {latency['features_reused']}.\n\n"
+        f"real time). Baseline: {latency['baseline']}; {latency['features_reused']}. Times are the best of "
+        "several runs (the least disturbed on a shared machine); the ratio of medians is next to it.\n\n"
         + _table(
             [
                 "method",
@@ -224,6 +226,7 @@ def _latency(latency: dict[str, Any], plot: str) -> str:
                 "re-prefill first delta ms",
                 "re-prefill total ms",
                 "ratio (total)",
+                "ratio of medians",
             ],
             rows,
         )

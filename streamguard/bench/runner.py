@@ -43,11 +43,12 @@ class Scale:
     concurrency_speed: float  # 1: streams paced at real time
     selection_grids: tuple[tuple[int, int], ...]
     selection_reps: int
+    question_rounds: int  # each a re-prefill answer and `question_reps` rolling ones
     question_reps: int
 
 
-FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, selection.GRIDS, 10, 3)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 3)
+FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, selection.GRIDS, 10, 3, 3)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 3, 2)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,16 @@ def _measure(
 
     tick = section("2,4,5 long streams", len(long_methods) * (max(checkpoints) + len(checkpoints)))
     streams = [
-        run_long_stream(backbone, settings, method, moving.chunks, scale.minutes, scale.question_reps, tick)
+        run_long_stream(
+            backbone,
+            settings,
+            method,
+            moving.chunks,
+            scale.minutes,
+            scale.question_rounds,
+            scale.question_reps,
+            tick,
+        )
         for method in long_methods
     ]
 
