@@ -4,13 +4,13 @@ first-token KL of each method's answers against the full-token session's."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streamguard.backbones.base import Backbone
 from streamguard.bench.fidelity import mean_kl
 from streamguard.bench.workload import FULL, OFFLINE_METHOD, ONLINE_METHODS, Clip, Method, Tick
 from streamguard.config import Settings
-from streamguard.engine.pipeline import ChunkReport, create_pipeline
+from streamguard.engine.pipeline import create_pipeline
 from streamguard.engine.replay import append_offline_plan, pruned_pct, summarize_replay
 from streamguard.engine.session import StreamSession
 from streamguard.pruning.pruner import Pruner
@@ -24,7 +24,6 @@ class MethodRun:
     method: str
     session: StreamSession
     summary: dict[str, float | int]
-    reports: list[ChunkReport] = field(default_factory=list)
 
 
 def steps_per_clip(clip: Clip) -> int:
@@ -62,7 +61,7 @@ def online_run(backbone: Backbone, settings: Settings, method: Method, clip: Cli
     summary = summarize_replay(
         reports, pipeline.session, time.perf_counter() - started, settings.chunk.seconds
     )
-    return MethodRun(method.name, pipeline.session, summary, reports)
+    return MethodRun(method.name, pipeline.session, summary)
 
 
 def offline_run(

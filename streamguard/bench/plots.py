@@ -47,7 +47,8 @@ def plot_memory(memory: dict[str, Any], path: Path) -> Path:
         rss.plot(minutes, [b / MIB for b in series["rss_bytes"]], label=method)
     ceiling = max(entry["summary"]["kv_bytes_ceiling"] for entry in memory["methods"].values())
     kv.axhline(ceiling / MIB, color="red", linestyle="--", linewidth=0.8, label="token budget")
-    rss.set_ylim(bottom=0)
+    peak_rss = max(max(entry["series"]["rss_bytes"]) for entry in memory["methods"].values())
+    rss.set_ylim(0, 1.15 * peak_rss / MIB)  # from zero, so a flat line looks flat
     kv.set(xlabel="stream time (min)", ylabel="KV cache (MiB)", title="KV cache per stream (rolling budget)")
     rss.set(xlabel="stream time (min)", ylabel="process RSS (MiB)", title="Process memory")
     for axis in (kv, rss):
@@ -67,6 +68,7 @@ def plot_concurrency(concurrency: dict[str, Any], path: Path) -> Path:
     load.legend(fontsize=8)
     shed.plot(streams, [100 * r["shed_rate"] for r in rows], "o-")
     shed.set(xlabel="streams", ylabel="chunks shed (%)", title="Shed rate")
+    shed.set_ylim(0, max(5.0, 110 * max(r["shed_rate"] for r in rows)))
     latency.plot(streams, [r["question_first_delta"]["median_ms"] for r in rows], "o-", label="first delta")
     latency.plot(streams, [r["question_total"]["median_ms"] for r in rows], "s--", label="total")
     latency.set(xlabel="streams", ylabel="ms (median)", title="Question latency under load")

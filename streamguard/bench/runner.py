@@ -122,11 +122,6 @@ def _measure(
     tick = section("1,7 compression, fidelity", sum(compression.steps_per_clip(c) for c in clips))
     per_clip = {c.name: compression.measure_clip(backbone, settings, c, QUESTIONS, tick) for c in clips}
 
-    tick = section("3 selection at 7B width", selection.steps(scale.selection_grids))
-    selection_figure = selection.measure_selection(
-        backbone, settings, scale.selection_grids, scale.selection_reps, tick
-    )
-
     tick = section("2,4,5 long streams", len(long_methods) * (max(checkpoints) + len(checkpoints)))
     streams = [
         run_long_stream(
@@ -141,6 +136,12 @@ def _measure(
         )
         for method in long_methods
     ]
+
+    # After the long streams: the 7B-width predictor would stay in the RSS they report.
+    tick = section("3 selection at 7B width", selection.steps(scale.selection_grids))
+    selection_figure = selection.measure_selection(
+        backbone, settings, scale.selection_grids, scale.selection_reps, tick
+    )
 
     tick = section("6 concurrency", sum(scale.streams) * scale.concurrency_chunks)
     concurrency_chunks = list(looped(moving.chunks, scale.concurrency_chunks, settings.chunk.seconds))

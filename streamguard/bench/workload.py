@@ -16,10 +16,6 @@ from streamguard.ingest.synthetic import Motion, write_clip
 Tick = Callable[[], None]  # advances the bench's progress bar by one step
 
 
-def no_tick() -> None:
-    """A progress callback that shows nothing."""
-
-
 @dataclass(frozen=True)
 class Method:
     """One pruning method as the stream pipeline runs it: a selection rule and a drop policy."""

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -180,9 +180,15 @@ def create_app(
 
 
 def mount_web_client(app: FastAPI) -> None:
-    """The browser page at `/` (clients/web) once it exists; until then `/` shows the API docs.
-    Mounted last: a mount at `/` takes every path no route claimed."""
+    """The browser pages (clients/web): the webcam page at `/`, the operator dashboard at
+    `/dashboard`; without them `/` shows the API docs. Mounted last: a mount at `/` takes every
+    path no route claimed."""
     if (WEB_CLIENT_DIR / "index.html").is_file():
+
+        @app.get("/dashboard", include_in_schema=False)
+        async def dashboard() -> FileResponse:
+            return FileResponse(WEB_CLIENT_DIR / "dashboard.html")
+
         app.mount("/", StaticFiles(directory=WEB_CLIENT_DIR, html=True), name="web")
         return
 
