@@ -1,0 +1,235 @@
+// The webcam page: preview, connect over WebRTC, ask questions, watch stats and the overlay.
+
+import { ApiError, UnreachableError, removeStream, removeStreamOnUnload, serviceReachable } from "./api.js";
+import { FrameHistory, drawOverlay } from "./overlay.js";
+import { QuestionLog } from "./questions.js";
+import { StreamSocket } from "./socket.js";
+import { showState } from "./state.js";
+import { renderStats } from "./stats.js";
+import { TokenGate } from "./token.js";
+import { connectPeer, openCamera } from "./webrtc.js";
+
+const STATS_INTERVAL_S = 0.5;
+const RETRY_UNREACHABLE_MS = 3000;
+const PAGE_STATS = [
+  "chunks_received",
+  "chunks_dropped_redundant",
+  "chunks_shed",
+  "compression",
+  "real_time_factor",
+  "kv_tokens",
+  "questions_answered",
+];
+const CAMERA_ERRORS = {
+  NotAllowedError: "Camera and microphone access was denied. Allow both in the site settings, then try again.",
+  NotFoundError: "No camera or microphone was found.",
+  NotReadableError: "The camera or microphone is in use by another application.",
+  SecurityError: "The browser allows cameras only on https:// or localhost pages.",
+};
+
+const byId = (id) => document.getElementById(id);
+const ui = {
+  state: byId("state"),
+  preview: byId("preview"),
+  connect: byId("connect"),
+  disconnect: byId("disconnect"),
+  retryCamera: byId("retry-camera"),
+  questionForm: byId("question-form"),
+  question: byId("question"),
+  ask: byId("ask"),
+  stats: byId("stats"),
+  overlay: byId("overlay"),
+  caption: byId("overlay-caption"),
+};
+
+const frames = new FrameHistory(ui.preview);
+const questions = new QuestionLog(byId("history"), (id) => socket?.cancel(id));
+let media = null;
+let peer = null;
+let socket = null;
+let streamId = null;
+let lastChunk = null;
+let questionCount = 0;
+let signedIn = false;
+
+/** Buttons follow the state: connect needs a camera, an accepted token and no stream yet. */
+function updateControls() {
+  ui.connect.disabled = !(signedIn && media && !streamId);
+  ui.disconnect.disabled = !streamId;
+  ui.ask.disabled = !socket?.isOpen;
+}
+
+const gate = new TokenGate({
+  form: byId("token-form"),
+  changeButton: byId("change-token"),
+  onAccepted: () => {
+    signedIn = true;
+    // a missing camera stays the news until it is fixed
+    if (!streamId && media) showState(ui.state, "ready", "Ready. Connect to stream your camera.");
+    updateControls();
+  },
+  onFailed: (error) => {
+    signedIn = false;
+    updateControls();
+    if (error instanceof UnreachableError) {
+      showState(ui.state, "unreachable", "The service cannot be reached. Retrying…");
+      setTimeout(() => gate.check(), RETRY_UNREACHABLE_MS);
+    } else {
+      showRequestError(error);
+    }
+  },
+});
+
+function showRequestError(error) {
+  if (error instanceof UnreachableError) {
+    showState(ui.state, "unreachable", "The service cannot be reached. Check it is running, then connect again.");
+  } else if (error instanceof ApiError && error.isBadToken) {
+    showState(ui.state, "bad-token", `The service refused the token (${error.code}). Enter a valid one.`);
+  } else {
+    showState(ui.state, "error", `Could not connect: ${error.message}`);
+  }
+}
+
+async function startCamera() {
+  ui.retryCamera.hidden = true;
+  try {
+    media = await openCamera();
+  } catch (error) {
+    media = null;
+    showState(ui.state, "no-camera", CAMERA_ERRORS[error.name] ?? `The camera could not start: ${error.message}`);
+    ui.retryCamera.hidden = false;
+    updateControls();
+    return;
+  }
+  ui.preview.srcObject = media;
+  if (ui.state.dataset.state === "no-camera") {
+    showState(ui.state, signedIn ? "ready" : "signed-out", "Camera ready.");
+  }
+  updateControls();
+}
+
+async function connect() {
+  ui.connect.disabled = true;
+  showState(ui.state, "connecting", "Connecting: offering the camera to the service…");
+  let connection;
+  try {
+    connection = await connectPeer(media);
+  } catch (error) {
+    if (error instanceof ApiError && error.isBadToken) refuseToken(error);
+    showRequestError(error);
+    updateControls();
+    return;
+  }
+  peer = connection.peer;
+  streamId = connection.stream.id;
+  lastChunk = null;
+  peer.addEventListener("connectionstatechange", mediaStateChanged);
+  socket = new StreamSocket(streamId, STATS_INTERVAL_S);
+  socket.addEventListener("open", () => {
+    showState(ui.state, "live", `Live: streaming to the service (stream ${streamId.slice(0, 8)}).`);
+    updateControls();
+  });
+  socket.addEventListener("stats", (event) => showStream(event.detail));
+  socket.addEventListener("delta", (event) => questions.delta(event.detail));
+  socket.addEventListener("done", (event) => questions.done(event.detail));
+  socket.addEventListener("error", (event) => {
+    const error = event.detail;
+    if (error.id) questions.fail(error.id, `${error.code}: ${error.message}`);
+  });
+  socket.addEventListener("reconnecting", (event) => connectionLost(event.detail));
+  socket.addEventListener("ended", (event) => streamEnded(event.detail));
+  socket.open();
+  updateControls();
+}
+
+function refuseToken(error) {
+  signedIn = false;
+  gate.refuse(error);
+}
+
+function mediaStateChanged() {
+  // stream time starts when media starts flowing: the chunks' times count from there
+  if (peer.connectionState === "connected") frames.start();
+  if (peer.connectionState === "failed") {
+    showState(ui.state, "ended", "The media connection failed: the service receives no more video.");
+  }
+}
+
+function showStream(stream) {
+  renderStats(ui.stats, PAGE_STATS, stream.stats);
+  const chunk = stream.stats.last_chunk;
+  if (chunk && chunk.index !== lastChunk) {
+    lastChunk = chunk.index;
+    ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames);
+  }
+  if (stream.state === "ended" || stream.state === "error") {
+    streamEnded({ message: stream.error ?? "the source stopped sending" });
+  }
+}
+
+async function connectionLost({ attempt, delayMs }) {
+  updateControls();
+  questions.interruptAll("Interrupted: the connection to the service dropped.");
+  const seconds = Math.ceil(delayMs / 1000);
+  if (await serviceReachable()) {
+    showState(ui.state, "reconnecting", `Connection lost. Reconnecting (attempt ${attempt})…`);
+  } else {
+    showState(ui.state, "unreachable", `The service cannot be reached. Retrying in ${seconds} s…`);
+  }
+}
+
+function streamEnded({ reason, message }) {
+  if (reason === "bad-token") {
+    refuseToken(new ApiError(403, "invalid_token", message));
+    showState(ui.state, "bad-token", "The service refused the token. Enter a valid one, then connect again.");
+  } else {
+    showState(ui.state, "ended", `Stream ended: ${message}. Its questions and answers stay below.`);
+  }
+  questions.interruptAll("Not answered: the stream ended.");
+  closeStream();
+}
+
+function closeStream() {
+  socket?.close();
+  peer?.close();
+  frames.stop();
+  socket = peer = streamId = null;
+  updateControls();
+}
+
+async function disconnect() {
+  const id = streamId;
+  closeStream();
+  showState(ui.state, "ready", "Disconnected. Connect again to start a new stream.");
+  try {
+    await removeStream(id);
+  } catch (error) {
+    // already gone (404) is what we wanted; anything else is worth seeing
+    if (!(error instanceof ApiError && error.status === 404)) showRequestError(error);
+  }
+}
+
+function ask(event) {
+  event.preventDefault();
+  const text = ui.question.value.trim();
+  if (!text || !socket?.isOpen) return;
+  questionCount += 1;
+  const id = `q${questionCount}-${Date.now().toString(36)}`;
+  questions.add(id, text);
+  socket.ask(id, text);
+  ui.question.value = "";
+}
+
+ui.connect.addEventListener("click", connect);
+ui.disconnect.addEventListener("click", disconnect);
+ui.retryCamera.addEventListener("click", startCamera);
+ui.questionForm.addEventListener("submit", ask);
+addEventListener("pagehide", () => {
+  if (streamId) removeStreamOnUnload(streamId);
+});
+
+(async () => {
+  await startCamera();
+  if (media) showState(ui.state, "signed-out", "Enter the service's access token to start.");
+  gate.start();
+})();

@@ -1,0 +1,127 @@
+// The operator dashboard: every stream, polled once a second; add RTSP cameras, remove streams.
+
+import { ApiError, UnreachableError, addRtspStream, listStreams, removeStream } from "./api.js";
+import { StreamCard } from "./stream-card.js";
+import { showState } from "./state.js";
+import { TokenGate } from "./token.js";
+
+const POLL_MS = 1000;
+
+const byId = (id) => document.getElementById(id);
+const ui = {
+  state: byId("state"),
+  addForm: byId("add-camera"),
+  url: byId("rtsp-url"),
+  addButton: byId("add-camera-button"),
+  addMessage: byId("add-camera-message"),
+  list: byId("streams"),
+  empty: byId("no-streams"),
+};
+const cards = new Map();
+let pollTimer = null;
+
+const gate = new TokenGate({
+  form: byId("token-form"),
+  changeButton: byId("change-token"),
+  onAccepted: (streams) => {
+    ui.addButton.disabled = false;
+    show(streams);
+    schedulePoll();
+  },
+  onFailed: failed,
+});
+
+function failed(error) {
+  if (error instanceof UnreachableError) {
+    showState(ui.state, "unreachable", "The service cannot be reached. Retrying every second…");
+    schedulePoll();
+  } else if (error instanceof ApiError && error.isBadToken) {
+    clearTimeout(pollTimer);
+    ui.addButton.disabled = true;
+    showState(ui.state, "bad-token", `The service refused the token (${error.code}). Enter a valid one.`);
+  } else {
+    showState(ui.state, "error", `The stream list failed: ${error.message}`);
+    schedulePoll();
+  }
+}
+
+function schedulePoll() {
+  clearTimeout(pollTimer);
+  pollTimer = setTimeout(poll, POLL_MS);
+}
+
+async function poll() {
+  try {
+    show(await listStreams());
+    schedulePoll();
+  } catch (error) {
+    if (error instanceof ApiError && error.isBadToken) gate.refuse(error);
+    failed(error);
+  }
+}
+
+function show(streams) {
+  const now = performance.now() / 1000;
+  const seen = new Set();
+  for (const stream of streams) {
+    seen.add(stream.id);
+    let card = cards.get(stream.id);
+    if (!card) {
+      card = new StreamCard(stream, remove);
+      cards.set(stream.id, card);
+      ui.list.append(card.element);
+    }
+    card.update(stream, now);
+  }
+  for (const [id, card] of cards) {
+    if (!seen.has(id)) forget(card);
+  }
+  ui.empty.hidden = streams.length > 0;
+  const live = streams.filter((stream) => stream.state === "live").length;
+  showState(ui.state, "live", `${streams.length} stream${streams.length === 1 ? "" : "s"}, ${live} live. Updated every second.`);
+}
+
+function forget(card) {
+  card.element.remove();
+  cards.delete(card.id);
+}
+
+async function remove(card) {
+  card.removeButton.disabled = true;
+  try {
+    await removeStream(card.id);
+    forget(card);
+    ui.addMessage.textContent = `Removed stream ${card.title.textContent}.`;
+  } catch (error) {
+    card.removeButton.disabled = false;
+    if (error instanceof ApiError && error.status === 404) forget(card);
+    else if (error instanceof ApiError && error.isBadToken) gate.refuse(error);
+    else showState(ui.state, "error", `Could not remove the stream: ${error.message}`);
+  }
+}
+
+async function addCamera(event) {
+  event.preventDefault();
+  const url = ui.url.value.trim();
+  ui.addButton.disabled = true;
+  ui.addMessage.textContent = `Adding ${url}…`;
+  try {
+    const stream = await addRtspStream(url);
+    ui.addMessage.textContent = `Added ${stream.source} (stream ${stream.id.slice(0, 8)}).`;
+    ui.url.value = "";
+    poll();
+  } catch (error) {
+    ui.addMessage.textContent =
+      error instanceof ApiError ? `Not added (${error.code}): ${error.message}` : `Not added: ${error.message}`;
+    if (error instanceof ApiError && error.isBadToken) {
+      gate.refuse(error);
+      failed(error);
+      return;
+    }
+  }
+  ui.addButton.disabled = false;
+}
+
+ui.addForm.addEventListener("submit", addCamera);
+showState(ui.state, "signed-out", "Enter the service's access token to see its streams.");
+gate.start();

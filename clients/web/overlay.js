@@ -1,0 +1,193 @@
+// The retention overlay: the latest chunk's frames with the video tokens that entered the cache.
+//
+// Token layout (service: ChunkOverlay, from the backbone's merged-token grid): `grid` is
+// (F, H, W) with F temporal patches per chunk (two frames each), H×W tokens per patch, each
+// token covering a 28×28-pixel square of the `resized_hw` frame the model saw. Kept tokens
+// are flat indices j = f·H·W + h·W + w, listed by the branch that kept them.
+
+// The service's chunk length (chunk.seconds); the F temporal patches split it evenly.
+const CHUNK_SECONDS = 2;
+const SNAPSHOT_FPS = 2; // the service samples 2 frames a second, so do we
+const HISTORY_SECONDS = 30; // how far the service may lag before a chunk's frames are forgotten
+const SNAPSHOT_WIDTH = 320;
+const PANEL_WIDTH = 320;
+const PANEL_GAP = 12;
+const LABEL_HEIGHT = 24;
+
+export const COLOURS = {
+  semantic: "#e69f00", // Okabe–Ito orange and sky blue: apart for every common colour vision
+  spatial: "#56b4e9",
+  dim: "rgba(8, 12, 24, 0.62)",
+  grid: "rgba(255, 255, 255, 0.22)",
+  label: "#e2e8f0",
+};
+
+/**
+ * Snapshots of the local preview, timed from when the stream started. The service keeps no
+ * pictures, so the overlay shows the local frame nearest each chunk's time: the same camera,
+ * within a snapshot period and the network's delay of what the model saw.
+ */
+export class FrameHistory {
+  #frames = [];
+  #timer = null;
+  #origin = 0;
+
+  constructor(video) {
+    this.video = video;
+  }
+
+  start() {
+    this.stop();
+    this.#origin = performance.now();
+    this.#timer = setInterval(() => this.#snapshot(), 1000 / SNAPSHOT_FPS);
+    this.#snapshot();
+  }
+
+  stop() {
+    clearInterval(this.#timer);
+    this.#timer = null;
+    this.#frames = [];
+  }
+
+  /** The snapshot nearest to `seconds` after the start, or null before the first one. */
+  nearest(seconds) {
+    let best = null;
+    for (const frame of this.#frames) {
+      if (!best || Math.abs(frame.seconds - seconds) < Math.abs(best.seconds - seconds)) best = frame;
+    }
+    return best?.canvas ?? null;
+  }
+
+  #snapshot() {
+    const { video } = this;
+    if (video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA || !video.videoWidth) return;
+    const limit = HISTORY_SECONDS * SNAPSHOT_FPS;
+    // reuse the oldest canvas once the history is full
+    const canvas = this.#frames.length >= limit ? this.#frames.shift().canvas : document.createElement("canvas");
+    canvas.width = SNAPSHOT_WIDTH;
+    canvas.height = Math.round((SNAPSHOT_WIDTH * video.videoHeight) / video.videoWidth);
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    this.#frames.push({ seconds: (performance.now() - this.#origin) / 1000, canvas });
+  }
+}
+
+/**
+ * Draw `chunk` (a ChunkOverlay) on `canvas`, one panel per temporal patch, and describe it in
+ * the canvas's data attributes (for tests and tools) and aria-label.
+ * @param {HTMLCanvasElement} canvas
+ * @param {object} chunk
+ * @param {FrameHistory} frames
+ * @returns {string} a one-line description for people
+ */
+export function drawOverlay(canvas, chunk, frames) {
+  const [patches, rows, columns] = chunk.grid ?? [1, 0, 0];
+  const [resizedH, resizedW] = chunk.resized_hw ?? [3, 4];
+  const panelHeight = Math.round((PANEL_WIDTH * resizedH) / resizedW);
+  canvas.width = patches * PANEL_WIDTH + (patches - 1) * PANEL_GAP;
+  canvas.height = panelHeight + LABEL_HEIGHT;
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const semantic = new Set(chunk.semantic);
+  const spatial = new Set(chunk.spatial);
+  const patchSeconds = CHUNK_SECONDS / patches;
+  let highlighted = 0;
+
+  for (let f = 0; f < patches; f++) {
+    const x = f * (PANEL_WIDTH + PANEL_GAP);
+    const from = chunk.start + f * patchSeconds;
+    drawFrame(context, frames.nearest(from + patchSeconds / 2), x, PANEL_WIDTH, panelHeight);
+    if (chunk.grid) {
+      const cell = { width: PANEL_WIDTH / columns, height: panelHeight / rows };
+      for (let h = 0; h < rows; h++) {
+        for (let w = 0; w < columns; w++) {
+          const index = f * rows * columns + h * columns + w;
+          const kept = {
+            semantic: !chunk.video_dropped && semantic.has(index),
+            spatial: !chunk.video_dropped && spatial.has(index),
+          };
+          if (kept.semantic || kept.spatial) highlighted += 1;
+          drawCell(context, x + w * cell.width, h * cell.height, cell, kept);
+        }
+      }
+    }
+    context.fillStyle = COLOURS.label;
+    context.font = "14px system-ui, sans-serif";
+    context.textBaseline = "middle";
+    context.fillText(`${from.toFixed(1)}–${(from + patchSeconds).toFixed(1)} s`, x + 2, panelHeight + LABEL_HEIGHT / 2);
+  }
+  if (chunk.video_dropped) drawBanner(context, "Video dropped as redundant · audio kept", canvas.width, panelHeight);
+  else if (!chunk.grid) drawBanner(context, "No video in this chunk · audio only", canvas.width, panelHeight);
+
+  const description = describe(chunk);
+  Object.assign(canvas.dataset, {
+    chunk: String(chunk.index),
+    grid: chunk.grid ? chunk.grid.join("x") : "",
+    semantic: String(semantic.size),
+    spatial: String(spatial.size),
+    highlighted: String(highlighted),
+    dropped: String(chunk.video_dropped),
+  });
+  canvas.setAttribute("aria-label", `Retention overlay. ${description}`);
+  return description;
+}
+
+function drawFrame(context, frame, x, width, height) {
+  if (frame) {
+    context.drawImage(frame, x, 0, width, height);
+    return;
+  }
+  context.fillStyle = "#1e293b";
+  context.fillRect(x, 0, width, height);
+}
+
+function drawCell(context, x, y, cell, kept) {
+  if (kept.semantic || kept.spatial) {
+    context.fillStyle = kept.semantic ? COLOURS.semantic : COLOURS.spatial;
+    context.globalAlpha = 0.38;
+    context.fillRect(x, y, cell.width, cell.height);
+    context.globalAlpha = 1;
+    // a token both branches kept: semantic fill, spatial frame
+    context.strokeStyle = kept.spatial ? COLOURS.spatial : COLOURS.semantic;
+    context.lineWidth = 3;
+    context.strokeRect(x + 1.5, y + 1.5, cell.width - 3, cell.height - 3);
+    return;
+  }
+  context.fillStyle = COLOURS.dim;
+  context.fillRect(x, y, cell.width, cell.height);
+  context.strokeStyle = COLOURS.grid;
+  context.lineWidth = 1;
+  context.strokeRect(x + 0.5, y + 0.5, cell.width - 1, cell.height - 1);
+}
+
+function drawBanner(context, text, width, height) {
+  context.font = "bold 16px system-ui, sans-serif";
+  const textWidth = context.measureText(text).width;
+  const boxWidth = Math.min(width - 16, textWidth + 24);
+  const x = (width - boxWidth) / 2;
+  const y = height / 2 - 18;
+  context.fillStyle = "rgba(15, 23, 42, 0.9)";
+  context.fillRect(x, y, boxWidth, 36);
+  context.strokeStyle = COLOURS.label;
+  context.lineWidth = 1;
+  context.strokeRect(x + 0.5, y + 0.5, boxWidth - 1, 35);
+  context.fillStyle = COLOURS.label;
+  context.textAlign = "center";
+  context.textBaseline = "middle";
+  context.fillText(text, width / 2, height / 2, boxWidth - 16);
+  context.textAlign = "start";
+}
+
+function describe(chunk) {
+  const span = `Chunk ${chunk.index} (${chunk.start.toFixed(1)}–${(chunk.start + CHUNK_SECONDS).toFixed(1)} s)`;
+  if (!chunk.grid) return `${span}: no video, ${chunk.audio_tokens} audio tokens.`;
+  const similarity = chunk.similarity == null ? "" : ` (cosine ${chunk.similarity.toFixed(3)} with the last kept chunk)`;
+  if (chunk.video_dropped) {
+    return `${span}: video dropped as redundant${similarity}; its ${chunk.audio_tokens} audio tokens were kept.`;
+  }
+  const evicted = chunk.previous_video_evicted ? " The previous chunk's video was evicted as redundant." : "";
+  return (
+    `${span}: ${chunk.video_tokens_kept} of ${chunk.video_tokens_in} video tokens kept — ` +
+    `${chunk.semantic.length} semantic, ${chunk.spatial.length} spatial — ` +
+    `plus ${chunk.audio_tokens} audio tokens.${evicted}`
+  );
+}

@@ -1,0 +1,81 @@
+// The history of this stream's questions, each answer filled in as its deltas arrive.
+
+const ms = (x) => (x == null ? "–" : `${Math.round(x)} ms`);
+
+export class QuestionLog {
+  #items = new Map();
+
+  /**
+   * @param {HTMLOListElement} list  an aria-live region: new answers are read out
+   * @param {(id: string) => void} onCancel
+   */
+  constructor(list, onCancel) {
+    this.list = list;
+    this.onCancel = onCancel;
+  }
+
+  add(id, text) {
+    const item = document.createElement("li");
+    item.className = "qa";
+    item.dataset.questionId = id;
+    item.dataset.status = "streaming";
+    item.dataset.deltas = "0";
+    const question = document.createElement("p");
+    question.className = "question";
+    question.textContent = text;
+    const answer = document.createElement("p");
+    answer.className = "answer";
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    meta.textContent = "Answering…";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "secondary small";
+    cancel.textContent = "Cancel";
+    cancel.setAttribute("aria-label", `Cancel the answer to: ${text}`);
+    cancel.addEventListener("click", () => this.onCancel(id));
+    meta.append(" ", cancel);
+    item.append(question, answer, meta);
+    this.list.prepend(item); // newest first: the answer being written stays in view
+    this.#items.set(id, { item, answer, meta });
+  }
+
+  delta(message) {
+    const entry = this.#items.get(message.id);
+    if (!entry) return;
+    entry.answer.textContent += message.text;
+    entry.item.dataset.deltas = String(Number(entry.item.dataset.deltas) + 1);
+  }
+
+  done(message) {
+    const entry = this.#finish(message.id, message.stats.finish_reason === "cancelled" ? "cancelled" : "done");
+    if (!entry) return;
+    const { stats } = message;
+    entry.answer.textContent = message.text; // the full text is authoritative
+    entry.meta.textContent =
+      `${stats.generated_tokens} tokens · first delta ${ms(stats.time_to_first_delta_ms)} · ` +
+      `total ${ms(stats.total_ms)} · ${stats.finish_reason} · ${stats.context_tokens} context tokens`;
+  }
+
+  fail(id, text) {
+    const entry = this.#finish(id, "error");
+    if (entry) entry.meta.textContent = text;
+  }
+
+  /** The connection dropped: the service cancels answers nobody reads. */
+  interruptAll(text) {
+    for (const id of [...this.#items.keys()]) this.fail(id, text);
+  }
+
+  get pending() {
+    return this.#items.size;
+  }
+
+  #finish(id, status) {
+    const entry = this.#items.get(id);
+    if (!entry) return null;
+    this.#items.delete(id);
+    entry.item.dataset.status = status;
+    return entry;
+  }
+}

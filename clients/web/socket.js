@@ -1,0 +1,115 @@
+// One stream's websocket: questions out; answer deltas, stats and errors in; reconnects on drops.
+
+import { socketUrl } from "./api.js";
+
+// Close codes after which reconnecting cannot help (service/auth.py: 4000 + HTTP status).
+const FINAL_CLOSES = {
+  4401: "bad-token",
+  4403: "bad-token",
+  4404: "ended", // the stream is gone
+  4410: "ended", // the stream was deleted while we were connected
+};
+const RECONNECT_FIRST_MS = 500;
+const RECONNECT_MAX_MS = 5000;
+
+/**
+ * Events (CustomEvent, payload in `detail`): "open"; "stats" (StreamInfo); "delta" and "done"
+ * (answer.delta / answer.done); "error" (the error event); "reconnecting" ({attempt, delayMs});
+ * "ended" ({reason: "bad-token" | "ended", code, message}).
+ */
+export class StreamSocket extends EventTarget {
+  #socket = null;
+  #closing = false;
+  #attempt = 0;
+  #timer = null;
+  #lastError = null;
+
+  constructor(streamId, statsIntervalS) {
+    super();
+    this.streamId = streamId;
+    this.statsIntervalS = statsIntervalS;
+  }
+
+  open() {
+    this.#closing = false;
+    this.#connect();
+  }
+
+  close() {
+    this.#closing = true;
+    clearTimeout(this.#timer);
+    this.#socket?.close(1000, "client disconnected");
+  }
+
+  get isOpen() {
+    return this.#socket?.readyState === WebSocket.OPEN;
+  }
+
+  ask(id, text, maxTokens) {
+    const message = { type: "question.ask", id, text };
+    if (maxTokens) message.max_tokens = maxTokens;
+    this.#send(message);
+  }
+
+  cancel(id) {
+    this.#send({ type: "question.cancel", id });
+  }
+
+  #send(message) {
+    if (!this.isOpen) throw new Error("not connected to the stream");
+    this.#socket.send(JSON.stringify(message));
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #connect() {
+    const socket = new WebSocket(socketUrl(this.streamId));
+    this.#socket = socket;
+    this.#lastError = null;
+    socket.addEventListener("open", () => {
+      this.#attempt = 0;
+      socket.send(JSON.stringify({ type: "stats.subscribe", interval_s: this.statsIntervalS }));
+      this.#emit("open");
+    });
+    socket.addEventListener("message", (event) => this.#receive(event.data));
+    socket.addEventListener("close", (event) => this.#closed(event));
+  }
+
+  #receive(raw) {
+    const message = JSON.parse(raw);
+    switch (message.type) {
+      case "answer.delta":
+        this.#emit("delta", message);
+        break;
+      case "answer.done":
+        this.#emit("done", message);
+        break;
+      case "stream.stats":
+        this.#emit("stats", message.stream);
+        break;
+      case "error":
+        this.#lastError = message;
+        this.#emit("error", message);
+        break;
+      default:
+        console.warn("unknown message from the service", message);
+    }
+  }
+
+  #closed(event) {
+    if (this.#closing) return;
+    const reason = FINAL_CLOSES[event.code];
+    if (reason) {
+      // the service sends an `error` event with the reason just before a refusal's close
+      const message = this.#lastError?.message ?? (event.reason || `closed with code ${event.code}`);
+      this.#emit("ended", { reason, code: event.code, message });
+      return;
+    }
+    const delayMs = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
+    this.#attempt += 1;
+    this.#emit("reconnecting", { attempt: this.#attempt, delayMs });
+    this.#timer = setTimeout(() => this.#connect(), delayMs);
+  }
+}

@@ -1,0 +1,64 @@
+// How a stream's stats (StreamStatsBody in service/protocol.py) read on both pages.
+
+const whole = (n) => (n ?? 0).toLocaleString("en");
+const percent = (x) => (x == null ? "–" : `${(x * 100).toFixed(1)} %`);
+const factor = (x) => (x == null ? "–" : `${x.toFixed(2)}×`);
+const millis = (x) => (x == null ? "–" : `${Math.round(x)} ms`);
+
+/** Every stat either page shows: its label, how to read it from the stats, and a hint. */
+export const STAT_FIELDS = {
+  chunks_received: { label: "Chunks in", value: (s) => whole(s.chunks_received) },
+  chunks_processed: { label: "Processed", value: (s) => whole(s.chunks_processed) },
+  chunks_dropped_redundant: {
+    label: "Dropped as redundant",
+    value: (s) => whole(s.chunks_dropped_redundant),
+    hint: "video so like the last kept chunk's that only its audio was kept",
+  },
+  chunks_shed: {
+    label: "Shed",
+    value: (s) => whole(s.chunks_shed),
+    hint: "never processed: the model fell behind real time",
+  },
+  compression: {
+    label: "Compression",
+    value: (s) => percent(s.compression),
+    hint: "share of audio and video tokens pruned before the cache",
+  },
+  real_time_factor: {
+    label: "Real-time factor",
+    value: (s) => factor(s.real_time_factor),
+    hint: "processing seconds per second of stream; below 1× keeps up",
+  },
+  queue_depth: { label: "Queue", value: (s) => whole(s.queue_depth) },
+  kv_tokens: { label: "KV tokens", value: (s) => whole(s.kv_tokens) },
+  questions_answered: { label: "Questions served", value: (s) => whole(s.questions_answered) },
+  answer_latency: {
+    label: "First answer delta (p50)",
+    value: (s) => millis(s.answer_latency?.p50_ms),
+  },
+};
+
+/**
+ * Fill a <dl> with the named stats; the elements are made once and then updated in place,
+ * so a screen reader's position and the layout do not jump every tick.
+ * @param {HTMLDListElement} list
+ * @param {string[]} names  keys of STAT_FIELDS
+ * @param {object} stats  a StreamStatsBody
+ */
+export function renderStats(list, names, stats) {
+  for (const name of names) {
+    const field = STAT_FIELDS[name];
+    let value = list.querySelector(`dd[data-stat="${name}"]`);
+    if (!value) {
+      const wrapper = document.createElement("div");
+      const term = document.createElement("dt");
+      term.textContent = field.label;
+      if (field.hint) term.title = field.hint;
+      value = document.createElement("dd");
+      value.dataset.stat = name;
+      wrapper.append(term, value);
+      list.append(wrapper);
+    }
+    value.textContent = field.value(stats);
+  }
+}

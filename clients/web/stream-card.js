@@ -1,0 +1,120 @@
+// One stream on the dashboard: its state, stats, a live plot of dropped chunks, a remove button.
+
+import { drawSharePlot } from "./plot.js";
+import { renderStats } from "./stats.js";
+
+const CARD_STATS = [
+  "chunks_received",
+  "chunks_dropped_redundant",
+  "chunks_shed",
+  "compression",
+  "queue_depth",
+  "real_time_factor",
+  "questions_answered",
+  "answer_latency",
+];
+const RATE_WINDOW_S = 10; // each plotted share covers this much of the past
+const PLOT_SPAN_S = 120;
+const HISTORY_S = PLOT_SPAN_S + RATE_WINDOW_S;
+const LINES = {
+  redundant: "#e69f00",
+  shed: "#f87171",
+};
+
+export class StreamCard {
+  #samples = [];
+
+  /**
+   * @param {object} stream  a StreamInfo
+   * @param {(card: StreamCard) => void} onRemove
+   */
+  constructor(stream, onRemove) {
+    this.id = stream.id;
+    this.element = document.createElement("li");
+    this.element.className = "panel stream-card";
+    this.element.dataset.streamId = stream.id;
+    const titleId = `stream-${stream.id}-title`;
+    this.element.setAttribute("aria-labelledby", titleId);
+    this.element.innerHTML = `
+      <header>
+        <h3 id="${titleId}"></h3>
+        <span class="badge kind"></span>
+        <span class="badge state"></span>
+      </header>
+      <p class="stream-id"></p>
+      <p class="error" hidden></p>
+      <dl class="stats"></dl>
+      <figure>
+        <canvas role="img"></canvas>
+        <figcaption>
+          Chunks dropped, share over the last ${RATE_WINDOW_S} s, for the past ${PLOT_SPAN_S / 60} minutes:
+          <span class="plot-key" style="background:${LINES.redundant}" aria-hidden="true"></span>redundant
+          <span class="plot-key" style="background:${LINES.shed}" aria-hidden="true"></span>shed
+        </figcaption>
+      </figure>
+      <div class="actions"><button type="button" class="danger small">Remove</button></div>`;
+    this.title = this.element.querySelector("h3");
+    this.kind = this.element.querySelector(".kind");
+    this.state = this.element.querySelector(".state");
+    this.error = this.element.querySelector(".error");
+    this.stats = this.element.querySelector(".stats");
+    this.plot = this.element.querySelector("canvas");
+    this.removeButton = this.element.querySelector("button");
+    this.title.textContent = stream.source;
+    this.kind.textContent = stream.kind;
+    this.element.querySelector(".stream-id").textContent = `id ${stream.id}`;
+    this.removeButton.setAttribute("aria-label", `Remove stream ${stream.source}`);
+    this.removeButton.addEventListener("click", () => onRemove(this));
+  }
+
+  /** @param {object} stream  the latest StreamInfo; @param {number} now  seconds */
+  update(stream, now) {
+    const { stats } = stream;
+    this.state.textContent = stream.state;
+    this.state.dataset.state = stream.state;
+    this.element.dataset.state = stream.state;
+    this.error.hidden = !stream.error;
+    this.error.textContent = stream.error ?? "";
+    renderStats(this.stats, CARD_STATS, stats);
+    this.#samples.push({
+      t: now,
+      received: stats.chunks_received,
+      processed: stats.chunks_processed,
+      redundant: stats.chunks_dropped_redundant,
+      shed: stats.chunks_shed,
+    });
+    while (this.#samples[0].t < now - HISTORY_S) this.#samples.shift();
+    this.#draw(now);
+  }
+
+  #draw(now) {
+    const redundant = [];
+    const shed = [];
+    let start = 0;
+    for (const sample of this.#samples) {
+      while (sample.t - this.#samples[start].t > RATE_WINDOW_S) start += 1;
+      const first = this.#samples[start];
+      redundant.push({ t: sample.t, value: share(sample.redundant - first.redundant, sample.processed - first.processed) });
+      shed.push({ t: sample.t, value: share(sample.shed - first.shed, sample.received - first.received) });
+    }
+    drawSharePlot(
+      this.plot,
+      [
+        { colour: LINES.redundant, points: redundant },
+        { colour: LINES.shed, points: shed },
+      ],
+      now,
+      PLOT_SPAN_S,
+    );
+    const latest = (points) => `${Math.round(points.at(-1).value * 100)} %`;
+    this.plot.setAttribute(
+      "aria-label",
+      `In the last ${RATE_WINDOW_S} s: ${latest(redundant)} of chunks dropped as redundant, ${latest(shed)} shed.`,
+    );
+    this.plot.dataset.samples = String(this.#samples.length);
+  }
+}
+
+function share(part, whole) {
+  return whole > 0 ? Math.min(1, part / whole) : 0;
+}
