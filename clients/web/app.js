@@ -13,12 +13,14 @@ const STATS_INTERVAL_S = 0.5;
 const RETRY_UNREACHABLE_MS = 3000;
 const PAGE_STATS = [
   "chunks_received",
+  "chunks_processed",
   "chunks_dropped_redundant",
   "chunks_shed",
   "compression",
   "real_time_factor",
   "kv_tokens",
   "questions_answered",
+  "answer_latency",
 ];
 const CAMERA_ERRORS = {
   NotAllowedError: "Camera and microphone access was denied. Allow both in the site settings, then try again.",
@@ -48,7 +50,7 @@ let media = null;
 let peer = null;
 let socket = null;
 let streamId = null;
-let lastChunk = null;
+let lastChunk = null; // the ChunkOverlay on show
 let questionCount = 0;
 let signedIn = false;
 
@@ -158,8 +160,8 @@ function mediaStateChanged() {
 function showStream(stream) {
   renderStats(ui.stats, PAGE_STATS, stream.stats);
   const chunk = stream.stats.last_chunk;
-  if (chunk && chunk.index !== lastChunk) {
-    lastChunk = chunk.index;
+  if (chunk && chunk.index !== lastChunk?.index) {
+    lastChunk = chunk;
     ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames);
   }
   if (stream.state === "ended" || stream.state === "error") {
@@ -224,6 +226,13 @@ ui.connect.addEventListener("click", connect);
 ui.disconnect.addEventListener("click", disconnect);
 ui.retryCamera.addEventListener("click", startCamera);
 ui.questionForm.addEventListener("submit", ask);
+// the overlay's layout follows its width (side by side or stacked); its height is its own doing
+let overlayWidth = ui.overlay.clientWidth;
+new ResizeObserver(() => {
+  if (ui.overlay.clientWidth === overlayWidth) return;
+  overlayWidth = ui.overlay.clientWidth;
+  if (lastChunk) drawOverlay(ui.overlay, lastChunk, frames);
+}).observe(ui.overlay);
 addEventListener("pagehide", () => {
   if (streamId) removeStreamOnUnload(streamId);
 });

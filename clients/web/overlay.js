@@ -12,12 +12,13 @@ const HISTORY_SECONDS = 30; // how far the service may lag before a chunk's fram
 const SNAPSHOT_WIDTH = 320;
 const PANEL_WIDTH = 320;
 const PANEL_GAP = 12;
-const LABEL_HEIGHT = 24;
+const LABEL_HEIGHT = 26;
+const NARROW_WIDTH = 480; // CSS pixels under which the patches stack
 
 export const COLOURS = {
   semantic: "#e69f00", // Okabe–Ito orange and sky blue: apart for every common colour vision
   spatial: "#56b4e9",
-  dim: "rgba(8, 12, 24, 0.62)",
+  dim: "rgba(8, 12, 24, 0.7)",
   grid: "rgba(255, 255, 255, 0.22)",
   label: "#e2e8f0",
 };
@@ -38,15 +39,16 @@ export class FrameHistory {
 
   start() {
     this.stop();
+    this.#frames = [];
     this.#origin = performance.now();
     this.#timer = setInterval(() => this.#snapshot(), 1000 / SNAPSHOT_FPS);
     this.#snapshot();
   }
 
+  /** Stop taking snapshots; the ones taken stay for the overlay on show. */
   stop() {
     clearInterval(this.#timer);
     this.#timer = null;
-    this.#frames = [];
   }
 
   /** The snapshot nearest to `seconds` after the start, or null before the first one. */
@@ -82,9 +84,13 @@ export class FrameHistory {
 export function drawOverlay(canvas, chunk, frames) {
   const [patches, rows, columns] = chunk.grid ?? [1, 0, 0];
   const [resizedH, resizedW] = chunk.resized_hw ?? [3, 4];
-  const panelHeight = Math.round((PANEL_WIDTH * resizedH) / resizedW);
-  canvas.width = patches * PANEL_WIDTH + (patches - 1) * PANEL_GAP;
-  canvas.height = panelHeight + LABEL_HEIGHT;
+  const panel = { width: PANEL_WIDTH, height: Math.round((PANEL_WIDTH * resizedH) / resizedW) };
+  // side by side where there is room, one under the other on a phone
+  const across = canvas.clientWidth && canvas.clientWidth < NARROW_WIDTH ? 1 : patches;
+  const down = Math.ceil(patches / across);
+  const rowHeight = panel.height + LABEL_HEIGHT;
+  canvas.width = across * panel.width + (across - 1) * PANEL_GAP;
+  canvas.height = down * rowHeight + (down - 1) * PANEL_GAP;
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, canvas.width, canvas.height);
   const semantic = new Set(chunk.semantic);
@@ -93,11 +99,12 @@ export function drawOverlay(canvas, chunk, frames) {
   let highlighted = 0;
 
   for (let f = 0; f < patches; f++) {
-    const x = f * (PANEL_WIDTH + PANEL_GAP);
+    const x = (f % across) * (panel.width + PANEL_GAP);
+    const y = Math.floor(f / across) * (rowHeight + PANEL_GAP);
     const from = chunk.start + f * patchSeconds;
-    drawFrame(context, frames.nearest(from + patchSeconds / 2), x, PANEL_WIDTH, panelHeight);
+    drawFrame(context, frames.nearest(from + patchSeconds / 2), x, y, panel);
     if (chunk.grid) {
-      const cell = { width: PANEL_WIDTH / columns, height: panelHeight / rows };
+      const cell = { width: panel.width / columns, height: panel.height / rows };
       for (let h = 0; h < rows; h++) {
         for (let w = 0; w < columns; w++) {
           const index = f * rows * columns + h * columns + w;
@@ -106,17 +113,18 @@ export function drawOverlay(canvas, chunk, frames) {
             spatial: !chunk.video_dropped && spatial.has(index),
           };
           if (kept.semantic || kept.spatial) highlighted += 1;
-          drawCell(context, x + w * cell.width, h * cell.height, cell, kept);
+          drawCell(context, x + w * cell.width, y + h * cell.height, cell, kept);
         }
       }
     }
+    if (chunk.video_dropped) drawBanner(context, "Video dropped as redundant · audio kept", x, y, panel);
+    else if (!chunk.grid) drawBanner(context, "No video in this chunk · audio only", x, y, panel);
     context.fillStyle = COLOURS.label;
-    context.font = "14px system-ui, sans-serif";
+    context.font = "15px system-ui, sans-serif";
     context.textBaseline = "middle";
-    context.fillText(`${from.toFixed(1)}–${(from + patchSeconds).toFixed(1)} s`, x + 2, panelHeight + LABEL_HEIGHT / 2);
+    const label = `${from.toFixed(1)}–${(from + patchSeconds).toFixed(1)} s`;
+    context.fillText(label, x + 2, y + panel.height + LABEL_HEIGHT / 2);
   }
-  if (chunk.video_dropped) drawBanner(context, "Video dropped as redundant · audio kept", canvas.width, panelHeight);
-  else if (!chunk.grid) drawBanner(context, "No video in this chunk · audio only", canvas.width, panelHeight);
 
   const description = describe(chunk);
   Object.assign(canvas.dataset, {
@@ -131,22 +139,23 @@ export function drawOverlay(canvas, chunk, frames) {
   return description;
 }
 
-function drawFrame(context, frame, x, width, height) {
+function drawFrame(context, frame, x, y, panel) {
   if (frame) {
-    context.drawImage(frame, x, 0, width, height);
+    context.drawImage(frame, x, y, panel.width, panel.height);
     return;
   }
   context.fillStyle = "#1e293b";
-  context.fillRect(x, 0, width, height);
+  context.fillRect(x, y, panel.width, panel.height);
 }
 
 function drawCell(context, x, y, cell, kept) {
   if (kept.semantic || kept.spatial) {
+    // a light tint keeps the picture readable; the frame says which branch kept it
     context.fillStyle = kept.semantic ? COLOURS.semantic : COLOURS.spatial;
-    context.globalAlpha = 0.38;
+    context.globalAlpha = 0.2;
     context.fillRect(x, y, cell.width, cell.height);
     context.globalAlpha = 1;
-    // a token both branches kept: semantic fill, spatial frame
+    // a token both branches kept: semantic tint, spatial frame
     context.strokeStyle = kept.spatial ? COLOURS.spatial : COLOURS.semantic;
     context.lineWidth = 3;
     context.strokeRect(x + 1.5, y + 1.5, cell.width - 3, cell.height - 3);
@@ -159,21 +168,19 @@ function drawCell(context, x, y, cell, kept) {
   context.strokeRect(x + 0.5, y + 0.5, cell.width - 1, cell.height - 1);
 }
 
-function drawBanner(context, text, width, height) {
-  context.font = "bold 16px system-ui, sans-serif";
-  const textWidth = context.measureText(text).width;
-  const boxWidth = Math.min(width - 16, textWidth + 24);
-  const x = (width - boxWidth) / 2;
-  const y = height / 2 - 18;
-  context.fillStyle = "rgba(15, 23, 42, 0.9)";
-  context.fillRect(x, y, boxWidth, 36);
+function drawBanner(context, text, x, y, panel) {
+  context.font = "bold 15px system-ui, sans-serif";
+  const boxWidth = Math.min(panel.width - 16, context.measureText(text).width + 24);
+  const centre = { x: x + panel.width / 2, y: y + panel.height / 2 };
+  context.fillStyle = "rgba(15, 23, 42, 0.92)";
+  context.fillRect(centre.x - boxWidth / 2, centre.y - 18, boxWidth, 36);
   context.strokeStyle = COLOURS.label;
   context.lineWidth = 1;
-  context.strokeRect(x + 0.5, y + 0.5, boxWidth - 1, 35);
+  context.strokeRect(centre.x - boxWidth / 2 + 0.5, centre.y - 17.5, boxWidth - 1, 35);
   context.fillStyle = COLOURS.label;
   context.textAlign = "center";
   context.textBaseline = "middle";
-  context.fillText(text, width / 2, height / 2, boxWidth - 16);
+  context.fillText(text, centre.x, centre.y, boxWidth - 16);
   context.textAlign = "start";
 }
 
