@@ -187,6 +187,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- eval --------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from streamguard.eval import EvalOptions, run_eval
+    from streamguard.eval.report import failure_lines, summary_table, task_table
+
+    options = EvalOptions(
+        dataset=args.dataset,
+        out=args.out,
+        config=args.config,
+        methods=tuple(args.methods or [args.method]),
+        format=args.format,
+        video_root=args.video_root,
+        limit=args.limit,
+        resume=args.resume,
+        model=args.model,
+        max_new_tokens=args.max_new_tokens,
+    )
+    summary = run_eval(options, console)
+    out.print(summary_table(summary))
+    if (tasks := task_table(summary)) is not None:
+        out.print(tasks)
+    for line in failure_lines(summary):
+        out.print(f"[red]failed[/red] {escape(line)}", highlight=False)
+    out.print(f"wrote {args.out / 'results.jsonl'} and {args.out / 'summary.json'}")
+    return 0
+
+
 # -- serve, ask, streams -----------------------------------------------------------------------
 
 TOKEN_ENV = "STREAMGUARD_TOKEN"
@@ -394,6 +423,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
     bench.set_defaults(run=cmd_bench)
+
+    from streamguard.eval.datasets import FORMATS
+
+    evaluate = commands.add_parser(
+        "eval", help="multiple-choice AV questions through the streaming path: accuracy, compression, KL"
+    )
+    evaluate.add_argument("dataset", type=Path, help="a JSON/JSONL (or Video-MME Parquet) question file")
+    evaluate.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
+    evaluate.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and summary.json")
+    methods = evaluate.add_mutually_exclusive_group()
+    methods.add_argument("--method", default="contextguard", help="the pruning method (default contextguard)")
+    methods.add_argument(
+        "--methods", type=lambda text: text.split(","), help="several methods, comma-separated"
+    )
+    evaluate.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    evaluate.add_argument(
+        "--video-root", type=Path, help="where video paths start (default: the dataset's folder)"
+    )
+    evaluate.add_argument("--limit", type=int, help="only the first N questions")
+    evaluate.add_argument(
+        "--resume", action="store_true", help="continue the run in --out, skipping answered questions"
+    )
+    evaluate.add_argument(
+        "--max-new-tokens", type=int, default=32, help="length of the generated text kept beside the choice"
+    )
+    evaluate.set_defaults(run=cmd_eval)
 
     serve = commands.add_parser("serve", help="run the service: REST, websocket questions, /metrics")
     serve.add_argument(

@@ -9,8 +9,14 @@ __all__ = ["Backbone", "BackboneError", "ChunkInputs", "EncodedChunk", "PromptLa
 
 
 def load_backbone(model: ModelSettings, chunk: ChunkSettings) -> Backbone:
+    """The backbone `model.backbone` names, loaded from `model.path`; a checkpoint of the other
+    family is refused with the setting that would load it."""
     if model.backbone == "qwen2.5-omni":
         from streamguard.backbones.qwen_omni import QwenOmniBackbone
 
         return QwenOmniBackbone.from_settings(model, chunk)
-    raise BackboneError(f"backbone {model.backbone!r} is not available yet; known: qwen2.5-omni")
+    if model.backbone == "video-salmonn2+":
+        from streamguard.backbones.salmonn import SalmonnBackbone
+
+        return SalmonnBackbone.from_settings(model, chunk)
+    raise BackboneError(f"backbone {model.backbone!r} is not available; known: qwen2.5-omni, video-salmonn2+")

@@ -20,7 +20,9 @@ class ChunkInputs:
 
     pixel_values_videos: torch.Tensor | None  # (grid_t*grid_h*grid_w, C*tp*p*p), None: no video
     video_grid_thw: torch.Tensor | None  # (1, 3) in patches, before the spatial merge
-    input_features: torch.Tensor  # (num_mel_bins, frames) log-mel of this chunk's audio
+    # (num_mel_bins, frames) log-mel the audio encoder reads: Qwen2.5-Omni the chunk's 200 frames,
+    # video-SALMONN 2+ a 30 s Whisper window of 3000 (the chunk, then silence)
+    input_features: torch.Tensor
     resized_hw: tuple[int, int] | None = None  # frame size after smart_resize, for overlays
 
 

@@ -1,10 +1,12 @@
-"""A tiny, randomly initialised Qwen2.5-Omni thinker of the real transformers class.
+"""Tiny, randomly initialised checkpoints of the real transformers classes, one per backbone.
 
-Nothing here is a stand-in: the model is `Qwen2_5OmniThinkerForConditionalGeneration` with a
-small config, the processor is `Qwen2_5OmniProcessor` built from the real video processor,
-Whisper feature extractor and a byte-level BPE Qwen2 tokenizer carrying Qwen2.5-Omni's special
-tokens and chat template. Both are written with `save_pretrained` and read back through the
-same `from_pretrained` path a downloaded checkpoint takes. Its answers are random tokens.
+Nothing here is a stand-in. Qwen2.5-Omni: `Qwen2_5OmniThinkerForConditionalGeneration` with a
+small config and `Qwen2_5OmniProcessor` built from the real video processor, Whisper feature
+extractor and a byte-level BPE Qwen2 tokenizer carrying Qwen2.5-Omni's special tokens and chat
+template. video-SALMONN 2+: `Qwen2_5_VLForConditionalGeneration` plus its audio branch
+(transformers' `WhisperEncoder` and `Blip2QFormerModel`) saved under the published names. All are
+written with `save_pretrained` and read back through the same `from_pretrained` path a
+downloaded checkpoint takes. Their answers are random tokens.
 """
 
 from __future__ import annotations
@@ -72,25 +74,31 @@ def _byte_level_vocab() -> dict[str, int]:
     return {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(
+    named_tokens: dict[str, str] = NAMED_TOKENS,
+    other_tokens: list[str] = OTHER_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+):
+    """A byte-level BPE Qwen2 tokenizer (no merges) carrying a model's special tokens: the named
+    ones become tokenizer attributes (`tokenizer.video_token`), the others plain special tokens."""
     from transformers import Qwen2Tokenizer
 
     vocab = _byte_level_vocab()
-    for token in [*OTHER_TOKENS, *NAMED_TOKENS.values()]:
+    for token in [*other_tokens, *named_tokens.values()]:
         vocab.setdefault(token, len(vocab))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
         unk_token=None,
         errors="replace",
-        extra_special_tokens=NAMED_TOKENS,
+        extra_special_tokens=named_tokens,
         model_max_length=32768,
         **SPECIAL_TOKENS,
     )
     tokenizer.add_special_tokens(
-        {"additional_special_tokens": OTHER_TOKENS}, replace_extra_special_tokens=False
+        {"additional_special_tokens": other_tokens}, replace_extra_special_tokens=False
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -112,10 +120,8 @@ def build_tiny_processor(min_pixels: int = 4 * 28 * 28, max_pixels: int = 32 * 2
     )
 
 
-def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_embeddings: int = 32768):
-    from transformers import Qwen2_5OmniThinkerConfig
-
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in NAMED_TOKENS.items()}
+def tiny_text_config(vocab_size: int, hidden_size: int, max_position_embeddings: int) -> dict:
+    """A two-layer Qwen2 decoder with three-axis rotary positions, sections split as Qwen's are."""
     heads = 4
     half_head_dim = hidden_size // heads // 2
     t_section = half_head_dim // 4
@@ -124,6 +130,42 @@ def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_
         (half_head_dim - t_section) // 2,
         half_head_dim - t_section - (half_head_dim - t_section) // 2,
     ]
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0, "mrope_section": mrope_section},
+        "tie_word_embeddings": False,
+        # Wider than the usual 0.02 so attention is sharp and logits react to a single
+        # position or token: parity tests on a near-uniform attention would prove nothing.
+        "initializer_range": 0.25,
+    }
+
+
+def tiny_vision_config(hidden_size: int) -> dict:
+    """A two-block Qwen2.5-VL vision tower (14 px patches, 2×2 merge, 2-frame temporal patches)."""
+    return {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "out_hidden_size": hidden_size,
+    }
+
+
+def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_embeddings: int = 32768):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in NAMED_TOKENS.items()}
     return Qwen2_5OmniThinkerConfig(
         audio_config={
             "d_model": 32,
@@ -135,32 +177,8 @@ def build_tiny_thinker_config(tokenizer, *, hidden_size: int = 64, max_position_
             "n_window": 100,
             "output_dim": hidden_size,
         },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 4,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-            "out_hidden_size": hidden_size,
-        },
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0, "mrope_section": mrope_section},
-            "tie_word_embeddings": False,
-            # Wider than the usual 0.02 so attention is sharp and logits react to a single
-            # position or token: parity tests on a near-uniform attention would prove nothing.
-            "initializer_range": 0.25,
-        },
+        vision_config=tiny_vision_config(hidden_size),
+        text_config=tiny_text_config(len(tokenizer), hidden_size, max_position_embeddings),
         audio_token_index=ids["audio_token"],
         image_token_index=ids["image_token"],
         video_token_index=ids["video_token"],
@@ -198,12 +216,118 @@ def build_tiny_checkpoint(
     return folder
 
 
+# video-SALMONN 2+ keeps Qwen2.5-VL's tokenizer and adds one plain (non-special) token for audio.
+SALMONN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+SALMONN_AUDIO_TOKEN = "<|audio_pad|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_salmonn_config(tokenizer, *, hidden_size: int = 64, max_position_embeddings: int = 32768):
+    """A `qwen2_5_vl` config with video-SALMONN 2+'s `audio_config` (its Whisper encoder and window
+    Q-Former, in the published field names) and `audio_token_id`, as its checkpoints carry."""
+    from transformers import Qwen2_5_VLConfig
+
+    def token(text: str) -> int:
+        return tokenizer.convert_tokens_to_ids(text)
+
+    text_config = tiny_text_config(len(tokenizer), hidden_size, max_position_embeddings)
+    text_config.update(bos_token_id=token("<|endoftext|>"), eos_token_id=token("<|im_end|>"))
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config={**tiny_vision_config(hidden_size), "tokens_per_second": 2},
+        audio_config={
+            "model_type": "whisper",
+            "num_mel_bins": 128,
+            "d_model": 32,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 64,
+            "max_source_positions": 1500,
+            "second_per_window": 0.5,
+            "second_stride": 0.5,
+            "qformer_config": {
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 64,
+                "encoder_width": 32,
+                "cross_attention_freq": 1,
+                "query_length": 1,
+                "out_hidden_size": hidden_size,
+            },
+        },
+        audio_token_id=token(SALMONN_AUDIO_TOKEN),
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+    )
+
+
+def build_tiny_salmonn_checkpoint(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    max_position_embeddings: int = 32768,
+    min_pixels: int = 4 * 28 * 28,
+    max_pixels: int = 32 * 28 * 28,
+) -> Path:
+    """Write a tiny random video-SALMONN 2+ checkpoint to `folder`, laid out as the published ones:
+    `Qwen2_5_VLForConditionalGeneration.save_pretrained` (visual.*, model.*, lm_head.*) with the
+    audio branch's weights under their published `audio.*` names in the same file, the tokenizer
+    with `<|audio_pad|>` added, and Qwen2.5-VL's image processor config."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    from streamguard.backbones.salmonn_audio import WindowQFormerAudio
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer({}, SALMONN_SPECIAL_TOKENS, CHATML_TEMPLATE)
+    tokenizer.add_tokens([SALMONN_AUDIO_TOKEN])
+    config = build_tiny_salmonn_config(
+        tokenizer, hidden_size=hidden_size, max_position_embeddings=max_position_embeddings
+    )
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    audio = WindowQFormerAudio(config.audio_config, hidden_size)
+    weights = folder / "model.safetensors"
+    with safe_open(weights, framework="pt") as saved:
+        names = saved.keys()  # a safetensors handle is not iterable
+        tensors = {key: saved.get_tensor(key) for key in names}
+        metadata = saved.metadata()
+    tensors.update({f"audio.{name}": t.contiguous() for name, t in audio.published_state_dict().items()})
+    save_file(tensors, weights, metadata=metadata)
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}).save_pretrained(
+        folder
+    )
+    (folder / "streamguard-tiny.json").write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
+    return folder
+
+
+TINY_BUILDERS = {"qwen2.5-omni": build_tiny_checkpoint, "video-salmonn": build_tiny_salmonn_checkpoint}
+
+
 def resolve_tiny(path: str) -> str:
-    """Map `tiny:qwen2.5-omni` to a cached folder, building it on first use."""
+    """Map `tiny:qwen2.5-omni` or `tiny:video-salmonn` to a cached folder, building it on first use."""
     backbone = path[len(TINY_PREFIX) :] or "qwen2.5-omni"
-    if backbone != "qwen2.5-omni":
-        raise ValueError(f"no tiny build for backbone {backbone!r}; known: qwen2.5-omni")
-    folder = default_cache_dir() / "tiny-qwen2.5-omni"
+    if backbone not in TINY_BUILDERS:
+        raise ValueError(f"no tiny build for backbone {backbone!r}; known: {', '.join(TINY_BUILDERS)}")
+    folder = default_cache_dir() / f"tiny-{backbone}"
     if not (folder / "streamguard-tiny.json").is_file():
-        build_tiny_checkpoint(folder)
+        TINY_BUILDERS[backbone](folder)
     return str(folder)

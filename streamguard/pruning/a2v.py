@@ -7,8 +7,10 @@ the semantic branch scores video tokens against.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -217,6 +219,18 @@ class SemanticReference:
             return mean_audio_reference(audio)
         param = next(self.predictor.parameters())
         return self.predictor.predict(audio.to(device=param.device, dtype=param.dtype)).to(audio)
+
+
+@contextlib.contextmanager
+def fallback_warnings_muted() -> Iterator[None]:
+    """Silence the fallback warning while a caller that has said it once builds many pipelines
+    (each pipeline's reference would repeat it)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def a2v_loss(
