@@ -191,8 +191,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from streamguard.eval import EvalOptions, run_eval
     from streamguard.eval.report import failure_lines, summary_table, task_table
+    from streamguard.eval.runner import EvalOptions, run_eval
 
     options = EvalOptions(
         dataset=args.dataset,
@@ -434,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and summary.json")
     methods = evaluate.add_mutually_exclusive_group()
-    methods.add_argument("--method", default="contextguard", help="the pruning method (default contextguard)")
+    methods.add_argument(
+        "--method", default="contextguard", help="the pruning method (default contextguard; see docs/eval.md)"
+    )
     methods.add_argument(
         "--methods", type=lambda text: text.split(","), help="several methods, comma-separated"
     )

@@ -54,6 +54,34 @@ class ChunkReport:
         return self.video_tokens_kept + self.audio_tokens
 
 
+@dataclass
+class EncodedAVChunk:
+    """A chunk through preprocessing and the encoders, before selection."""
+
+    chunk: AVChunk
+    encoded: EncodedChunk
+    resized_hw: tuple[int, int] | None
+    timings_ms: dict[str, float]  # preprocess, vision_encode, audio_encode
+
+
+def encode_chunk(backbone: Backbone, chunk: AVChunk) -> EncodedAVChunk:
+    """Preprocess a chunk and run both encoders, timing each stage."""
+    timings: dict[str, float] = {}
+    inputs = _timed(backbone, timings, "preprocess", lambda: backbone.preprocess(chunk.frames, chunk.audio))
+    video = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_video(inputs))
+    audio = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audio(inputs))
+    return EncodedAVChunk(chunk, EncodedChunk(video=video, audio=audio), inputs.resized_hw, timings)
+
+
+def _timed(backbone: Backbone, timings: dict[str, float], stage: str, work: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = work()
+    if backbone.device.type == "cuda":
+        torch.cuda.synchronize(backbone.device)
+    timings[stage] = (time.perf_counter() - started) * 1000
+    return result
+
+
 class ChunkPipeline:
     """Drives one stream's session with its pruner, chunk after chunk."""
 
@@ -65,17 +93,18 @@ class ChunkPipeline:
         self._last: tuple[CachedChunk, EncodedChunk] | None = None
 
     def process(self, chunk: AVChunk) -> ChunkReport:
-        timings: dict[str, float] = {}
-        inputs = self._timed(
-            timings, "preprocess", lambda: self.backbone.preprocess(chunk.frames, chunk.audio)
-        )
-        video = self._timed(timings, "vision_encode", lambda: self.backbone.encode_video(inputs))
-        audio = self._timed(timings, "audio_encode", lambda: self.backbone.encode_audio(inputs))
-        encoded = EncodedChunk(video=video, audio=audio)
+        return self.process_encoded(encode_chunk(self.backbone, chunk))
+
+    def process_encoded(self, prepared: EncodedAVChunk) -> ChunkReport:
+        """Select, then append, a chunk already through the encoders (one encoding can feed the
+        pipelines of several methods: `eval` replays every method off the same features)."""
+        chunk, encoded = prepared.chunk, prepared.encoded
+        timings = dict(prepared.timings_ms)
         decision = self.pruner.plan(encoded)
         timings["select"] = decision.select_ms
         evicted = self._evict_previous(decision)
-        cached = self._timed(
+        cached = _timed(
+            self.backbone,
             timings,
             "prefill",
             lambda: self.session.append_chunk(
@@ -83,7 +112,7 @@ class ChunkPipeline:
             ),
         )
         self._last = (cached, encoded)
-        return self._report(chunk, encoded, cached, decision, evicted, inputs.resized_hw, timings)
+        return self._report(chunk, encoded, cached, decision, evicted, prepared.resized_hw, timings)
 
     def _evict_previous(self, decision: PruneDecision) -> bool:
         if not decision.evict_previous or self._last is None:
@@ -93,14 +122,6 @@ class ChunkPipeline:
             return False
         self.session.evict_video(cached, encoded)
         return True
-
-    def _timed(self, timings: dict[str, float], stage: str, work: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        result = work()
-        if self.backbone.device.type == "cuda":
-            torch.cuda.synchronize(self.backbone.device)
-        timings[stage] = (time.perf_counter() - started) * 1000
-        return result
 
     @staticmethod
     def _report(
