@@ -29,7 +29,11 @@ export const STAT_FIELDS = {
     value: (s) => factor(s.real_time_factor),
     hint: "processing seconds per second of stream; below 1× keeps up",
   },
-  queue_depth: { label: "Queue", value: (s) => whole(s.queue_depth) },
+  queue_depth: {
+    label: "Queue",
+    value: (s) => whole(s.queue_depth),
+    hint: "chunks waiting for the model",
+  },
   kv_tokens: { label: "KV tokens", value: (s) => whole(s.kv_tokens) },
   questions_answered: { label: "Questions served", value: (s) => whole(s.questions_answered) },
   answer_latency: {
