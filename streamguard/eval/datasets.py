@@ -9,7 +9,7 @@ The common ("streamguard") schema is a JSON list or a JSONL file of records
 `category`) are optional. Adapters read the files the benchmarks publish, field for field
 (docs/eval.md lists them); every one ends in the same `EvalItem`. Video paths are relative to
 the video root (default: the dataset file's folder), also looked for in its `videos/`,
-`Videos/` and `data/` folders, where the benchmarks unpack them.
+`Videos/`, `video/` and `data/` folders, where the benchmarks unpack them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-VIDEO_FOLDERS = ("", "videos", "Videos", "data")
+VIDEO_FOLDERS = ("", "videos", "Videos", "video", "data")
 # "A. text", "A.text", "(A) text", "A) text", "A: text": an option that carries its own letter.
 _LABELLED = re.compile(r"^\s*\(?([A-Z])(?:[.:)]|\)\.?)\s*(.*)$", re.DOTALL)
 _LETTER = re.compile(r"^\(?([A-Z])\)?\.?$")

@@ -95,6 +95,7 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
             "embedding (the paper's weaker 'orig' reference).[/yellow]"
         )
     letter_ids = letter_token_ids(backbone, max(len(item.options) for item in items))
+    replay = VideoReplay(backbone, settings, letter_ids, options.max_new_tokens)
     tried = 0
     columns = (
         TextColumn("{task.description:<24.24}"),
@@ -111,7 +112,6 @@ def run_eval(options: EvalOptions, console: Console) -> dict[str, Any]:
             if not todo:
                 continue
             progress.update(bar, description=video.name)
-            replay = VideoReplay(backbone, settings, letter_ids, options.max_new_tokens)
             for records in replay.answer(video, todo, pending):
                 for record in records:
                     log.append(record)
@@ -163,6 +163,7 @@ class VideoReplay:
             for item in items:
                 yield [error_record(item, method, _reason(exc)) for method in pending[item.id]]
             return
+        # No elapsed time: the pipelines ran interleaved, and eval reports no speed.
         compression = {
             name: summarize_replay(reports[name], pipeline.session, 0.0, self.settings.chunk.seconds)
             for name, pipeline in pipelines.items()

@@ -171,9 +171,9 @@ def create_app(
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(api)
-    # WebRTC signalling (`POST /v1/streams/webrtc`: SDP offer in, answer out) is included here
-    # as its own router; it opens its stream with
-    # `registry.open(StreamKind.WEBRTC, source, description, owner=token)`.
+    from streamguard.service.webrtc import router as webrtc  # it imports this module's dependencies
+
+    app.include_router(webrtc)
     app.include_router(ops)
     mount_web_client(app)
     return app

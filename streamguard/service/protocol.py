@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "file_sources_disabled",
     "invalid_source",
     "source_unavailable",
+    "invalid_sdp",
 ]
 
 
@@ -114,6 +115,7 @@ class ChunkOverlay(BaseModel):
     spatial: list[int]
     video_dropped: bool
     previous_video_evicted: bool
+    audio_missing: bool  # part of the chunk's audio was silence put in for missing sound
     video_tokens_in: int
     video_tokens_kept: int
     audio_tokens: int
@@ -145,6 +147,21 @@ class StreamInfo(BaseModel):
     error: str | None
     created: float  # unix seconds
     stats: StreamStatsBody
+
+
+class WebRtcOffer(_Message):
+    """A browser's session description (`RTCPeerConnection.localDescription`), sent once ICE
+    gathering is complete: trickle ICE is not supported."""
+
+    sdp: str = Field(description="the offer SDP, with its ICE candidates")
+    type: str = Field(description='"offer"')
+
+
+class WebRtcAnswer(BaseModel):
+    stream_id: str
+    sdp: str = Field(description="the answer SDP, with the server's ICE candidates")
+    type: Literal["answer"] = "answer"
+    stream: StreamInfo
 
 
 class StreamList(BaseModel):

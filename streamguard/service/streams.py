@@ -411,6 +411,7 @@ def _overlay(report: ChunkReport) -> ChunkOverlay:
         spatial=report.spatial,
         video_dropped=report.video_dropped,
         previous_video_evicted=report.previous_video_evicted,
+        audio_missing=report.audio_missing,
         video_tokens_in=report.video_tokens_in,
         video_tokens_kept=report.video_tokens_kept,
         audio_tokens=report.audio_tokens,

@@ -1,0 +1,45 @@
+"""WebRTC signalling: `POST /v1/streams/webrtc` answers a browser's SDP offer and starts its stream.
+
+One round trip, no trickle ICE: the offer carries its candidates, the answer carries the
+server's. The stream's source owns the peer connection: deleting the stream, the peer leaving,
+or the service shutting down closes it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+
+from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
+from streamguard.service.app import ERROR_RESPONSES, Registry, Token
+from streamguard.service.protocol import ApiError, ServiceError, StreamKind, WebRtcAnswer, WebRtcOffer
+
+router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES, 400: {"model": ApiError}})
+
+
+@router.post("/streams/webrtc", status_code=201)
+async def create_webrtc_stream(
+    body: Annotated[WebRtcOffer, Body()], token: Token, registry: Registry, request: Request
+) -> WebRtcAnswer:
+    """Start a stream from a WebRTC peer sending one audio and/or one video track. Send the
+    offer once ICE gathering is complete; a malformed or unanswerable offer is `invalid_sdp`."""
+    try:
+        offer = check_offer(body.sdp, body.type)
+    except InvalidOffer as exc:
+        raise ServiceError("invalid_sdp", str(exc)) from None
+    settings = registry.settings
+    source = WebRtcSource(settings.chunk, max_pending_chunks=settings.service.max_pending_chunks)
+    peer = request.client.host if request.client else "an unknown address"
+    try:
+        answer = await source.accept(body.sdp)
+        stream = await registry.open(
+            StreamKind.WEBRTC, source, f"webrtc {offer.describe()} from {peer}", owner=token
+        )
+    except InvalidOffer as exc:
+        await source.close()
+        raise ServiceError("invalid_sdp", str(exc)) from None
+    except BaseException:  # no stream came of it (quota, shutdown): close the connection
+        await source.close()
+        raise
+    return WebRtcAnswer(stream_id=stream.id, sdp=answer, stream=stream.info())
