@@ -23,9 +23,12 @@ DESKTOP = {"width": 1280, "height": 900}
 FAKE_MEDIA_SECONDS = 6.0
 
 
-def chromium_args(video: Path, audio: Path) -> list[str]:
+def chromium_args(video: Path, audio: Path, allow_camera: bool = True) -> list[str]:
+    """Without `allow_camera` nothing answers the permission prompt, so headless Chromium denies
+    the camera and microphone (NotAllowedError), as a user who clicks Block."""
+    accept_prompts = ["--use-fake-ui-for-media-stream"] if allow_camera else []
     return [
-        "--use-fake-ui-for-media-stream",
+        *accept_prompts,
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={video}",
         f"--use-file-for-fake-audio-capture={audio}",
@@ -38,7 +41,7 @@ def chromium_args(video: Path, audio: Path) -> list[str]:
 
 
 @contextmanager
-def launch_chromium(media_folder: Path) -> Iterator[Browser]:
+def launch_chromium(media_folder: Path, allow_camera: bool = True) -> Iterator[Browser]:
     """Chromium whose camera plays a moving synthetic scene and whose microphone a tone."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
@@ -46,7 +49,7 @@ def launch_chromium(media_folder: Path) -> Iterator[Browser]:
     audio = write_wav(media_folder / "microphone.wav", FAKE_MEDIA_SECONDS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=chromium_args(video, audio), timeout=WAIT_MS
+            executable_path=str(CHROMIUM), args=chromium_args(video, audio, allow_camera), timeout=WAIT_MS
         )
         try:
             yield browser

@@ -40,6 +40,7 @@ const ui = {
   question: byId("question"),
   ask: byId("ask"),
   stats: byId("stats"),
+  statsHint: byId("stats-hint"),
   overlay: byId("overlay"),
   caption: byId("overlay-caption"),
 };
@@ -158,6 +159,7 @@ function mediaStateChanged() {
 }
 
 function showStream(stream) {
+  ui.statsHint.hidden = true;
   renderStats(ui.stats, PAGE_STATS, stream.stats);
   const chunk = stream.stats.last_chunk;
   if (chunk && chunk.index !== lastChunk?.index) {
