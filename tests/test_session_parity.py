@@ -10,14 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_helpers import QUESTION, SYSTEM, load_tiny_backbone, official_inputs, offline_logits
 
-from streamguard.backbones.base import EncodedChunk
 from streamguard.config import SessionSettings
 from streamguard.engine import kv
 from streamguard.engine.session import QuestionTooLongError, SamplingParams, StreamSession
-
-SYSTEM = "You are a helpful assistant."
-QUESTION = "What happens in the clip?"
 
 
 def random_chunks(rng: np.random.Generator, count: int, height: int = 84, width: int = 112):
@@ -26,64 +23,6 @@ def random_chunks(rng: np.random.Generator, count: int, height: int = 84, width:
     ]
     audio = [(rng.standard_normal(32000) * 0.1).astype(np.float32) for _ in range(count)]
     return frames, audio
-
-
-def official_inputs(backbone, frames, audio):
-    """The official processor's prompt for the whole clip, video with its audio."""
-    processor = backbone.processor
-    messages = [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]},
-    ]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    video = np.stack([f for chunk in frames for f in chunk])
-    return processor(
-        text=text,
-        videos=[video],
-        audio=[np.concatenate(audio)],
-        audio_from_video_indices=[0],
-        load_audio_from_video=True,
-        return_tensors="pt",
-        videos_kwargs={"fps": 2.0, **backbone._video_kwargs},
-    )
-
-
-def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
-    """One forward of the thinker over the official sequence restricted to the kept tokens."""
-    thinker = backbone.model
-    config = thinker.config
-    ids = inputs["input_ids"]
-    positions, _ = thinker.model.get_rope_index(
-        ids,
-        video_grid_thw=inputs["video_grid_thw"],
-        attention_mask=inputs["attention_mask"],
-        use_audio_in_video=True,
-        audio_seqlens=inputs["feature_attention_mask"].sum(-1),
-        second_per_grids=inputs["video_second_per_grid"],
-    )
-    embeds = thinker.get_input_embeddings()(ids)[0].clone()
-    keep_mask = torch.ones(ids.shape[1], dtype=torch.bool)
-    video_slots = (ids[0] == config.video_token_index).nonzero().flatten()
-    audio_slots = (ids[0] == config.audio_token_index).nonzero().flatten()
-    v = a = 0
-    for chunk, keep, drop in zip(encoded, keeps, drops, strict=True):
-        flat = chunk.video_flat
-        slots = video_slots[v : v + flat.shape[0]]
-        embeds[slots] = flat
-        kept = torch.zeros(flat.shape[0], dtype=torch.bool)
-        if not drop:
-            kept[keep if keep is not None else slice(None)] = True
-        keep_mask[slots] = kept
-        v += flat.shape[0]
-        n_audio = chunk.audio.shape[0]
-        embeds[audio_slots[a : a + n_audio]] = chunk.audio
-        a += n_audio
-    assert v == video_slots.numel() and a == audio_slots.numel()
-    with torch.inference_mode():
-        out = thinker.model.language_model(
-            inputs_embeds=embeds[keep_mask][None], position_ids=positions[:, :, keep_mask]
-        )
-        return thinker.lm_head(out.last_hidden_state[0])
 
 
 def stream(backbone, encoded, keeps, drops, settings=None):
@@ -283,12 +222,6 @@ def test_long_stream_stays_in_range_and_answers_as_without_rebasing(tiny_backbon
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory):
-    from streamguard.backbones.qwen_omni import QwenOmniBackbone
     from streamguard.backbones.tiny import build_tiny_checkpoint
-    from streamguard.config import load_settings
 
-    settings = load_settings("tiny")
-    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-    return QwenOmniBackbone.from_settings(
-        settings.model.model_copy(update={"path": str(folder)}), settings.chunk
-    )
+    return load_tiny_backbone(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
