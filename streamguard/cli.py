@@ -216,6 +216,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train-a2v ---------------------------------------------------------------------------------
+
+# `train-a2v` flags, each setting the TrainOptions field it names: (flag, type, field, help).
+_TRAIN_FLAGS = (
+    ("--epochs", int, "epochs", "epochs"),
+    ("--batch-size", int, "batch_size", "chunks per batch"),
+    ("--lr", float, "lr", "AdamW learning rate"),
+    ("--weight-decay", float, "weight_decay", "AdamW weight decay"),
+    ("--val-fraction", float, "val_fraction", "share of the videos held out for validation"),
+    ("--seed", int, "seed", "seed of the split, the initialisation and the batch order"),
+    ("--queries", int, "num_queries", "learnable queries"),
+    ("--layers", int, "num_layers", "cross-attention layers"),
+    ("--heads", int, "num_heads", "attention heads (must divide the hidden size)"),
+    ("--checkpoint-steps", int, "checkpoint_steps", "checkpoint every this many steps too"),
+)
+
+
+def cmd_train_a2v(args: argparse.Namespace) -> int:
+    from streamguard.train import TrainOptions, train_a2v
+    from streamguard.train.report import summary_tables
+
+    chosen = {name: getattr(args, name) for _, _, name, _ in _TRAIN_FLAGS}
+    options = TrainOptions(**{name: value for name, value in chosen.items() if value is not None})
+    settings = _settings_from(args)
+    try:
+        run = train_a2v(
+            args.video_dir,
+            settings,
+            args.out,
+            options,
+            cache_dir=args.cache,
+            resume=args.resume,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        console.print(f"interrupted: continue from the last checkpoint with --resume --out {args.out}")
+        return 130
+    for table in summary_tables(run.report):
+        out.print(table)
+    features = run.features
+    out.print(
+        f"features: {len(features.extracted)} video(s) extracted, {len(features.reused)} from the cache, "
+        f"{len(features.skipped)} skipped; predictor in {args.out} (pruning.predictor_path), "
+        f"report {run.report_path}"
+    )
+    return 0
+
+
 # -- serve, ask, streams -----------------------------------------------------------------------
 
 TOKEN_ENV = "STREAMGUARD_TOKEN"
@@ -423,6 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
     bench.set_defaults(run=cmd_bench)
+
+    from streamguard.train.options import TrainOptions
+
+    train = commands.add_parser(
+        "train-a2v", help="train the A2V predictor on a folder of videos with the frozen backbone"
+    )
+    train.add_argument(
+        "video_dir", type=Path, help="a folder of video files with audio (searched recursively)"
+    )
+    train.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
+    train.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    train.add_argument(
+        "--out", type=Path, required=True, help="folder for the predictor, checkpoints and report"
+    )
+    train.add_argument("--cache", type=Path, help="feature cache folder (default: OUT/features)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    for flag, kind, name, what in _TRAIN_FLAGS:
+        default = getattr(TrainOptions, name)
+        train.add_argument(
+            flag, type=kind, dest=name, help=what if default is None else f"{what} (default {default})"
+        )
+    train.set_defaults(run=cmd_train_a2v)
 
     from streamguard.eval.datasets import FORMATS
 

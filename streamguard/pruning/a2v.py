@@ -121,7 +121,7 @@ class PredictorMismatchError(PredictorCheckpointError):
     """An A2V checkpoint trained for a different backbone or hidden size."""
 
 
-def _backbone_name(model_id: str) -> str:
+def backbone_name(model_id: str) -> str:
     # A hub id and a local folder of the same checkpoint share their last path component
     # ("Qwen/Qwen2.5-Omni-7B" vs "/models/Qwen2.5-Omni-7B/").
     return model_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
@@ -165,7 +165,7 @@ def load_predictor(
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PredictorCheckpointError(f"unreadable {config_path}: {exc}") from exc
     if (
-        _backbone_name(backbone_id) != _backbone_name(expected_backbone_id)
+        backbone_name(backbone_id) != backbone_name(expected_backbone_id)
         or hidden_size != expected_hidden_size
     ):
         raise PredictorMismatchError(
