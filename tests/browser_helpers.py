@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from streamguard.ingest.synthetic import write_wav, write_y4m
 
@@ -41,20 +41,28 @@ def chromium_args(video: Path, audio: Path, allow_camera: bool = True) -> list[s
 
 
 @contextmanager
-def launch_chromium(media_folder: Path, allow_camera: bool = True) -> Iterator[Browser]:
-    """Chromium whose camera plays a moving synthetic scene and whose microphone a tone."""
+def playwright_driver() -> Iterator[Playwright]:
+    """Playwright's driver, one per module: a second one cannot start while one runs."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@contextmanager
+def launch_chromium(
+    playwright: Playwright, media_folder: Path, allow_camera: bool = True
+) -> Iterator[Browser]:
+    """Chromium whose camera plays a moving synthetic scene and whose microphone a tone."""
     video = write_y4m(media_folder / "webcam.y4m", FAKE_MEDIA_SECONDS, fps=10, motion="moving")
     audio = write_wav(media_folder / "microphone.wav", FAKE_MEDIA_SECONDS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=chromium_args(video, audio, allow_camera), timeout=WAIT_MS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=chromium_args(video, audio, allow_camera), timeout=WAIT_MS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @contextmanager

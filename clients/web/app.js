@@ -54,6 +54,7 @@ let streamId = null;
 let lastChunk = null; // the ChunkOverlay on show
 let questionCount = 0;
 let signedIn = false;
+let sourceEnded = false; // the stream's media stopped; its context still answers questions
 
 /** Buttons follow the state: connect needs a camera, an accepted token and no stream yet. */
 function updateControls() {
@@ -126,10 +127,12 @@ async function connect() {
   peer = connection.peer;
   streamId = connection.stream.id;
   lastChunk = null;
+  sourceEnded = false;
   peer.addEventListener("connectionstatechange", mediaStateChanged);
   socket = new StreamSocket(streamId, STATS_INTERVAL_S);
   socket.addEventListener("open", () => {
-    showState(ui.state, "live", `Live: streaming to the service (stream ${streamId.slice(0, 8)}).`);
+    if (sourceEnded) showState(ui.state, "ended", "Reconnected to the ended stream: ask about what it saw.");
+    else showState(ui.state, "live", `Live: streaming to the service (stream ${streamId.slice(0, 8)}).`);
     updateControls();
   });
   socket.addEventListener("stats", (event) => showStream(event.detail));
@@ -153,7 +156,7 @@ function refuseToken(error) {
 function mediaStateChanged() {
   // stream time starts when media starts flowing: the chunks' times count from there
   if (peer.connectionState === "connected") frames.start();
-  if (peer.connectionState === "failed") {
+  if (peer.connectionState === "failed" && !sourceEnded) {
     showState(ui.state, "ended", "The media connection failed: the service receives no more video.");
   }
 }
@@ -166,9 +169,17 @@ function showStream(stream) {
     lastChunk = chunk;
     ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames);
   }
-  if (stream.state === "ended" || stream.state === "error") {
-    streamEnded({ message: stream.error ?? "the source stopped sending" });
-  }
+  if ((stream.state === "ended" || stream.state === "error") && !sourceEnded) sourceStopped(stream);
+}
+
+/** The media stopped, but the service keeps the stream's context: questions still work until
+ * Disconnect deletes it. */
+function sourceStopped(stream) {
+  sourceEnded = true;
+  peer?.close();
+  frames.stop();
+  const why = stream.error ?? "the camera stopped sending";
+  showState(ui.state, "ended", `Stream ended: ${why}. Ask about what it saw, or disconnect to free it.`);
 }
 
 async function connectionLost({ attempt, delayMs }) {
@@ -182,12 +193,13 @@ async function connectionLost({ attempt, delayMs }) {
   }
 }
 
+/** The websocket was refused for good: the stream is gone, or the token no longer works. */
 function streamEnded({ reason, message }) {
   if (reason === "bad-token") {
     refuseToken(new ApiError(403, "invalid_token", message));
     showState(ui.state, "bad-token", "The service refused the token. Enter a valid one, then connect again.");
   } else {
-    showState(ui.state, "ended", `Stream ended: ${message}. Its questions and answers stay below.`);
+    showState(ui.state, "ended", `Stream ended: ${message}. Its questions and answers stay here.`);
   }
   questions.interruptAll("Not answered: the stream ended.");
   closeStream();
