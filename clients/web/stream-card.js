@@ -38,8 +38,7 @@ export class StreamCard {
     this.element.innerHTML = `
       <header>
         <h3 id="${titleId}"></h3>
-        <span class="badge kind"></span>
-        <span class="badge state"></span>
+        <span class="badges"><span class="badge stream-kind"></span> <span class="badge stream-state"></span></span>
       </header>
       <p class="stream-id"></p>
       <p class="error" hidden></p>
@@ -54,8 +53,8 @@ export class StreamCard {
       </figure>
       <div class="actions"><button type="button" class="danger small">Remove</button></div>`;
     this.title = this.element.querySelector("h3");
-    this.kind = this.element.querySelector(".kind");
-    this.state = this.element.querySelector(".state");
+    this.kind = this.element.querySelector(".stream-kind");
+    this.state = this.element.querySelector(".stream-state");
     this.error = this.element.querySelector(".error");
     this.stats = this.element.querySelector(".stats");
     this.plot = this.element.querySelector("canvas");
