@@ -186,7 +186,9 @@ async function connectionLost({ attempt, delayMs }) {
   updateControls();
   questions.interruptAll("Interrupted: the connection to the service dropped.");
   const seconds = Math.ceil(delayMs / 1000);
-  if (await serviceReachable()) {
+  const reachable = await serviceReachable();
+  if (!socket || socket.isOpen) return; // back (or gone) while we asked
+  if (reachable) {
     showState(ui.state, "reconnecting", `Connection lost. Reconnecting (attempt ${attempt})…`);
   } else {
     showState(ui.state, "unreachable", `The service cannot be reached. Retrying in ${seconds} s…`);
