@@ -151,21 +151,25 @@ def _chunk_table(reports) -> Table:
 # -- bench -------------------------------------------------------------------------------------
 
 
-def _number_list(kind: type[int] | type[float]) -> Callable[[str], tuple]:
-    """An argparse type for `1,2,5`: positive numbers of `kind`."""
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: one positive number of `kind`."""
 
-    def parse(text: str) -> tuple:
+    def parse(text: str) -> int | float:
         try:
-            values = tuple(kind(part) for part in text.split(","))
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {kind.__name__}s, got {text!r}"
-            ) from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"expected positive values, got {text!r}")
-        return values
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
 
     return parse
+
+
+def _number_list(kind: type[int] | type[float]) -> Callable[[str], tuple]:
+    """An argparse type for `1,2,5`: positive numbers of `kind`."""
+    item = _positive(kind)
+    return lambda text: tuple(item(part) for part in text.split(","))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -179,6 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         minutes=args.minutes or (),
         streams=args.streams or (),
         model=args.model,
+        threads=args.threads,
     )
     result = run_bench(options, console)
     out.print(
@@ -470,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes", type=_number_list(float), help="stream lengths for question latency (default 1,2,5,10)"
     )
     bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
+    bench.add_argument(
+        "--threads",
+        type=_positive(int),
+        help="torch CPU threads (default: 1 on a CPU device, for steady timings)",
+    )
     bench.set_defaults(run=cmd_bench)
 
     from streamguard.train.options import TrainOptions

@@ -42,7 +42,7 @@ def bench(tmp_path_factory, clip):
         )
         == 0
     )
-    return out, json.loads((out / "bench.json").read_text()) | {"file": extra.name}
+    return out, json.loads((out / "bench.json").read_text()) | {"file": str(extra)}
 
 
 def test_writes_every_section_the_report_and_the_plots(bench):
@@ -142,12 +142,16 @@ def test_concurrency_accounts_for_every_chunk(bench):
 
 
 def test_bad_arguments_are_one_clear_line(tmp_path, capsys):
-    missing = str(tmp_path / "no.mp4")
-    assert main(["bench", "--config", "tiny", "--out", str(tmp_path), "--files", missing]) == 2
-    assert "no.mp4" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00 not a video" * 200)
+    for path in (tmp_path / "missing.mp4", garbage):
+        out = tmp_path / "out"
+        assert main(["bench", "--config", "tiny", "--out", str(out), "--files", str(path)]) == 2
+        assert path.name in capsys.readouterr().err
+        assert not out.exists()  # failed before writing anything
     with pytest.raises(SystemExit):
         main(["bench", "--config", "tiny", "--out", str(tmp_path), "--minutes", "1,x"])
-    assert "comma-separated floats" in capsys.readouterr().err
+    assert "expected a positive float, got 'x'" in capsys.readouterr().err
 
 
 def test_first_token_kl():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from streamguard.backbones.base import Backbone
 from streamguard.bench.fidelity import mean_kl
@@ -33,7 +34,7 @@ def steps_per_clip(clip: Clip) -> int:
 
 def measure_clip(
     backbone: Backbone, settings: Settings, clip: Clip, questions: list[str], tick: Tick
-) -> dict[str, dict]:
+) -> dict[str, Any]:
     """Compression and fidelity of every method on `clip`: {"compression": {method: summary},
     "fidelity": {method: mean KL}, "offline_skipped": reason or None}."""
     full = online_run(backbone, settings, FULL, clip, tick)

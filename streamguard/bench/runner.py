@@ -48,7 +48,7 @@ class Scale:
 
 
 FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, selection.GRIDS, 10, 3, 3)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 3, 2)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 2, 2)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class BenchOptions:
     minutes: tuple[float, ...] = ()  # empty: the scale's
     streams: tuple[int, ...] = ()
     model: str | None = None  # overrides model.path
+    threads: int | None = None  # torch intra-op threads; None: one on a CPU, torch's default otherwise
 
     @property
     def scale(self) -> Scale:
@@ -74,14 +75,16 @@ class BenchOptions:
 
 def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     """Measure every figure, write bench.json, report.md and the plots to `options.out`."""
-    for path in options.files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
     started = time.perf_counter()
     scale = options.scale
     settings = load_settings(options.config, **({"model": {"path": options.model}} if options.model else {}))
     out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the bench writes a folder")
+    # The user's files first: one that cannot be decoded fails before anything is loaded or written.
+    files = [load_clip(str(path), Path(path), settings.chunk) for path in options.files]
     out.mkdir(parents=True, exist_ok=True)
+    clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk) + files
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
     if not settings.pruning.predictor_path:
@@ -89,13 +92,12 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
             "[yellow]No A2V predictor configured: ContextGuard scores video against the mean audio "
             "embedding, so 'contextguard' and 'mean_audio' select alike.[/yellow]"
         )
-    clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk)
-    for path in map(Path, options.files):
-        name = path.name if path.name not in {c.name for c in clips} else str(path)
-        clips.append(load_clip(name, path, settings.chunk))
-    with _quiet_fallback_warnings(), _progress(console) as section:
+    # One intra-op thread on a CPU by default: the tiny model's kernels gain nothing from more, and
+    # on a machine shared with other work, threads waiting for each other make every timing erratic.
+    threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
+    with _torch_threads(threads), _quiet_fallback_warnings(), _progress(console) as section:
         result = _measure(backbone, settings, scale, clips, section)
-    result["environment"] = environment(backbone, settings, options)
+    result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
     result["headline"] = headline(result)
     result["duration_s"] = time.perf_counter() - started
     result["plots"] = {
@@ -229,7 +231,6 @@ def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "dtype": str(backbone.dtype).removeprefix("torch."),
@@ -273,6 +274,16 @@ def _progress(console: Console) -> Iterator[Callable[[str, int], Tick]]:
             return lambda: progress.advance(task)
 
         yield section
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
