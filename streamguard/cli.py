@@ -239,7 +239,8 @@ _TRAIN_FLAGS = (
 
 
 def cmd_train_a2v(args: argparse.Namespace) -> int:
-    from streamguard.train import TrainOptions, train_a2v
+    from streamguard.train.job import train_a2v
+    from streamguard.train.options import TrainOptions
     from streamguard.train.report import summary_tables
 
     chosen = {name: getattr(args, name) for _, _, name, _ in _TRAIN_FLAGS}

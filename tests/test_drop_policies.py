@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cpu_helpers import one_torch_thread
 from parity_helpers import QUESTION, load_tiny_backbone, official_inputs, offline_logits
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
@@ -24,6 +25,12 @@ from streamguard.pruning.select import select_semantic, select_spatial, semantic
 PICTURES = [0, 1, 1, 1, 2]  # which picture each chunk shows
 REDUNDANT = [False, False, True, True, False]
 AUDIO_TOKENS = 50  # 2 s of audio at 25 tokens per second
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

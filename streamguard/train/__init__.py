@@ -1,39 +1,12 @@
-"""A2V predictor training (paper App. A): per-chunk features from videos, the loop, retrieval metrics.
+"""A2V predictor training (paper App. A), one job per module:
 
-`train_a2v` is what `streamguard train-a2v` runs; the pieces are usable on their own:
-`extract_features` (features.py), `train_predictor` (trainer.py), `retrieval_metrics` (retrieval.py).
+- options.py: `TrainOptions`, the run's hyperparameters (no torch import, for the CLI);
+- features.py: `extract_features`, per-chunk (audio tokens, mean video token) pairs from a folder
+  of videos through the frozen backbone, with a resumable on-disk cache;
+- trainer.py: `train_predictor`, the loss, the loop, checkpoints, resume, validation;
+- retrieval.py: audio-to-video R@1/R@5/MedR (App. A.2);
+- report.py: report.json and the printed tables;
+- job.py: `train_a2v`, what `streamguard train-a2v` runs.
+
+Nothing is imported here, so reading `TrainOptions` does not load torch.
 """
-
-from __future__ import annotations
-
-from streamguard.train.features import (
-    ExtractionResult,
-    FeatureCacheMismatchError,
-    NoUsableVideosError,
-    NoVideosError,
-    VideoFeatures,
-    extract_features,
-    find_videos,
-)
-from streamguard.train.job import TrainRun, train_a2v
-from streamguard.train.options import TrainOptions
-from streamguard.train.retrieval import RetrievalMetrics, retrieval_metrics
-from streamguard.train.trainer import TrainingStateError, TrainResult, train_predictor
-
-__all__ = [
-    "ExtractionResult",
-    "FeatureCacheMismatchError",
-    "NoUsableVideosError",
-    "NoVideosError",
-    "RetrievalMetrics",
-    "TrainOptions",
-    "TrainResult",
-    "TrainRun",
-    "TrainingStateError",
-    "VideoFeatures",
-    "extract_features",
-    "find_videos",
-    "retrieval_metrics",
-    "train_a2v",
-    "train_predictor",
-]
