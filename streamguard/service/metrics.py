@@ -71,6 +71,9 @@ class ServiceMetrics:
         self.tokens_in = _StreamCounter(r, "tokens_in", "Tokens of processed chunks before pruning")
         self.tokens_kept = _StreamCounter(r, "tokens_kept", "Tokens processed chunks appended to the cache")
         self.questions = _StreamCounter(r, "questions", "Questions answered")
+        self.source_reconnects = _StreamCounter(
+            r, "source_reconnects", "Times a source (an RTSP camera) came back after a drop"
+        )
         self.compression = Gauge(
             "streamguard_compression_ratio", "1 - kept/in tokens", ["stream"], registry=r
         )
@@ -101,6 +104,7 @@ class ServiceMetrics:
             self.tokens_in.per_stream,
             self.tokens_kept.per_stream,
             self.questions.per_stream,
+            self.source_reconnects.per_stream,
             self.compression,
             self.real_time_factor,
             self.queue_depth,
@@ -134,6 +138,7 @@ class ServiceMetrics:
             self.tokens_in,
             self.tokens_kept,
             self.questions,
+            self.source_reconnects,
         ):
             counter.per_stream.labels(stream)
         for reason in DROP_REASONS:

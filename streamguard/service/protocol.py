@@ -33,7 +33,7 @@ ErrorCode = Literal[
     "too_many_streams",
     "file_sources_disabled",
     "invalid_source",
-    "source_unavailable",
+    "source_unreachable",
     "invalid_sdp",
 ]
 
@@ -135,6 +135,7 @@ class StreamStatsBody(BaseModel):
     kv_tokens: int
     kv_bytes: int
     questions_answered: int
+    reconnects: int  # times the source lost its camera and got it back
     answer_latency: LatencySummary  # time to the first delta
     last_chunk: ChunkOverlay | None
 

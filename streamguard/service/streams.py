@@ -14,9 +14,8 @@ import math
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from streamguard.backbones.base import Backbone
 from streamguard.cluster.store import Counters, Store, StreamRecord
@@ -60,6 +59,13 @@ class ChunkSource(Protocol):
     def chunks(self) -> AsyncIterator[AVChunk]: ...
 
 
+@runtime_checkable
+class ReconnectingSource(ChunkSource, Protocol):
+    """A source that reconnects by itself and reports it (RTSP): `on_state(state, reason)`."""
+
+    on_state: Callable[[Literal["live", "reconnecting"], str | None], None] | None
+
+
 class Stream:
     """One stream's state and stats; the scheduler's listener for its chunks."""
 
@@ -95,9 +101,12 @@ class Stream:
         self.kv_tokens = 0
         self.kv_bytes = 0
         self.questions_answered = 0
+        self.reconnects = 0
         self._rtf: deque[float] = deque(maxlen=RTF_WINDOW)
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.last_report: ChunkReport | None = None
+        if isinstance(source, ReconnectingSource):
+            source.on_state = self.source_state
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,11 +118,21 @@ class Stream:
         event("stream.state", stream=self.id, state=state.value, **details)
 
     def chunk_received(self, chunk: AVChunk) -> None:
-        self._set_state(StreamState.LIVE)
+        if self.state is StreamState.STARTING:  # a reconnecting source says itself when it is back
+            self._set_state(StreamState.LIVE)
         self.chunks_received += 1
         self._metrics.chunks_received.inc(self.id)
         self._scheduler.submit_chunk(self.id, chunk)
         self._metrics.queue_depth.labels(self.id).set(self.queue().depth)
+
+    def source_state(self, state: Literal["live", "reconnecting"], reason: str | None) -> None:
+        """The source lost its camera (`reason` says why) or has it back."""
+        if state == "reconnecting":
+            self._set_state(StreamState.RECONNECTING, reason)
+        elif self.state is StreamState.RECONNECTING:
+            self.reconnects += 1
+            self._metrics.source_reconnects.inc(self.id)
+            self._set_state(StreamState.LIVE)
 
     def finish(self) -> None:
         self._set_state(StreamState.ENDED)
@@ -223,6 +242,7 @@ class Stream:
                 kv_tokens=self.kv_tokens,
                 kv_bytes=self.kv_bytes,
                 questions_answered=self.questions_answered,
+                reconnects=self.reconnects,
                 answer_latency=LatencySummary(
                     count=len(latencies),
                     p50_ms=_percentile_ms(latencies, 0.50),
@@ -376,21 +396,14 @@ async def open_source(
             raise ServiceError("invalid_source", f"{request.path}: {exc}", status=422) from None
         source = FileSource(request.path, settings.chunk, realtime=request.realtime)
         return source, StreamKind.FILE, request.path
-    try:
-        from streamguard.ingest.rtsp import RtspSource
-    except ImportError:
-        raise ServiceError(
-            "source_unavailable", "RTSP ingest is not part of this build yet", status=501
-        ) from None
-    return RtspSource(request.url, settings.chunk), StreamKind.RTSP, _without_credentials(request.url)
+    from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
 
-
-def _without_credentials(url: str) -> str:
-    """A camera URL fit for listings and logs: `rtsp://user:pass@host/x` → `rtsp://host/x`."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    source = RtspSource(request.url, settings.chunk)
+    try:  # a camera that cannot be reached is refused now, not found dead in the stream list
+        await source.check()
+    except SourceUnreachable as exc:
+        raise ServiceError("source_unreachable", str(exc), status=422) from None
+    return source, StreamKind.RTSP, source.name
 
 
 def _percentile_ms(ordered: list[float], q: float) -> float | None:

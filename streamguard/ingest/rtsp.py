@@ -1,0 +1,306 @@
+"""An RTSP camera as a chunk source: PyAV over TCP, reconnecting on its own.
+
+Each connection runs on its own thread (`_Connection`): it opens the camera, demuxes and
+decodes, and cuts chunks with the source's one `Chunker`; the event loop only waits to be woken
+and hands the chunks on, so no blocking call ever runs on it. Nothing waits forever: sockets
+time out, PyAV's per-call deadline interrupts a read the camera never answers, a watchdog ends
+a connection that delivers packets but no chunks, and opening is bounded.
+
+When a connection drops (the camera ends the stream, a read fails or times out) the source
+reports "reconnecting" with the reason, retries with exponential backoff and jitter, reports
+"live" once a connection is open again and counts it in `reconnects`. The chunk timeline runs
+on: a new connection's timestamps restart, so its media is placed after what the last one
+delivered plus the time the camera was away; the chunker turns that gap into silent chunks
+without video (or, beyond its `max_gap`, skips it), never into repeated or reordered indices.
+
+`check()` is the first connection's test, for callers that must refuse a bad URL at once: it
+raises `SourceUnreachable` with a clear reason within about `open_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import av
+from av.container import InputContainer
+
+from streamguard.config import ChunkSettings
+from streamguard.ingest import MediaError
+from streamguard.ingest.chunker import AVChunk, Chunker
+
+log = logging.getLogger(__name__)
+
+SourceState = Literal["live", "reconnecting"]
+StateListener = Callable[[SourceState, "str | None"], None]
+
+# Codec parameters of an RTSP camera come with its SDP: half a second of probing is plenty,
+# where FFmpeg's default probes for seconds before the stream opens.
+ANALYZE_DURATION_US = 500_000
+# FFmpeg's RTSP reader waits out its timeout twice (it retries once) before a silent camera
+# fails a read; each wait gets half of `read_timeout_s`.
+READ_WAITS = 2
+CHECK_SLACK_S = 1.0  # `check` abandons an open that has not returned by its timeout plus this
+MAX_PENDING_CHUNKS = 8  # cut chunks the consumer has not taken yet; beyond that the oldest goes
+
+
+class SourceUnreachable(MediaError):
+    """The camera cannot be opened (refused, no such path, no answer, not RTSP), or could not be
+    reopened within `max_attempts`."""
+
+
+class RtspSource:
+    """A live RTSP camera whose `chunks()` survive drops; see the module docstring.
+
+    `backoff` is (first delay, largest delay) in seconds between attempts; `max_attempts`
+    bounds consecutive failed attempts before `chunks()` gives up with `SourceUnreachable`
+    (None: never). `on_state` hears every change of connection state on the event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: ChunkSettings,
+        *,
+        open_timeout_s: float = 5.0,
+        read_timeout_s: float = 5.0,
+        backoff: tuple[float, float] = (0.5, 10.0),
+        max_attempts: int | None = None,
+        on_state: StateListener | None = None,
+    ):
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError(f"backoff must be (first, largest) with 0 < first <= largest, got {backoff}")
+        self.url = url
+        self.name = without_credentials(url)  # for messages and logs
+        self.settings = settings
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.backoff = backoff
+        self.max_attempts = max_attempts
+        self.on_state = on_state
+        self.reconnects = 0  # times the camera came back after a drop
+        self.state: SourceState | None = None
+
+    async def check(self) -> None:
+        """Open the camera once and close it; `SourceUnreachable` says why it cannot be opened."""
+
+        def probe() -> None:
+            with self._open():
+                pass
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(probe), self.open_timeout_s + CHECK_SLACK_S)
+        except TimeoutError:  # a call FFmpeg cannot interrupt (a name lookup) is left behind
+            raise SourceUnreachable(
+                f"cannot open the RTSP stream {self.name}: no answer within {self.open_timeout_s:g} s"
+            ) from None
+
+    async def chunks(self) -> AsyncIterator[AVChunk]:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def notify() -> None:  # from a connection thread
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(wake.set)
+
+        chunker = Chunker(self.settings, origin=0.0)
+        failures = 0  # consecutive attempts that did not open
+        resume_at = 0.0  # stream seconds where the next connection's media starts
+        lost_at: float | None = None  # time.monotonic() when the last connection dropped
+        while True:
+            connection = _Connection(self, chunker, resume_at, lost_at, notify)
+            connection.start()
+            try:
+                while not connection.done:
+                    await wake.wait()
+                    wake.clear()
+                    if connection.opened and self.state != "live":
+                        self._report_live()
+                    while connection.chunks:
+                        yield connection.chunks.popleft()
+            finally:  # also when the consumer stops: the thread ends after its current read
+                connection.stop()
+                await asyncio.to_thread(connection.join, READ_WAITS * self.read_timeout_s + 1.0)
+                if connection.is_alive():
+                    log.warning("rtsp.thread_lingers url=%s", self.name)
+            if isinstance(connection.error, Exception):
+                raise connection.error  # a bug, not the camera: reconnecting would hide it
+            while connection.chunks:  # cut after the last wake-up
+                yield connection.chunks.popleft()
+            if connection.opened:
+                failures, lost_at = 0, connection.ended_at
+                resume_at = max(chunker.position, resume_at)
+            else:
+                failures += 1
+            reason = connection.error or "the camera ended the stream"
+            if self.max_attempts is not None and failures >= self.max_attempts:
+                raise SourceUnreachable(f"gave up after {failures} failed attempts: {reason}")
+            self._report("reconnecting", reason)
+            delay = self._delay(failures)
+            log.debug(
+                "rtsp.retry url=%s failures=%d delay_s=%.2f reason=%r", self.name, failures, delay, reason
+            )
+            await asyncio.sleep(delay)
+
+    def _report_live(self) -> None:
+        if self.state == "reconnecting":
+            self.reconnects += 1
+        self._report("live", None)
+
+    def _report(self, state: SourceState, reason: str | None) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        log.info("rtsp.%s url=%s%s", state, self.name, f" reason={reason!r}" if reason else "")
+        if self.on_state is not None:
+            self.on_state(state, reason)
+
+    def _delay(self, failures: int) -> float:
+        """Exponential backoff with jitter, so cameras dropped together do not retry in step."""
+        first, largest = self.backoff
+        delay = min(largest, first * 2.0**failures)
+        return delay * random.uniform(0.5, 1.0)
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[InputContainer]:
+        """One connection; `SourceUnreachable` when it cannot be made. Blocking."""
+        wait_s = self.read_timeout_s / READ_WAITS
+        options = {
+            "rtsp_transport": "tcp",
+            "timeout": str(round(wait_s * 1e6)),  # socket I/O, in microseconds
+            "analyzeduration": str(ANALYZE_DURATION_US),
+        }
+        began = time.monotonic()
+        try:
+            container = av.open(self.url, options=options, timeout=(self.open_timeout_s, wait_s))
+        except av.FFmpegError as exc:
+            if time.monotonic() - began >= min(self.open_timeout_s, wait_s):
+                reason = "no answer in time"
+            elif isinstance(exc, av.error.InvalidDataError):  # it answered, but not in RTSP
+                reason = f"not an RTSP server ({exc.strerror})"
+            else:
+                reason = _reason(exc)
+            raise SourceUnreachable(f"cannot open the RTSP stream {self.name}: {reason}") from None
+        with container:
+            if not container.streams.video and not container.streams.audio:
+                raise SourceUnreachable(f"the RTSP stream {self.name} has neither video nor audio")
+            yield container
+
+
+class _Connection(threading.Thread):
+    """One RTSP session: open, demux, decode and cut chunks until it drops or is stopped.
+
+    The event loop reads `opened`, `chunks`, `done` and `error` after `notify` wakes it; the
+    chunker is this thread's alone until it has ended.
+    """
+
+    def __init__(
+        self,
+        source: RtspSource,
+        chunker: Chunker,
+        resume_at: float,
+        lost_at: float | None,
+        notify: Callable[[], None],
+    ):
+        super().__init__(name=f"rtsp {source.name}", daemon=True)
+        self.source = source
+        self.chunker = chunker
+        self.resume_at = resume_at
+        self.lost_at = lost_at
+        self.notify = notify
+        self.opened = False
+        # Only this thread appends and only the loop pops, so a full deque evicting its oldest
+        # chunk never races the loop into an empty one.
+        self.chunks: deque[AVChunk] = deque(maxlen=MAX_PENDING_CHUNKS)
+        self.done = False
+        self.ended_at: float | None = None  # time.monotonic() when it ended
+        self.error: str | Exception | None = None  # why it ended: the camera's fault, or a bug
+        self._stopped = threading.Event()
+        # No chunk for this long while packets still come in: the camera's clock is stuck.
+        self.stall_s = source.read_timeout_s + 2 * source.settings.seconds
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        try:
+            with self.source._open() as container:
+                self.opened = True
+                self.notify()
+                self._read(container)
+        except SourceUnreachable as exc:
+            self.error = str(exc)
+        except av.FFmpegError as exc:
+            self.error = f"reading failed: {_reason(exc)}"
+        except _Stalled as exc:
+            self.error = str(exc)
+        except Exception as exc:
+            log.exception("rtsp.bug url=%s", self.source.name)
+            self.error = exc
+        finally:
+            self.ended_at = time.monotonic()
+            self.done = True
+            self.notify()
+
+    def _read(self, container: InputContainer) -> None:
+        streams = [*container.streams.video[:1], *container.streams.audio[:1]]
+        shift: float | None = None  # this connection's timestamps + shift = stream seconds
+        progress = time.monotonic()
+        for packet in container.demux(*streams):
+            if self._stopped.is_set():
+                return
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:  # a damaged packet costs its frames, not the connection
+                frames = []
+            for frame in frames:
+                if frame.time is None:  # a frame decoded before the stream's first timestamp
+                    continue
+                if shift is None:
+                    shift = self._resume_time() - frame.time
+                if isinstance(frame, av.VideoFrame):
+                    self.chunker.push_video(frame, frame.time + shift)
+                else:
+                    self.chunker.push_audio(frame, frame.time + shift)
+            ready = self.chunker.pop_ready()
+            now = time.monotonic()
+            if ready:
+                if len(self.chunks) + len(ready) > MAX_PENDING_CHUNKS:
+                    log.warning("rtsp.consumer_behind url=%s oldest_chunk_dropped", self.source.name)
+                self.chunks.extend(ready)
+                self.notify()
+                progress = now
+            elif now - progress > self.stall_s:
+                raise _Stalled(f"packets arrive but no chunk was completed for {self.stall_s:g} s")
+
+    def _resume_time(self) -> float:
+        """Where this connection's first frame goes: after the last one's media, plus the time
+        the camera was away."""
+        away = 0.0 if self.lost_at is None else time.monotonic() - self.lost_at
+        return self.resume_at + away
+
+
+class _Stalled(Exception):
+    pass
+
+
+def without_credentials(url: str) -> str:
+    """A camera URL fit for listings and logs: `rtsp://user:pass@host/x` → `rtsp://host/x`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reason(exc: av.FFmpegError) -> str:
+    if isinstance(exc, av.error.ExitError | av.error.TimeoutError):
+        return "no data in time"
+    return exc.strerror or type(exc).__name__

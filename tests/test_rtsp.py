@@ -1,0 +1,252 @@
+"""RTSP ingest against a real GStreamer RTSP camera on 127.0.0.1: the source alone (chunks,
+unreachable cameras, a camera killed and restarted) and through the live service. Waits are
+bounded; the timings printed (run with -s) are observations, never assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from rtsp_helpers import RtspCamera, rtsp_camera
+from service_helpers import TIMEOUT_S, receive_until, serve, tiny_settings, wait_until
+
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.config import ChunkSettings
+from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
+from streamguard.service import create_app
+
+pytestmark = pytest.mark.rtsp
+
+SETTINGS = ChunkSettings()
+FAST_RETRY = {"backoff": (0.1, 0.5)}  # a restarted camera is found again at once
+
+
+@pytest.fixture(scope="module")
+def camera():
+    """A camera the tests only read from (tests that kill one start their own)."""
+    with rtsp_camera() as running:
+        yield running
+
+
+@pytest.fixture()
+def own_camera():
+    with rtsp_camera() as running:
+        yield running
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def source_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("rtsp ")]
+
+
+async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
+    source = RtspSource(camera.url, SETTINGS)
+    chunks = []
+    async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                break
+    assert [chunk.index for chunk in chunks] == [0, 1, 2]
+    for chunk in chunks:
+        assert len(chunk.frames) == SETTINGS.frames_per_chunk
+        assert chunk.frames[0].shape == (240, 320, 3) and chunk.frames[0].dtype == np.uint8
+        assert chunk.audio.shape == (SETTINGS.samples_per_chunk,)
+        assert np.sqrt(np.mean(chunk.audio**2)) > 0.05  # the test tone, not silence
+    assert not np.array_equal(chunks[1].frames[0], chunks[1].frames[-1])  # the ball moves
+    assert source.state == "live" and source.reconnects == 0
+    assert not source_threads()  # closing the generator ended its connection thread
+
+
+async def test_a_closed_port_is_refused_at_once_with_the_url_and_no_credentials():
+    url = f"rtsp://admin:hunter2@127.0.0.1:{closed_port()}/cam"
+    with pytest.raises(SourceUnreachable) as raised:
+        async with asyncio.timeout(TIMEOUT_S):
+            await RtspSource(url, SETTINGS, open_timeout_s=2.0).check()
+    message = str(raised.value)
+    assert url.replace("admin:hunter2@", "") in message and "Connection refused" in message
+    assert "hunter2" not in message and "admin" not in message
+
+
+async def test_a_path_the_camera_does_not_serve_is_refused(camera):
+    with pytest.raises(SourceUnreachable, match="404"):
+        async with asyncio.timeout(TIMEOUT_S):
+            await RtspSource(camera.url.replace("/cam", "/nothing"), SETTINGS).check()
+
+
+async def test_a_camera_that_never_answers_is_given_up_after_max_attempts():
+    states = []
+    source = RtspSource(
+        f"rtsp://127.0.0.1:{closed_port()}/cam",
+        SETTINGS,
+        max_attempts=3,
+        on_state=lambda state, reason: states.append(state),
+        **FAST_RETRY,
+    )
+    with pytest.raises(SourceUnreachable, match=r"after 3 failed attempts.*Connection refused"):
+        async with asyncio.timeout(TIMEOUT_S):
+            async for _ in source.chunks():
+                pass
+    assert states == ["reconnecting"]
+    assert not source_threads()
+
+
+async def test_a_killed_camera_is_reconnected_and_the_timeline_runs_on(own_camera: RtspCamera):
+    events: list[tuple[str, str | None, float]] = []
+    source = RtspSource(
+        own_camera.url,
+        SETTINGS,
+        on_state=lambda state, reason: events.append((state, reason, time.monotonic())),
+        **FAST_RETRY,
+    )
+
+    async def kill_and_restart() -> tuple[float, float]:
+        killed = time.monotonic()
+        await asyncio.to_thread(own_camera.kill)
+        while not any(state == "reconnecting" for state, _, _ in events):
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(own_camera.start)
+        return killed, time.monotonic()
+
+    chunks, outage, after = [], None, []
+    async with asyncio.timeout(2 * TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 2:
+                outage = asyncio.create_task(kill_and_restart())
+            elif outage is not None and outage.done() and source.reconnects:
+                after.append((chunk, time.monotonic()))
+                if len(after) == 2:
+                    break
+    assert outage is not None
+    killed, restarted = outage.result()
+
+    assert [state for state, _, _ in events] == ["live", "reconnecting", "live"]
+    assert events[1][1] == "the camera ended the stream"
+    assert source.reconnects == 1
+    assert [chunk.index for chunk in chunks] == list(range(len(chunks)))  # no repeats, no reordering
+    last, _ = after[-1]
+    assert len(last.frames) == SETTINGS.frames_per_chunk and np.abs(last.audio).max() > 0.05
+    print(
+        f"\nrtsp reconnect: kill → reconnecting {events[1][2] - killed:.2f} s; "
+        f"restart → live {events[2][2] - restarted:.2f} s; "
+        f"restart → first chunk after it {after[0][1] - restarted:.2f} s; "
+        f"chunks across the outage {[c.index for c in chunks]}"
+    )
+
+
+async def test_a_camera_that_stops_sending_fails_the_read_and_is_reconnected(own_camera: RtspCamera):
+    events: list[tuple[str, str | None, float]] = []
+
+    def on_state(state: str, reason: str | None) -> None:
+        events.append((state, reason, time.monotonic()))
+        if state == "reconnecting":  # the read gave up on the silent camera
+            own_camera.thaw()
+
+    source = RtspSource(
+        own_camera.url, SETTINGS, open_timeout_s=2.0, read_timeout_s=1.0, on_state=on_state, **FAST_RETRY
+    )
+    frozen = None
+    async with asyncio.timeout(2 * TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+        async for _ in stream:
+            if frozen is None:
+                own_camera.freeze()
+                frozen = time.monotonic()
+            elif source.reconnects:
+                break
+    assert [state for state, _, _ in events] == ["live", "reconnecting", "live"]
+    assert events[1][1] == "reading failed: no data in time"
+    print(f"\nrtsp silent camera: freeze → reconnecting {events[1][2] - frozen:.2f} s (read_timeout_s=1)")
+
+
+# -- through the service ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def service(checkpoint):
+    with serve(create_app(tiny_settings(checkpoint))) as live:
+        yield live
+
+
+def test_an_rtsp_stream_answers_questions_and_survives_a_camera_restart(service, own_camera):
+    response = service.http.post("/v1/streams", json={"source": "rtsp", "url": own_camera.url})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    stream_id = created["id"]
+    assert created["kind"] == "rtsp" and created["source"] == own_camera.url
+
+    wait_until(lambda: service.stream(stream_id)["stats"]["chunks_processed"] >= 2, "processed chunks")
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        ws.send(json.dumps({"type": "question.ask", "id": "q1", "text": "What moves?", "max_tokens": 6}))
+        events = receive_until(ws, lambda event: event["type"] in ("answer.done", "error"))
+    assert events[-1]["type"] == "answer.done", events[-1]
+    assert [event["type"] for event in events[:-1]] == ["answer.delta"] * (len(events) - 1) and events[:-1]
+
+    killed = time.monotonic()
+    own_camera.kill()
+    down = wait_until(
+        lambda: (stream := service.stream(stream_id))["state"] == "reconnecting" and stream,
+        "the stream to say it is reconnecting",
+    )
+    noticed = time.monotonic()
+    assert down["error"] == "the camera ended the stream"
+    received = down["stats"]["chunks_received"]
+    own_camera.start()
+    restarted = time.monotonic()
+    back = wait_until(
+        lambda: (stream := service.stream(stream_id))["state"] == "live" and stream, "the stream to be live"
+    )
+    live = time.monotonic()
+    assert back["stats"]["reconnects"] == 1 and back["error"] is None
+    wait_until(
+        lambda: service.stream(stream_id)["stats"]["chunks_received"] >= received + 2,
+        "chunks after the restart",
+    )
+    metrics = service.http.get("/metrics").text
+    assert f'streamguard_source_reconnects_total{{stream="{stream_id}"}} 1.0' in metrics
+    print(
+        f"\nservice rtsp: kill → state reconnecting seen {noticed - killed:.2f} s; "
+        f"restart → state live seen {live - restarted:.2f} s"
+    )
+    final = service.http.delete(f"/v1/streams/{stream_id}").json()
+    assert final["state"] == "ended"
+    wait_until(lambda: not source_threads(), "the camera's connection thread to end")
+
+
+@pytest.mark.parametrize("server", ["none", "http"])
+def test_an_unreachable_camera_is_refused_with_source_unreachable(service, server):
+    # nothing listening, or an HTTP server (the service itself) where a camera should be
+    port = closed_port() if server == "none" else urlsplit(service.url).port
+    url = f"rtsp://viewer:secret@127.0.0.1:{port}/cam"
+    response = service.http.post("/v1/streams", json={"source": "rtsp", "url": url})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "source_unreachable"
+    assert ("Connection refused" if server == "none" else "not an RTSP server") in error["message"]
+    redacted = url.replace("viewer:secret@", "")
+    assert redacted in error["message"] and "secret" not in error["message"]
+    assert redacted not in [stream["source"] for stream in service.http.get("/v1/streams").json()["streams"]]
+
+
+def test_a_url_with_another_scheme_is_refused_before_any_connection(service):
+    response = service.http.post("/v1/streams", json={"source": "rtsp", "url": "http://127.0.0.1/cam"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and "rtsp://" in error["message"]
