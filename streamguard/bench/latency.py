@@ -6,7 +6,9 @@ rolling session), looping a short clip. At each checkpoint the rolling session a
 question, then the baseline builds a fresh session holding every token the stream kept so far
 (no budget, no eviction), prefilled from scratch, and answers the same question. The baseline's
 features are each distinct chunk's, encoded once outside its timing (the features the stream
-computed), so it is charged for prefill and generation only.
+computed), so it is charged for prefill and generation only. The memory (figure 5) and per-chunk
+cost (figure 2) sections replay the same stream without questions, so that the baseline's
+allocations stay out of the process's RSS.
 
 Each answer is timed several times and the ratio taken of the best times: on a machine shared
 with other work the fastest run is the one least disturbed (medians are kept too). The same replay feeds the memory
@@ -63,9 +65,20 @@ class LongStream:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
 
-def checkpoint_chunks(minutes: Sequence[float], seconds_per_chunk: float) -> dict[int, float]:
-    """{chunks streamed: minutes} for each checkpoint (at least one chunk each)."""
-    return {max(1, round(m * 60 / seconds_per_chunk)): m for m in minutes}
+@dataclass(frozen=True)
+class Checkpoints:
+    """When to ask, and how often to time each answer: `rounds` times the rolling session answers
+    `reps` times, then the re-prefill baseline once."""
+
+    at: dict[int, float]  # {chunks streamed: minutes}
+    rounds: int
+    reps: int
+
+    @classmethod
+    def at_minutes(
+        cls, minutes: Sequence[float], seconds_per_chunk: float, rounds: int, reps: int
+    ) -> Checkpoints:
+        return cls({max(1, round(m * 60 / seconds_per_chunk)): m for m in minutes}, rounds, reps)
 
 
 def run_long_stream(
@@ -73,22 +86,20 @@ def run_long_stream(
     settings: Settings,
     method: Method,
     source: Sequence[AVChunk],
-    minutes: Sequence[float],
-    rounds: int,
-    reps: int,
+    chunks: int,
     tick: Tick,
+    checkpoints: Checkpoints | None = None,
 ) -> LongStream:
-    """Replay `source` in a loop for the longest checkpoint, asking at every checkpoint: `rounds`
-    times the rolling session answers `reps` times, then the re-prefill baseline once."""
+    """Replay `source` in a loop for `chunks` chunks, sampling memory after each, asking at every
+    checkpoint (none: a replay for the memory and cost figures alone)."""
     seconds = settings.chunk.seconds
     method_settings = method.settings(settings)
     pipeline = create_pipeline(backbone, method_settings)
-    checkpoints = checkpoint_chunks(minutes, seconds)
     params = SamplingParams(max_new_tokens=settings.session.max_new_tokens)
     features: dict[int, EncodedChunk] = {}
     kept: list[KeptChunk] = []
     result = LongStream(method.name)
-    for chunk in looped(source, max(checkpoints), seconds):
+    for chunk in looped(source, chunks, seconds):
         report = pipeline.process(chunk)
         result.reports.append(report)
         if report.previous_video_evicted:
@@ -102,12 +113,14 @@ def run_long_stream(
         result.memory.append(sample_memory(chunk.start + seconds, pipeline.session))
         tick()
         streamed = chunk.index + 1
-        if streamed not in checkpoints:
+        if checkpoints is None or streamed not in checkpoints.at:
             continue
         for index in {k.source for k in kept} - features.keys():
             features[index] = backbone.encode(backbone.preprocess(source[index].frames, source[index].audio))
-        rolling, baseline = _race(pipeline.session, method_settings, features, kept, params, rounds, reps)
-        result.checkpoints.append(checkpoint_row(checkpoints[streamed], streamed, rolling, baseline))
+        rolling, baseline = _race(
+            pipeline.session, method_settings, features, kept, params, checkpoints.rounds, checkpoints.reps
+        )
+        result.checkpoints.append(checkpoint_row(checkpoints.at[streamed], streamed, rolling, baseline))
         tick()
     result.stats = dataclasses.replace(pipeline.session.stats)
     result.prefix_tokens = pipeline.session.prefix_length

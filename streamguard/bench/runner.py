@@ -24,7 +24,7 @@ from streamguard.bench import compression, plots, report, selection
 from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.costs import compare_costs
 from streamguard.bench.fidelity import QUESTIONS
-from streamguard.bench.latency import QUESTION, LongStream, checkpoint_chunks, run_long_stream
+from streamguard.bench.latency import QUESTION, Checkpoints, LongStream, run_long_stream
 from streamguard.bench.memory import samples_as_columns, summarize_memory
 from streamguard.bench.workload import FULL, Clip, Tick, configured_method, generated_clips, load_clip, looped
 from streamguard.config import Settings, load_settings
@@ -119,27 +119,22 @@ def _measure(
 ) -> dict[str, Any]:
     moving = next(c for c in clips if c.name == "moving")
     long_methods = [FULL, configured_method(settings)]
-    checkpoints = checkpoint_chunks(scale.minutes, settings.chunk.seconds)
+    checkpoints = Checkpoints.at_minutes(
+        scale.minutes, settings.chunk.seconds, scale.question_rounds, scale.question_reps
+    )
 
     tick = section("1,7 compression, fidelity", sum(compression.steps_per_clip(c) for c in clips))
     per_clip = {c.name: compression.measure_clip(backbone, settings, c, QUESTIONS, tick) for c in clips}
 
-    tick = section("2,4,5 long streams", len(long_methods) * (max(checkpoints) + len(checkpoints)))
-    streams = [
-        run_long_stream(
-            backbone,
-            settings,
-            method,
-            moving.chunks,
-            scale.minutes,
-            scale.question_rounds,
-            scale.question_reps,
-            tick,
-        )
-        for method in long_methods
+    chunks = max(checkpoints.at)
+    tick = section("2,5 long streams", len(long_methods) * chunks)
+    replays = [run_long_stream(backbone, settings, m, moving.chunks, chunks, tick) for m in long_methods]
+    tick = section("4 question latency", len(long_methods) * (chunks + len(checkpoints.at)))
+    asked = [
+        run_long_stream(backbone, settings, m, moving.chunks, chunks, tick, checkpoints) for m in long_methods
     ]
 
-    # After the long streams: the 7B-width predictor would stay in the RSS they report.
+    # After the long replays: the 7B-width predictor would stay in the RSS they report.
     tick = section("3 selection at 7B width", selection.steps(scale.selection_grids))
     selection_figure = selection.measure_selection(
         backbone, settings, scale.selection_grids, scale.selection_reps, tick
@@ -166,8 +161,8 @@ def _measure(
             "kl": {name: entry["fidelity"] for name, entry in per_clip.items()},
         },
         "costs": {
-            "methods": {"full": streams[0].method, "pruned": streams[1].method},
-            **compare_costs(streams[0].reports, streams[1].reports),
+            "methods": {"full": replays[0].method, "pruned": replays[1].method},
+            **compare_costs(replays[0].reports, replays[1].reports),
         },
         "selection": selection_figure,
         "latency": {
@@ -175,9 +170,9 @@ def _measure(
             "source": f"the {moving.name} clip ({len(moving.chunks)} chunks) looped",
             "baseline": "a fresh session prefilled with every token the stream kept, then the question",
             "features_reused": "its features are each distinct chunk's, encoded once outside its timing",
-            "methods": {s.method: s.checkpoints for s in streams},
+            "methods": {s.method: s.checkpoints for s in asked},
         },
-        "memory": {"methods": {s.method: _memory_entry(s, settings) for s in streams}},
+        "memory": {"methods": {s.method: _memory_entry(s, settings) for s in replays}},
         "concurrency": concurrency,
     }
 
