@@ -91,12 +91,14 @@ def _headline(result: dict[str, Any]) -> str:
         ]
     )
     share = head["selection_share_pct"]
+    scaled = share["7b_width_scaled"]
     rows.append(
         [
             "selection's share of chunk compute",
             f"{share['loaded_model_measured']:.1f}% measured on the loaded model; at 7B width "
-            f"(grid {share['grid']}) {share['7b_width_scaled']:.2f}% (FLOP-scaled) to "
-            f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
+            f"(grid {share['grid']}) "
+            + ("" if scaled is None else f"{scaled:.2f}% (FLOP-scaled) to ")
+            + f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
         ]
     )
     return "## Headline\n\n" + _table(["figure", "value"], rows)
@@ -160,7 +162,7 @@ def _selection(figure: dict[str, Any]) -> str:
             r["kept_video_tokens"],
             f"{r['a2v']['median_ms']:.1f} / {r['a2v']['p95_ms']:.1f}",
             f"{r['mean_audio']['median_ms']:.2f} / {r['mean_audio']['p95_ms']:.2f}",
-            r["loaded_model_ms"]["encode_prefill_ms"],
+            (r["loaded_model_ms"] or {}).get("encode_prefill_ms"),
             r["encode_prefill_7b_ms_scaled"],
             r["selection_share_pct_scaled"],
             r["encode_prefill_7b_ms_at_matmul_throughput"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import platform
 import subprocess
@@ -28,6 +27,7 @@ from streamguard.bench.latency import QUESTION, Checkpoints, LongStream, run_lon
 from streamguard.bench.memory import samples_as_columns, summarize_memory
 from streamguard.bench.workload import FULL, Clip, Tick, configured_method, generated_clips, load_clip, looped
 from streamguard.config import Settings, load_settings
+from streamguard.pruning.a2v import fallback_warnings_muted
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     # One intra-op thread on a CPU by default: the tiny model's kernels gain nothing from more, and
     # on a machine shared with other work, threads waiting for each other make every timing erratic.
     threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
-    with _torch_threads(threads), _quiet_fallback_warnings(), _progress(console) as section:
+    with _torch_threads(threads), fallback_warnings_muted(), _progress(console) as section:
         result = _measure(backbone, settings, scale, clips, section)
     result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
     result["headline"] = headline(result)
@@ -279,15 +279,3 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def _quiet_fallback_warnings() -> Iterator[None]:
-    """Every pipeline the bench builds would repeat the mean-audio fallback warning: said once above."""
-    pruning_log = logging.getLogger("streamguard.pruning")
-    level = pruning_log.level
-    pruning_log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        pruning_log.setLevel(level)

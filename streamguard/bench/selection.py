@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from streamguard.backbones.base import Backbone, ChunkInputs, EncodedChunk
+from streamguard.backbones.qwen_omni import QwenOmniBackbone
 from streamguard.bench.flops import MEL_FRAMES_PER_CHUNK, QWEN25_OMNI_7B, ThinkerDims, chunk_flops
 from streamguard.bench.workload import Tick, distribution_ms
 from streamguard.config import Settings
@@ -43,7 +44,10 @@ def measure_selection(
     device, dtype = backbone.device, backbone.dtype
     generator = torch.Generator().manual_seed(0)
     predictor = A2VPredictor(A2VConfig(dim=target.hidden)).to(device=device, dtype=dtype).eval()
-    loaded = ThinkerDims.from_config(backbone.model.config)
+    # The FLOP-scaled estimate needs the loaded model to be a Qwen2.5-Omni thinker as well.
+    loaded = (
+        ThinkerDims.from_config(backbone.model.config) if isinstance(backbone, QwenOmniBackbone) else None
+    )
     throughput = matmul_throughput(target.hidden, device, dtype)
     rows = []
     for height, width in grids:
@@ -52,34 +56,30 @@ def measure_selection(
             video=torch.randn(*grid, target.hidden, generator=generator).to(device, dtype),
             audio=torch.randn(AUDIO_TOKENS, target.hidden, generator=generator).to(device, dtype),
         )
-        row: dict[str, Any] = {"grid": list(grid), "video_tokens": chunk.num_video_tokens}
-        keep = None
-        for mode, method in REFERENCES:
-            pruner = Pruner(
-                settings.pruning.model_copy(update={"method": method, "predictor_path": None}), backbone
-            )
-            pruner.reference = SemanticReference(predictor if mode == "a2v" else None)
-            decisions = [pruner.plan(chunk) for _ in range(reps + 1)][1:]  # the first call warms up
-            row[mode] = distribution_ms([d.select_ms / 1000 for d in decisions])
-            keep = keep if keep is not None else decisions[0].keep
-            tick()
-        row["kept_video_tokens"] = int(keep.numel())
-        measured = loaded_chunk_cost(backbone, settings, grid, keep, reps)
-        cached = measured.pop("cached_tokens")
+        row, keep = _selection_row(backbone, settings, chunk, predictor, reps, tick)
+        cached = _prefix_tokens(backbone, settings)
         flops_target = chunk_flops(target, grid, row["kept_video_tokens"], AUDIO_TOKENS, cached)
-        flops_loaded = chunk_flops(loaded, grid, row["kept_video_tokens"], AUDIO_TOKENS, cached)
-        scaled_ms = measured["encode_prefill_ms"] * flops_target["total"] / flops_loaded["total"]
         at_throughput_ms = 1000 * flops_target["total"] / throughput
         selection_ms = row["a2v"]["median_ms"]
         row |= {
-            "loaded_model_ms": measured,
             "flops_7b": flops_target,
-            "flops_loaded": flops_loaded,
-            "encode_prefill_7b_ms_scaled": scaled_ms,
             "encode_prefill_7b_ms_at_matmul_throughput": at_throughput_ms,
-            "selection_share_pct_scaled": share_pct(selection_ms, scaled_ms),
             "selection_share_pct_at_matmul_throughput": share_pct(selection_ms, at_throughput_ms),
+            "loaded_model_ms": None,
+            "flops_loaded": None,
+            "encode_prefill_7b_ms_scaled": None,
+            "selection_share_pct_scaled": None,
         }
+        if loaded is not None:
+            measured = loaded_chunk_cost(backbone, settings, grid, keep, reps)
+            flops_loaded = chunk_flops(loaded, grid, row["kept_video_tokens"], AUDIO_TOKENS, cached)
+            scaled_ms = measured["encode_prefill_ms"] * flops_target["total"] / flops_loaded["total"]
+            row |= {
+                "loaded_model_ms": measured,
+                "flops_loaded": flops_loaded,
+                "encode_prefill_7b_ms_scaled": scaled_ms,
+                "selection_share_pct_scaled": share_pct(selection_ms, scaled_ms),
+            }
         rows.append(row)
         tick()
     return {
@@ -87,10 +87,38 @@ def measure_selection(
         "audio_tokens": AUDIO_TOKENS,
         "a2v_predictor": {"queries": predictor.config.num_queries, "layers": predictor.config.num_layers},
         "dims_7b": target.as_dict(),
-        "dims_loaded": loaded.as_dict(),
+        "dims_loaded": None if loaded is None else loaded.as_dict(),
         "matmul_tflops": throughput / 1e12,
         "rows": rows,
     }
+
+
+def _selection_row(
+    backbone: Backbone,
+    settings: Settings,
+    chunk: EncodedChunk,
+    predictor: A2VPredictor,
+    reps: int,
+    tick: Tick,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """`Pruner.plan` timed with each reference on `chunk`, and the video tokens it keeps."""
+    row: dict[str, Any] = {"grid": list(chunk.video.shape[:3]), "video_tokens": chunk.num_video_tokens}
+    keep: torch.Tensor | None = None
+    for mode, method in REFERENCES:
+        pruning = settings.pruning.model_copy(update={"method": method, "predictor_path": None})
+        pruner = Pruner(pruning, backbone)
+        pruner.reference = SemanticReference(predictor if mode == "a2v" else None)
+        decisions = [pruner.plan(chunk) for _ in range(reps + 1)][1:]  # the first call warms up
+        row[mode] = distribution_ms([d.select_ms / 1000 for d in decisions])
+        keep = keep if keep is not None else decisions[0].keep
+        tick()
+    row["kept_video_tokens"] = int(keep.numel())
+    return row, keep
+
+
+def _prefix_tokens(backbone: Backbone, settings: Settings) -> int:
+    """Tokens cached before a stream's first chunk: the prompt prefix."""
+    return len(backbone.prompt_layout(settings.model.system_prompt).prefix)
 
 
 def share_pct(selection_ms: float, other_ms: float) -> float:
@@ -99,7 +127,7 @@ def share_pct(selection_ms: float, other_ms: float) -> float:
 
 
 def loaded_chunk_cost(
-    backbone: Backbone, settings: Settings, grid: tuple[int, int, int], keep: torch.Tensor, reps: int
+    backbone: QwenOmniBackbone, settings: Settings, grid: tuple[int, int, int], keep: torch.Tensor, reps: int
 ) -> dict[str, float]:
     """Median ms of the loaded thinker encoding a random chunk of `grid` and prefilling `keep` of its
     video tokens with its audio, after the prompt prefix."""
@@ -119,10 +147,9 @@ def loaded_chunk_cost(
             config.audio_config.num_mel_bins, MEL_FRAMES_PER_CHUNK, generator=generator
         ),
     )
-    encode, prefill, cached = [], [], 0
+    encode, prefill = [], []
     for _ in range(reps + 1):
         session = StreamSession(backbone, settings.session, settings.model.system_prompt)
-        cached = session.cache_tokens
         started = time.perf_counter()
         encoded = EncodedChunk(video=backbone.encode_video(inputs), audio=backbone.encode_audio(inputs))
         _synchronize(backbone.device)
@@ -132,12 +159,7 @@ def loaded_chunk_cost(
         encode.append(encoded_at - started)
         prefill.append(time.perf_counter() - encoded_at)
     encode_ms, prefill_ms = 1000 * median(encode[1:]), 1000 * median(prefill[1:])
-    return {
-        "encode_ms": encode_ms,
-        "prefill_ms": prefill_ms,
-        "encode_prefill_ms": encode_ms + prefill_ms,
-        "cached_tokens": cached,
-    }
+    return {"encode_ms": encode_ms, "prefill_ms": prefill_ms, "encode_prefill_ms": encode_ms + prefill_ms}
 
 
 def matmul_throughput(width: int, device: torch.device, dtype: torch.dtype, tokens: int = 512) -> float:
