@@ -35,7 +35,7 @@ QUESTION = "What happens in the clip?"
 
 
 def settings_for(path: str, **model):
-    return load_settings("tiny", model={"backbone": "video-salmonn2+", "path": path, **model})
+    return load_settings("tiny-video-salmonn", model={"path": path, **model})
 
 
 def load(path: str, **model):
@@ -74,12 +74,12 @@ def chunks(backbone):
 
 def official_processor(backbone):
     """transformers' Qwen2.5-VL processor over the checkpoint's own processor configs."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor.from_pretrained(backbone.model_id),
         tokenizer=backbone.tokenizer,
-        video_processor=backbone.video_processor,
+        video_processor=Qwen2VLVideoProcessor.from_pretrained(backbone.model_id),
     )
 
 

@@ -52,6 +52,12 @@ log = logging.getLogger("streamguard.backbones")
 # The published get_rope_index spaces temporal patches by ⌊2·g·seconds_per_grid⌋: 2 a second.
 VIDEO_POSITIONS_PER_SECOND = 2
 AUDIO_TOKEN = "<|audio_pad|>"  # added to Qwen2.5-VL's tokenizer by video-SALMONN 2+
+# The ChatML template video-SALMONN 2+ sets on its tokenizer for training and inference (its
+# `preprocess_qwen_2_visual`), whatever template the checkpoint's tokenizer ships.
+TRAINING_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 _VIDEO_SENTINEL = "\u2063VIDEO\u2063"
 _QUESTION_SENTINEL = "\u2063QUESTION\u2063"
 
@@ -210,14 +216,14 @@ class SalmonnBackbone(QwenDecoderBackbone):
     # -- text ------------------------------------------------------------------------------
 
     def prompt_layout(self, system_prompt: str) -> PromptLayout:
-        """The checkpoint's ChatML template around the published prompt, `<video>\\n{question}`."""
+        """The training ChatML template around the published prompt, `<video>\\n{question}`."""
         messages = [
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": f"{_VIDEO_SENTINEL}\n{_QUESTION_SENTINEL}"},
         ]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if text.count(_VIDEO_SENTINEL) != 1 or text.count(_QUESTION_SENTINEL) != 1:
-            raise BackboneError("the checkpoint's chat template does not keep the user turn's text")
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=TRAINING_CHAT_TEMPLATE, add_generation_prompt=True, tokenize=False
+        )
         before_video, after_video = text.split(_VIDEO_SENTINEL)
         between, suffix = after_video.split(_QUESTION_SENTINEL)
         return PromptLayout(

@@ -227,10 +227,6 @@ SALMONN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 SALMONN_AUDIO_TOKEN = "<|audio_pad|>"
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def build_tiny_salmonn_config(tokenizer, *, hidden_size: int = 64, max_position_embeddings: int = 32768):
@@ -292,11 +288,12 @@ def build_tiny_salmonn_checkpoint(
     from safetensors.torch import save_file
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
+    from streamguard.backbones.salmonn import TRAINING_CHAT_TEMPLATE
     from streamguard.backbones.salmonn_audio import WindowQFormerAudio
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer({}, SALMONN_SPECIAL_TOKENS, CHATML_TEMPLATE)
+    tokenizer = build_tiny_tokenizer({}, SALMONN_SPECIAL_TOKENS, TRAINING_CHAT_TEMPLATE)
     tokenizer.add_tokens([SALMONN_AUDIO_TOKEN])
     config = build_tiny_salmonn_config(
         tokenizer, hidden_size=hidden_size, max_position_embeddings=max_position_embeddings
