@@ -35,6 +35,11 @@ export const STAT_FIELDS = {
     hint: "chunks waiting for the model",
   },
   kv_tokens: { label: "KV tokens", value: (s) => whole(s.kv_tokens) },
+  reconnects: {
+    label: "Reconnects",
+    value: (s) => whole(s.reconnects),
+    hint: "times the source lost its camera and got it back",
+  },
   questions_answered: { label: "Questions served", value: (s) => whole(s.questions_answered) },
   answer_latency: {
     label: "First answer delta (p50)",

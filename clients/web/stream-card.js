@@ -12,6 +12,7 @@ const CARD_STATS = [
   "real_time_factor",
   "questions_answered",
   "answer_latency",
+  "reconnects",
 ];
 const RATE_WINDOW_S = 10; // each plotted share covers this much of the past
 const PLOT_SPAN_S = 120;

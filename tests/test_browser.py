@@ -1,0 +1,198 @@
+"""The browser pages in Debian's real Chromium (headless, through Playwright) against the real
+service on the tiny model: the webcam page over WebRTC with a fake camera and microphone, the
+operator dashboard with a real GStreamer RTSP camera, and the error states a user can meet.
+Every wait is bounded (WAIT_MS); screenshots land in the test artifacts folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from browser_helpers import (
+    DESKTOP,
+    PHONE,
+    WAIT_MS,
+    launch_chromium,
+    open_page,
+    playwright_driver,
+    save_screenshot,
+)
+from playwright.sync_api import Page, expect
+from rtsp_helpers import rtsp_camera
+from service_helpers import TOKEN, serve, tiny_settings, wait_until
+
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.service import create_app
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=WAIT_MS)
+
+QUESTION = "What is happening?"
+# Pixels in the overlay's semantic or spatial colour (the kept tokens' outlines): 0 until a chunk
+# with kept video is drawn, so the page's polling waits for one.
+KEPT_PIXELS = """() => {
+  const canvas = document.getElementById("overlay");
+  if (!(Number(canvas.dataset.highlighted) > 0)) return 0;
+  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  const colours = [[0xe6, 0x9f, 0x00], [0x56, 0xb4, 0xe9]];
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const near = (c) => Math.abs(data[i] - c[0]) + Math.abs(data[i + 1] - c[1]) + Math.abs(data[i + 2] - c[2]) < 12;
+    if (colours.some(near)) count += 1;
+  }
+  return count;
+}"""
+CHUNKS_COUNTED = "Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
+# More than `above` chunks counted on the dashboard card of stream `id`.
+CARD_CHUNKS_ABOVE = """([id, above]) => {
+  const value = document.querySelector(`[data-stream-id="${id}"] dd[data-stat=chunks_received]`);
+  return Number(value?.textContent) > above;
+}"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def service(checkpoint):
+    with serve(create_app(tiny_settings(checkpoint))) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with playwright_driver() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, tmp_path_factory):
+    with launch_chromium(playwright, tmp_path_factory.mktemp("fake-media")) as browser:
+        yield browser
+
+
+def state_of(page: Page):
+    return page.locator("#state")
+
+
+def sign_in(page: Page, token: str = TOKEN) -> None:
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Use token").click()
+
+
+def connect_webcam(page: Page, url: str) -> None:
+    """Open the webcam page, sign in, connect, and wait until the service counts chunks."""
+    page.goto(url + "/")
+    sign_in(page)
+    expect(state_of(page)).to_have_attribute("data-state", "ready")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(state_of(page)).to_have_attribute("data-state", "live")
+    page.wait_for_function(CHUNKS_COUNTED)
+
+
+def test_webcam_page_streams_answers_and_shows_what_was_kept(service, browser):
+    with open_page(browser, DESKTOP) as page:
+        connect_webcam(page, service.url)
+
+        page.get_by_label("Question", exact=True).fill(QUESTION)
+        page.keyboard.press("Enter")
+        answer = page.locator("#history li.qa").first
+        expect(answer.locator(".question")).to_have_text(QUESTION)
+        expect(answer).to_have_attribute("data-status", "done")
+        assert int(answer.get_attribute("data-deltas") or 0) > 0, "the answer arrived without deltas"
+        expect(answer.locator(".meta")).to_contain_text("tokens")
+        expect(page.locator("dd[data-stat=questions_answered]")).to_have_text("1")
+
+        kept_pixels = page.wait_for_function(KEPT_PIXELS).json_value()
+        assert kept_pixels > 0
+        overlay = page.locator("#overlay")
+        assert re.fullmatch(r"\d+x\d+x\d+", overlay.get_attribute("data-grid") or "")
+        expect(overlay).to_have_attribute("aria-label", re.compile(r"Chunk \d+"))
+        save_screenshot(page, "webcam")
+        page.set_viewport_size(PHONE)
+        save_screenshot(page, "webcam-phone")
+
+        page.get_by_role("button", name="Disconnect").click()
+        expect(state_of(page)).to_have_attribute("data-state", "ready")
+    wait_until(lambda: service.http.get("/v1/streams").json()["streams"] == [], "the stream's removal")
+
+
+def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
+    with rtsp_camera() as camera, open_page(browser, DESKTOP) as page:
+        page.goto(service.url + "/dashboard")
+        sign_in(page)
+        expect(state_of(page)).to_have_attribute("data-state", "live")
+        expect(page.locator("#no-streams")).to_be_visible()
+
+        url_box = page.get_by_label("Add an RTSP camera")
+        url_box.fill("http://127.0.0.1/not-rtsp")
+        page.get_by_role("button", name="Add camera").click()
+        expect(page.locator("#add-camera-message")).to_contain_text("invalid_request")
+
+        url_box.fill(camera.url)
+        page.get_by_role("button", name="Add camera").click()
+        card = page.locator(".stream-card").filter(has_text=camera.url)
+        expect(card).to_have_attribute("data-state", "live")
+        stream_id = card.get_attribute("data-stream-id")
+        page.wait_for_function(CARD_CHUNKS_ABOVE, arg=[stream_id, 0])
+        counted = int(card.locator("dd[data-stat=chunks_received]").inner_text())
+        page.wait_for_function(CARD_CHUNKS_ABOVE, arg=[stream_id, counted])  # the stats move
+        expect(card.locator("figure canvas")).to_have_attribute(
+            "aria-label", re.compile(r"dropped as redundant")
+        )
+        save_screenshot(page, "dashboard")
+        page.set_viewport_size(PHONE)
+        save_screenshot(page, "dashboard-phone")
+
+        card.get_by_role("button", name=f"Remove stream {camera.url}").click()
+        expect(card).to_have_count(0)
+        expect(page.locator("#no-streams")).to_be_visible()
+    assert service.http.get("/v1/streams").json()["streams"] == []
+
+
+def test_a_wrong_token_shows_the_bad_token_state(service, browser):
+    with open_page(browser, PHONE) as page:
+        page.goto(service.url + "/")
+        sign_in(page, "not-the-token")
+        expect(state_of(page)).to_have_attribute("data-state", "bad-token")
+        expect(page.locator("#token-form .message")).to_contain_text("invalid_token")
+        expect(page.get_by_role("button", name="Connect", exact=True)).to_be_disabled()
+        save_screenshot(page, "webcam-bad-token")
+
+        page.goto(service.url + "/dashboard")
+        sign_in(page, "not-the-token")
+        expect(state_of(page)).to_have_attribute("data-state", "bad-token")
+        expect(page.get_by_role("button", name="Add camera")).to_be_disabled()
+
+
+def test_a_blocked_camera_shows_the_no_camera_state(service, playwright, tmp_path):
+    with (
+        launch_chromium(playwright, tmp_path, allow_camera=False) as blocked,
+        open_page(blocked, PHONE) as page,
+    ):
+        page.goto(service.url + "/")
+        expect(state_of(page)).to_have_attribute("data-state", "no-camera")
+        expect(state_of(page)).to_contain_text("denied")
+        sign_in(page)
+        expect(page.locator("#token-form")).to_be_hidden()
+        expect(state_of(page)).to_have_attribute("data-state", "no-camera")  # still the news
+        expect(page.get_by_role("button", name="Connect", exact=True)).to_be_disabled()
+        expect(page.get_by_role("button", name="Try the camera again")).to_be_visible()
+
+
+def test_a_deleted_stream_and_a_stopped_service_show_as_such(checkpoint, browser):
+    with open_page(browser, PHONE) as page:
+        with serve(create_app(tiny_settings(checkpoint))) as live:
+            connect_webcam(page, live.url)
+            (stream,) = live.http.get("/v1/streams").json()["streams"]
+            live.http.delete(f"/v1/streams/{stream['id']}").raise_for_status()  # an operator removes it
+            expect(state_of(page)).to_have_attribute("data-state", "ended")
+            expect(state_of(page)).to_contain_text("deleted")
+
+            page.get_by_role("button", name="Connect", exact=True).click()
+            expect(state_of(page)).to_have_attribute("data-state", "live")
+        # the service ends its streams on the way down, then stops answering at all
+        expect(state_of(page)).to_have_attribute("data-state", re.compile("^(ended|unreachable)$"))
+        save_screenshot(page, "webcam-service-stopped")
