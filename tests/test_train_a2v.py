@@ -258,6 +258,8 @@ def test_an_empty_folder_or_one_without_videos_is_refused(model_folder, tmp_path
         train(empty, load_settings("tiny", model={"path": str(model_folder)}), None, tmp_path / "out")
     assert cli(tmp_path / "missing", model_folder, tmp_path / "out") == 2
     assert f"video folder {tmp_path / 'missing'} does not exist" in one_line(capsys.readouterr().err)
+    assert cli(empty / "notes.txt", model_folder, tmp_path / "out") == 2
+    assert "notes.txt is a file; train-a2v takes a folder of videos" in one_line(capsys.readouterr().err)
 
 
 def test_files_without_audio_and_corrupt_files_are_skipped_by_name(

@@ -136,7 +136,7 @@ def find_videos(folder: str | Path) -> list[Path]:
     if not folder.exists():
         raise FileNotFoundError(f"video folder {folder} does not exist")
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder of videos")
+        raise NoVideosError(f"{folder} is a file; train-a2v takes a folder of videos")
     videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
     if not videos:
         raise NoVideosError(
@@ -162,7 +162,7 @@ def extract_features(
     for path in paths:
         name = path.relative_to(video_dir).as_posix()
         if progress is not None and task is not None:
-            progress.update(task, description=f"features: {name}")
+            progress.update(task, description=f"features ({result.num_chunks} chunks so far): {name}")
         digest = file_sha256(path)
         if digest in seen:
             _skip(result, name, f"the same content as {seen[digest]}; used once")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,8 @@ class TrainResult:
     train_chunks: int
     val_chunks: int
     steps: int
+    out: Path  # the predictor folder
     resumed_from: dict[str, int] | None = None  # {"epoch", "batch"} where a resumed run picked up
-    out: Path = field(default_factory=Path)
 
 
 @dataclass
@@ -179,8 +179,8 @@ def train_predictor(
         train_chunks=len(train),
         val_chunks=len(val),
         steps=run.step,
-        resumed_from=None if state is None else {"epoch": state["epoch"], "batch": state["batch"]},
         out=out,
+        resumed_from=None if state is None else {"epoch": state["epoch"], "batch": state["batch"]},
     )
 
 
