@@ -253,7 +253,9 @@ class WebRtcSource:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
         try:
-            await self._pc.close()
+            # shielded: aiortc may be closing it already (the peer hung up), and a cancelled wait
+            # on its close would break that close
+            await asyncio.shield(self._pc.close())
         except Exception:  # a connection aiortc set up halfway may fail to close; it is dropped anyway
             log.warning("closing the peer connection failed", exc_info=True)
 
@@ -310,7 +312,7 @@ class WebRtcSource:
         if not self._readers:
             self._end()
 
-    async def _connection_changed(self) -> None:
+    def _connection_changed(self) -> None:
         if self._pc.connectionState in ("failed", "closed"):
             self._end()
 
