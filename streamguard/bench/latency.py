@@ -42,7 +42,9 @@ class KeptChunk:
     """What the stream kept of one chunk: which distinct source chunk, its kept video, or none."""
 
     source: int
-    keep: torch.Tensor
+    # Plain ints: hundreds of small long-lived tensors between the cache's large transient ones
+    # fragment the heap, and the process's RSS would grow with them.
+    keep: list[int]
     video_dropped: bool
 
 
@@ -105,11 +107,7 @@ def run_long_stream(
         if report.previous_video_evicted:
             kept[-1].video_dropped = True
         kept_indices = sorted(set(report.semantic) | set(report.spatial))
-        kept.append(
-            KeptChunk(
-                chunk.index % len(source), torch.tensor(kept_indices, dtype=torch.long), report.video_dropped
-            )
-        )
+        kept.append(KeptChunk(chunk.index % len(source), kept_indices, report.video_dropped))
         result.memory.append(sample_memory(chunk.start + seconds, pipeline.session))
         tick()
         streamed = chunk.index + 1
@@ -176,13 +174,14 @@ def reprefill_answer(
 ) -> AnswerTiming | None:
     """The baseline: a fresh session prefilled with every kept token (prompt included), then the
     question; None when the whole context does not fit the model's position range."""
-    tokens = sum(features[k.source].audio.shape[0] + (0 if k.video_dropped else k.keep.numel()) for k in kept)
+    tokens = sum(features[k.source].audio.shape[0] + (0 if k.video_dropped else len(k.keep)) for k in kept)
     unbounded = settings.session.model_copy(update={"token_budget": max(1, tokens)})
     started = time.perf_counter()
     session = StreamSession(backbone, unbounded, settings.model.system_prompt)
     try:
         for k in kept:
-            session.append_chunk(features[k.source], keep=k.keep, drop_video=k.video_dropped)
+            keep = torch.tensor(k.keep, dtype=torch.long)
+            session.append_chunk(features[k.source], keep=keep, drop_video=k.video_dropped)
     except RuntimeError:  # positions past the model's range: an offline prompt this long cannot exist
         return None
     return timed_answer(session, QUESTION, params, started)
