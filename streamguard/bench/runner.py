@@ -227,7 +227,7 @@ def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "model": settings.model.path,
         "config_file": options.config,
@@ -237,6 +237,15 @@ def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -
         "git_commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
