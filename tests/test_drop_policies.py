@@ -168,3 +168,41 @@ def test_contextguard_keeps_the_union_of_its_two_branches_with_parity(
     assert any(len(union) > len(r.semantic) for union, r in zip(keeps, reports, strict=True))
     assert_cache_layout(session, [len(keep) for keep in keeps])
     assert_parity(backbone, session, oracle_inputs, encoded, keeps, [False] * len(keeps))
+
+
+def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_compares_with(
+    backbone, folder, clip
+):
+    """A camera on one still scene for 8 chunks, a budget that holds three: under `current` every
+    chunk after the first repeats it, but when the kept chunk is about to leave the cache the next
+    chunk keeps its video, so the cache never holds the stream's audio alone."""
+    frames, audio = clip
+    settings = load_settings(
+        "tiny",
+        model={"path": str(folder)},
+        pruning={"drop_policy": "current"},
+        session={"token_budget": 200},  # 3 chunks of 50 audio tokens and one chunk's kept video
+    )
+    pipeline = create_pipeline(backbone, settings)
+    held_video = []
+    for i in range(8):
+        report = pipeline.process(
+            AVChunk(index=i, start=2.0 * i, frames=frames[1], audio=audio[i % len(audio)])
+        )
+        assert report.video_dropped == (report.video_tokens_kept == 0)
+        held_video.append(sum(chunk.video_tokens for chunk in pipeline.session.chunks))
+    session = pipeline.session
+    assert session.stats.chunks_evicted > 0
+    assert all(held > 0 for held in held_video)
+    # video is kept once every time the previous reference leaves: chunks 0, 3 and 6
+    assert [c.index for c in session.chunks if c.video_tokens] == [6]
+    assert session.stats.video_tokens_kept == 3 * held_video[0]
+
+
+def test_full_tokens_compute_no_semantic_reference(backbone, folder, clip, caplog):
+    """Method "none" scores nothing: no predictor call, no fallback warning, reference "none"."""
+    with caplog.at_level("WARNING", logger="streamguard.pruning"):
+        _, reports = run_pipeline(backbone, folder, clip, method="none")
+    assert {r.reference_mode for r in reports} == {"none"}
+    assert all(r.video_tokens_kept == r.video_tokens_in for r in reports)
+    assert not [r for r in caplog.records if r.name == "streamguard.pruning"]

@@ -25,7 +25,7 @@ DRIFT = [_at(5.0 * k) for k in range(5)]
 
 def test_previous_policy_evicts_every_predecessor_of_a_slow_drift() -> None:
     rule = OnlineDropRule(0.99, "previous")
-    decisions = [rule.decide(v) for v in DRIFT]
+    decisions = [rule.decide(v, chunk) for chunk, v in enumerate(DRIFT)]
     assert decisions[0] == DropDecision(False, False, None, None)
     for chunk, decision in enumerate(decisions[1:], start=1):
         assert decision.evict_previous and not decision.drop_current
@@ -35,7 +35,7 @@ def test_previous_policy_evicts_every_predecessor_of_a_slow_drift() -> None:
 
 def test_current_policy_keeps_a_chunk_once_the_drift_accumulates() -> None:
     rule = OnlineDropRule(0.99, "current")
-    decisions = [rule.decide(v) for v in DRIFT]
+    decisions = [rule.decide(v, chunk) for chunk, v in enumerate(DRIFT)]
     assert [d.drop_current for d in decisions] == [False, True, False, True, False]
     assert not any(d.evict_previous for d in decisions)
     # Compared with the last KEPT chunk: 0, 0, then 2, 2.
@@ -43,16 +43,29 @@ def test_current_policy_keeps_a_chunk_once_the_drift_accumulates() -> None:
     assert decisions[2].similarity == pytest.approx(math.cos(math.radians(10.0)), abs=1e-6)
 
 
+@pytest.mark.parametrize("policy", ["current", "previous"])
+def test_reset_makes_the_next_chunk_a_fresh_start(policy: str) -> None:
+    rule = OnlineDropRule(0.99, policy)  # type: ignore[arg-type]
+    rule.decide(DRIFT[0], 0)
+    assert rule.decide(DRIFT[0], 1).similarity == pytest.approx(1.0)
+    rule.reset()
+    assert rule.reference_chunk is None
+    assert rule.decide(DRIFT[0], 2) == DropDecision(False, False, None, None)
+    assert rule.reference_chunk == 2
+
+
 def test_off_policy_never_drops() -> None:
     rule = OnlineDropRule(0.5, "off")
-    assert all(rule.decide(v) == DropDecision(False, False, None, None) for v in DRIFT)
+    assert all(
+        rule.decide(v, chunk) == DropDecision(False, False, None, None) for chunk, v in enumerate(DRIFT)
+    )
 
 
 @pytest.mark.parametrize("policy", ["current", "previous"])
 def test_threshold_is_strict(policy: str) -> None:
     rule = OnlineDropRule(1.0, policy)  # type: ignore[arg-type]
-    rule.decide(torch.tensor([3.0, 4.0]))
-    decision = rule.decide(torch.tensor([3.0, 4.0]))  # cosine exactly 1.0, not > 1.0
+    rule.decide(torch.tensor([3.0, 4.0]), 0)
+    decision = rule.decide(torch.tensor([3.0, 4.0]), 1)  # cosine exactly 1.0, not > 1.0
     assert decision.similarity == 1.0
     assert not decision.drop_current and not decision.evict_previous
 

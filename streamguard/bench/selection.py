@@ -108,7 +108,7 @@ def _selection_row(
         pruning = settings.pruning.model_copy(update={"method": method, "predictor_path": None})
         pruner = Pruner(pruning, backbone)
         pruner.reference = SemanticReference(predictor if mode == "a2v" else None)
-        decisions = [pruner.plan(chunk) for _ in range(reps + 1)][1:]  # the first call warms up
+        decisions = [pruner.plan(chunk, rep) for rep in range(reps + 1)][1:]  # the first call warms up
         row[mode] = distribution_ms([d.select_ms / 1000 for d in decisions])
         keep = keep if keep is not None else decisions[0].keep
         tick()

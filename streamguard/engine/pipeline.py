@@ -15,6 +15,7 @@ import torch
 from streamguard.backbones.base import Backbone, EncodedChunk
 from streamguard.config import Settings
 from streamguard.engine.session import CachedChunk, StreamSession
+from streamguard.pruning.a2v import ReferenceMode
 from streamguard.pruning.pruner import PruneDecision, Pruner
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class ChunkReport:
     previous_video_evicted: bool  # the previous chunk's video was evicted for this one
     audio_missing: bool
     similarity: float | None
-    reference_mode: str
+    reference_mode: ReferenceMode
     grid: tuple[int, int, int] | None  # (F, H, W) token grid of the chunk's video
     resized_hw: tuple[int, int] | None
     semantic: list[int] = field(default_factory=list)  # kept flat indices by branch (frame 0..F-1)
@@ -100,7 +101,8 @@ class ChunkPipeline:
         pipelines of several methods: `eval` replays every method off the same features)."""
         chunk, encoded = prepared.chunk, prepared.encoded
         timings = dict(prepared.timings_ms)
-        decision = self.pruner.plan(encoded)
+        self._forget_reference_leaving_the_cache(encoded)
+        decision = self.pruner.plan(encoded, chunk.index)
         timings["select"] = decision.select_ms
         evicted = self._evict_previous(decision)
         cached = _timed(
@@ -113,6 +115,19 @@ class ChunkPipeline:
         )
         self._last = (cached, encoded)
         return self._report(chunk, encoded, cached, decision, evicted, prepared.resized_hw, timings)
+
+    def _forget_reference_leaving_the_cache(self, encoded: EncodedChunk) -> None:
+        # The drop rule compares with the last chunk whose video it kept. Once the token budget
+        # evicts that chunk the cache holds nothing of its scene, so a static stream would be left
+        # with audio only. The rule starts afresh when this append, at its largest (all its video),
+        # would push the reference out: this chunk then keeps its video and becomes the reference.
+        reference = self.pruner.drop_rule.reference_chunk
+        if reference is None:
+            return
+        largest = encoded.num_video_tokens + int(encoded.audio.shape[0])
+        survivors = self.session.chunks[self.session.evictions_for(largest) :]
+        if not survivors or reference < survivors[0].index:  # chunks leave oldest first
+            self.pruner.drop_rule.reset()
 
     def _evict_previous(self, decision: PruneDecision) -> bool:
         if not decision.evict_previous or self._last is None:

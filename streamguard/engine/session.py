@@ -175,9 +175,20 @@ class StreamSession:
         chunk.video_tokens = 0
         self.stats.video_spans_evicted += 1
 
+    def evictions_for(self, new_tokens: int) -> int:
+        """How many of the oldest chunks an append of `new_tokens` evicts to fit the token budget."""
+        excess = self.context_tokens + new_tokens - self.settings.token_budget
+        count = 0
+        for chunk in self.chunks:
+            if excess <= 0:
+                break
+            excess -= chunk.length
+            count += 1
+        return count
+
     def _make_room(self, new_tokens: int) -> None:
         """Evict the oldest whole chunks until the new one fits the token budget."""
-        while self.chunks and self.context_tokens + new_tokens > self.settings.token_budget:
+        for _ in range(self.evictions_for(new_tokens)):
             oldest = self.chunks.pop(0)
             kv.remove_span(self.cache, oldest.start, oldest.start + oldest.length)
             for chunk in self.chunks:

@@ -22,6 +22,10 @@ from torch import nn
 
 logger = logging.getLogger("streamguard.pruning")
 
+# What a chunk's semantic scores are measured against: the predictor's ĥ_t, the mean audio
+# embedding (no predictor, or the "mean_audio" baseline), or nothing (method "none").
+ReferenceMode = Literal["a2v", "mean_audio", "none"]
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "a2v_config.json"
 _FORMAT = "streamguard-a2v/1"
@@ -29,7 +33,7 @@ _FORMAT = "streamguard-a2v/1"
 
 @dataclass(frozen=True)
 class A2VConfig:
-    """Predictor shape; the paper's default is 128 queries and 2 cross-attention layers (App. A.2)."""
+    """Predictor shape; the paper's default is 128 queries and 2 cross-attention layers (App. A.1)."""
 
     dim: int  # the LLM hidden size: audio tokens come in and predictions go out at this width
     num_queries: int = 128

@@ -10,7 +10,7 @@ import torch
 
 from streamguard.backbones.base import Backbone, EncodedChunk
 from streamguard.config import PruningSettings
-from streamguard.pruning.a2v import SemanticReference, load_predictor
+from streamguard.pruning.a2v import ReferenceMode, SemanticReference, load_predictor
 from streamguard.pruning.baselines import select_for_method
 from streamguard.pruning.select import Selection
 from streamguard.pruning.temporal import OnlineDropRule
@@ -26,7 +26,7 @@ class PruneDecision:
     drop_video: bool  # the new chunk's video is redundant (policy `current`)
     evict_previous: bool  # the previous chunk's video is redundant (policy `previous`)
     similarity: float | None  # cosine with the chunk compared against
-    reference_mode: str  # "a2v" or "mean_audio"
+    reference_mode: ReferenceMode
     select_ms: float
 
     @property
@@ -54,13 +54,23 @@ class Pruner:
         self.drop_rule = OnlineDropRule(settings.tau_drop, policy)
         self.generator = torch.Generator().manual_seed(settings.seed)
 
-    @torch.inference_mode()
-    def plan(self, encoded: EncodedChunk) -> PruneDecision:
-        started = time.perf_counter()
-        if encoded.video is None:
-            return PruneDecision(None, False, False, None, self.reference.mode, 0.0)
+    @property
+    def reference_mode(self) -> ReferenceMode:
+        """What the semantic scores are measured against: ĥ_t, the mean audio, or nothing ("none")."""
         method = self.settings.method
-        reference = encoded.audio if method == "mean_audio" else self.reference(encoded.audio)
+        if method == "none":
+            return "none"
+        return "mean_audio" if method == "mean_audio" else self.reference.mode
+
+    @torch.inference_mode()
+    def plan(self, encoded: EncodedChunk, index: int) -> PruneDecision:
+        """Chunk number `index`: the video tokens to keep and the drop rule's verdict."""
+        started = time.perf_counter()
+        method, mode = self.settings.method, self.reference_mode
+        if encoded.video is None:
+            return PruneDecision(None, False, False, None, mode, 0.0)
+        # "mean_audio" scores against the chunk's own audio and "none" scores nothing: neither needs ĥ_t.
+        reference = encoded.audio if method in ("none", "mean_audio") else self.reference(encoded.audio)
         selection = select_for_method(
             method,
             encoded.video,
@@ -69,7 +79,7 @@ class Pruner:
             self.settings.rho_spa,
             generator=self.generator,
         )
-        decision = self.drop_rule.decide(encoded.video_flat.mean(dim=0))
+        decision = self.drop_rule.decide(encoded.video_flat.mean(dim=0), index)
         if encoded.video.is_cuda:
             torch.cuda.synchronize(encoded.video.device)
         return PruneDecision(
@@ -77,6 +87,6 @@ class Pruner:
             drop_video=decision.drop_current,
             evict_previous=decision.evict_previous,
             similarity=decision.similarity,
-            reference_mode="mean_audio" if method == "mean_audio" else self.reference.mode,
+            reference_mode=mode,
             select_ms=(time.perf_counter() - started) * 1000,
         )

@@ -24,8 +24,8 @@ DROP_POLICIES: tuple[DropPolicy, ...] = ("current", "previous", "off")
 class DropDecision:
     """What to do with the chunk just seen: drop its video, or evict the predecessor's video span.
 
-    `compared_with` is the counter (0-based order of `decide` calls) of the chunk it was compared
-    with; `similarity` is that cosine. Both are None when no comparison happened.
+    `compared_with` is the index of the chunk it was compared with; `similarity` is that cosine.
+    Both are None when no comparison happened.
     """
 
     drop_current: bool
@@ -42,7 +42,7 @@ class OnlineDropRule:
     - "current": compare with the last chunk whose video was KEPT and drop the NEW chunk's video when
       they match, so a slow pan accumulates change until a chunk is kept;
     - "off": never drop.
-    The first chunk is never dropped. Audio is never touched by this rule.
+    The first chunk, and the first after `reset`, is never dropped. Audio is never touched by this rule.
     """
 
     def __init__(self, tau: float = 0.99, policy: DropPolicy = "current") -> None:
@@ -52,11 +52,18 @@ class OnlineDropRule:
         self.policy = policy
         self._reference: torch.Tensor | None = None
         self._reference_chunk: int | None = None
-        self._seen = 0
 
-    def decide(self, mean_video: torch.Tensor) -> DropDecision:
-        """Decide for the next chunk, given its mean video embedding (d,)."""
-        chunk, self._seen = self._seen, self._seen + 1
+    @property
+    def reference_chunk(self) -> int | None:
+        """Index of the chunk the next one is compared with (None before the first, or after `reset`)."""
+        return self._reference_chunk
+
+    def reset(self) -> None:
+        """Forget the reference: the next chunk is kept and compared with nothing."""
+        self._reference, self._reference_chunk = None, None
+
+    def decide(self, mean_video: torch.Tensor, chunk: int) -> DropDecision:
+        """Decide for chunk number `chunk`, given its mean video embedding (d,)."""
         if self.policy == "off":
             return DropDecision(False, False, None, None)
         current = mean_video.detach().float()
