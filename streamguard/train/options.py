@@ -10,9 +10,11 @@ class TrainOptions:
     """Training hyperparameters; the paper's values where App. A.1 gives them.
 
     The paper gives λ_cos = 5, τ = 0.07, 128 queries and 2 cross-attention layers, and trains with
-    8 videos per GPU × 4 GPUs × 2 accumulation steps (64 videos per optimizer step, 10k–15k steps).
-    Here a batch is `batch_size` chunks drawn from every training video; the paper states no
-    learning rate, weight decay or epoch count, so those are common AdamW choices.
+    "a batch size of 8 with gradient accumulation over 2 steps on 4 GPUs" (10k–15k steps); it does
+    not say whether 8 counts videos or chunks, and accumulation adds no contrastive negatives.
+    Here a batch is `batch_size` chunks drawn from every training video, all of them negatives of
+    one another across videos; the paper states no learning rate, weight decay or epoch count, so
+    those are common AdamW choices.
     """
 
     epochs: int = 20
