@@ -325,6 +325,14 @@ def test_a_forward_jump_within_the_cap_is_a_flagged_gap() -> None:
     np.testing.assert_allclose(chunks[3].audio[RATE:], stream_ramp(chunks[3])[RATE:], atol=1e-6)
 
 
+def test_a_frame_after_an_outage_does_not_stretch_the_stream_by_the_outage() -> None:
+    # Video to 3 s, then one frame at 9 s: the stream reaches 9.5 s (one sampling period), not
+    # 15 s (the 6 s gap taken for that frame's duration), so flush adds no chunks past 10 s.
+    chunks, _ = run(video([*frame_times(3.0, 30.0), 9.0]))
+    assert [c.video_missing for c in chunks] == [False, False, True, True, False]
+    assert [stamp(f) for f in chunks[4].frames] == [9.0, 9.0, 9.0, 9.0]
+
+
 def test_a_long_forward_jump_rebases_instead_of_emitting_an_hour_of_gaps() -> None:
     events = video(frame_times(3.0, 30.0)) + numpy_audio(0.0, 3.0)
     events += video(frame_times(3.0, 30.0, start=3600.0)) + numpy_audio(3600.0, 3603.0)

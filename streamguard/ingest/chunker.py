@@ -121,7 +121,11 @@ class Chunker:
         at = self._stream_time(clock, self._audio_clock, raw)
         if clock.anchor is not None and at <= clock.anchor:
             return  # late or repeated: a newer frame is already on screen
-        clock.end = at + (at - clock.anchor if clock.anchor is not None else 0.0)
+        # A frame is on screen until the next one; until that arrives, assume it lasts as long as
+        # the gap before it, but no longer than one sampling period: after an outage the gap would
+        # claim the whole outage again as media yet to come.
+        shown = at - clock.anchor if clock.anchor is not None else 0.0
+        clock.end = at + min(shown, 1 / self.settings.fps)
         clock.anchor = at
         self._video.add(frame, at)
 
