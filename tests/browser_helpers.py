@@ -3,15 +3,17 @@ for the browser tests; screenshots go to the test artifacts folder."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, WebSocketRoute, sync_playwright
 
-from streamguard.ingest.synthetic import write_wav, write_y4m
+from streamguard.ingest.synthetic import Motion, write_wav, write_y4m
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS_ENV = "STREAMGUARD_ARTIFACTS"
@@ -51,10 +53,11 @@ def playwright_driver() -> Iterator[Playwright]:
 
 @contextmanager
 def launch_chromium(
-    playwright: Playwright, media_folder: Path, allow_camera: bool = True
+    playwright: Playwright, media_folder: Path, allow_camera: bool = True, motion: Motion = "moving"
 ) -> Iterator[Browser]:
-    """Chromium whose camera plays a moving synthetic scene and whose microphone a tone."""
-    video = write_y4m(media_folder / "webcam.y4m", FAKE_MEDIA_SECONDS, fps=10, motion="moving")
+    """Chromium whose camera plays a synthetic scene (moving unless told) and whose microphone a
+    tone; a static scene makes every chunk after the first redundant."""
+    video = write_y4m(media_folder / "webcam.y4m", FAKE_MEDIA_SECONDS, fps=10, motion=motion)
     audio = write_wav(media_folder / "microphone.wav", FAKE_MEDIA_SECONDS)
     browser = playwright.chromium.launch(
         executable_path=str(CHROMIUM), args=chromium_args(video, audio, allow_camera), timeout=WAIT_MS
@@ -92,3 +95,53 @@ def save_screenshot(page: Page, name: str) -> Path:
     path = artifacts_dir() / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# Every change of the page's state line, as "state: text", in window.stateLog: a state that
+# lasts less than one of Playwright's polls is still seen.
+STATE_LOG_SCRIPT = """() => {
+  const line = document.getElementById("state");
+  window.stateLog = [];
+  const record = () => {
+    const entry = `${line.dataset.state}: ${line.textContent}`;
+    if (window.stateLog.at(-1) !== entry) window.stateLog.push(entry);
+  };
+  record();
+  new MutationObserver(record).observe(line, { attributes: true, childList: true, characterData: true, subtree: true });
+}"""
+
+
+def log_states(page: Page) -> None:
+    """Start recording the state line's changes (see STATE_LOG_SCRIPT); call after each load."""
+    page.evaluate(STATE_LOG_SCRIPT)
+
+
+class SocketProxy:
+    """The page's stream websockets, routed through the test: it can hold the service's answers
+    back (they stay "streaming"), drop the connection as a network blip would, and refuse the
+    page's reconnections while the service itself stays up."""
+
+    def __init__(self, page: Page):
+        self.hold_answers = False
+        self.refuse = False
+        self._open: list[WebSocketRoute] = []
+        page.route_web_socket(re.compile(r"/v1/streams/[^/]+/ws"), self._route)
+
+    def drop(self) -> None:
+        """Close the page's side of every open stream socket, as a lost connection (1011)."""
+        for route in self._open:
+            route.close(code=1011, reason="dropped by the test")
+        self._open.clear()
+
+    def _route(self, route: WebSocketRoute) -> None:
+        if self.refuse:
+            route.close(code=1011, reason="refused by the test")
+            return
+        server = route.connect_to_server()
+        server.on_message(lambda message: self._forward(route, message))
+        self._open.append(route)
+
+    def _forward(self, route: WebSocketRoute, message: str | bytes) -> None:
+        if self.hold_answers and json.loads(message)["type"].startswith("answer."):
+            return
+        route.send(message)

@@ -12,12 +12,14 @@ from browser_helpers import (
     DESKTOP,
     PHONE,
     WAIT_MS,
+    SocketProxy,
     launch_chromium,
+    log_states,
     open_page,
     playwright_driver,
     save_screenshot,
 )
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 from rtsp_helpers import rtsp_camera
 from service_helpers import TOKEN, serve, tiny_settings, wait_until
 
@@ -43,6 +45,14 @@ KEPT_PIXELS = """() => {
   return count;
 }"""
 CHUNKS_COUNTED = "Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
+OVERLAY_DRAWN = "document.getElementById('overlay').dataset.chunk !== undefined"
+NO_CHUNK_LABEL = "Retention overlay: no chunk yet"
+# Two successive counts of one countdown on the state line ("Retrying in 2 s…", then "… 1 s…").
+COUNTED_DOWN = """() => window.stateLog.some((entry, i) => {
+  const count = (text) => Number(/Retrying in (\\d+) s…/.exec(text ?? "")?.[1]);
+  return count(entry) > 1 && count(window.stateLog[i + 1]) === count(entry) - 1;
+})"""
+STREAMS_API = "**/v1/streams"
 # More than `above` chunks counted on the dashboard card of stream `id`.
 CARD_CHUNKS_ABOVE = """([id, above]) => {
   const value = document.querySelector(`[data-stream-id="${id}"] dd[data-stat=chunks_received]`);
@@ -103,6 +113,7 @@ def test_webcam_page_streams_answers_and_shows_what_was_kept(service, browser):
         expect(answer).to_have_attribute("data-status", "done")
         assert int(answer.get_attribute("data-deltas") or 0) > 0, "the answer arrived without deltas"
         expect(answer.locator(".meta")).to_contain_text("tokens")
+        expect(page.locator("#history")).to_have_attribute("aria-busy", "false")
         expect(page.locator("dd[data-stat=questions_answered]")).to_have_text("1")
 
         kept_pixels = page.wait_for_function(KEPT_PIXELS).json_value()
@@ -135,6 +146,7 @@ def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
         page.get_by_role("button", name="Add camera").click()
         card = page.locator(".stream-card").filter(has_text=camera.url)
         expect(card).to_have_attribute("data-state", "live")
+        expect(page.get_by_role("button", name="Add camera")).to_be_enabled()
         stream_id = card.get_attribute("data-stream-id")
         page.wait_for_function(CARD_CHUNKS_ABOVE, arg=[stream_id, 0])
         counted = int(card.locator("dd[data-stat=chunks_received]").inner_text())
@@ -146,10 +158,34 @@ def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
         page.set_viewport_size(PHONE)
         save_screenshot(page, "dashboard-phone")
 
-        card.get_by_role("button", name=f"Remove stream {camera.url}").click()
+        # the same camera twice: each Remove button names its own stream
+        url_box.fill(camera.url)
+        page.get_by_role("button", name="Add camera").click()
+        expect(card).to_have_count(2)
+        labels = [button.get_attribute("aria-label") for button in card.get_by_role("button").all()]
+        assert len(set(labels)) == 2, f"two streams, one Remove label: {labels}"
+        for label in labels:
+            page.get_by_role("button", name=label, exact=True).click()
         expect(card).to_have_count(0)
         expect(page.locator("#no-streams")).to_be_visible()
     assert service.http.get("/v1/streams").json()["streams"] == []
+
+
+def test_the_dashboard_finishes_signing_in_once_the_service_is_back(service, browser):
+    with open_page(browser, PHONE) as page:
+        page.goto(service.url + "/dashboard")
+        sign_in(page)
+        expect(state_of(page)).to_have_attribute("data-state", "live")
+        page.route(STREAMS_API, lambda route: route.abort())  # down, as far as the page can tell
+        page.reload()  # with the token it saved
+        expect(state_of(page)).to_have_attribute("data-state", "unreachable")
+        expect(state_of(page)).to_contain_text("Retrying in")
+        expect(page.get_by_role("button", name="Add camera")).to_be_disabled()
+
+        page.unroute(STREAMS_API)
+        expect(state_of(page)).to_have_attribute("data-state", "live")
+        expect(page.get_by_role("button", name="Add camera")).to_be_enabled()
+        expect(page.get_by_role("button", name="Change token")).to_be_visible()
 
 
 def test_a_wrong_token_shows_the_bad_token_state(service, browser):
@@ -175,24 +211,103 @@ def test_a_blocked_camera_shows_the_no_camera_state(service, playwright, tmp_pat
         page.goto(service.url + "/")
         expect(state_of(page)).to_have_attribute("data-state", "no-camera")
         expect(state_of(page)).to_contain_text("denied")
+        sign_in(page, "not-the-token")
+        expect(state_of(page)).to_have_attribute("data-state", "bad-token")
         sign_in(page)
         expect(page.locator("#token-form")).to_be_hidden()
-        expect(state_of(page)).to_have_attribute("data-state", "no-camera")  # still the news
+        expect(state_of(page)).to_have_attribute("data-state", "no-camera")  # the news again
+        expect(state_of(page)).to_contain_text("denied")
         expect(page.get_by_role("button", name="Connect", exact=True)).to_be_disabled()
         expect(page.get_by_role("button", name="Try the camera again")).to_be_visible()
+
+        # an outage while signing in passes, and the missing camera is the news again
+        page.route(STREAMS_API, lambda route: route.abort())
+        page.reload()
+        expect(state_of(page)).to_have_attribute("data-state", "unreachable")
+        page.unroute(STREAMS_API)
+        expect(state_of(page)).to_have_attribute("data-state", "no-camera")
+        expect(state_of(page)).to_contain_text("denied")
+
+
+def test_a_still_camera_shows_video_dropped_as_redundant(service, playwright, tmp_path):
+    with (
+        launch_chromium(playwright, tmp_path, motion="static") as still,
+        open_page(still, DESKTOP) as page,
+    ):
+        connect_webcam(page, service.url)
+        overlay = page.locator("#overlay")
+        expect(overlay).to_have_attribute("data-dropped", "true")
+        expect(overlay).to_have_attribute("aria-label", re.compile("video dropped as redundant"))
+        expect(page.locator("#overlay-caption")).to_contain_text("dropped as redundant")
+        assert int(page.locator("dd[data-stat=chunks_dropped_redundant]").inner_text()) > 0
+        save_screenshot(page, "webcam-dropped")
+        page.get_by_role("button", name="Disconnect").click()
+        expect(state_of(page)).to_have_attribute("data-state", "ready")
+    wait_until(lambda: service.http.get("/v1/streams").json()["streams"] == [], "the stream's removal")
+
+
+def test_a_dropped_connection_reconnects_and_cut_off_answers_say_so(service, browser):
+    with open_page(browser, DESKTOP) as page:
+        proxy = SocketProxy(page)
+        connect_webcam(page, service.url)
+        history = page.locator("#history")
+        answer = history.locator("li.qa").first
+
+        proxy.hold_answers = True
+        page.get_by_label("Question", exact=True).fill(QUESTION)
+        page.keyboard.press("Enter")
+        expect(answer).to_have_attribute("data-status", "streaming")
+        expect(history).to_have_attribute("aria-busy", "true")  # deltas are not read out one by one
+
+        proxy.refuse = True
+        proxy.drop()
+        expect(state_of(page)).to_have_attribute("data-state", "reconnecting")
+        expect(state_of(page)).to_contain_text("Retrying in")
+        expect(answer).to_have_attribute("data-status", "error")
+        expect(answer.locator(".meta")).to_contain_text("Interrupted")
+        expect(history).to_have_attribute("aria-busy", "false")
+        save_screenshot(page, "webcam-reconnecting")
+
+        proxy.refuse = False
+        expect(state_of(page)).to_have_attribute("data-state", "live")
+        page.get_by_label("Question", exact=True).fill(QUESTION)
+        page.keyboard.press("Enter")
+        expect(answer).to_have_attribute("data-status", "streaming")
+        page.get_by_role("button", name="Disconnect").click()
+        expect(answer).to_have_attribute("data-status", "error")
+        expect(answer.locator(".meta")).to_contain_text("disconnected")
+        expect(answer.get_by_role("button", name=re.compile("Cancel"))).to_have_count(0)
+        expect(history).to_have_attribute("aria-busy", "false")
+    wait_until(lambda: service.http.get("/v1/streams").json()["streams"] == [], "the stream's removal")
 
 
 def test_a_deleted_stream_and_a_stopped_service_show_as_such(checkpoint, browser):
     with open_page(browser, PHONE) as page:
         with serve(create_app(tiny_settings(checkpoint))) as live:
             connect_webcam(page, live.url)
+            page.wait_for_function(OVERLAY_DRAWN)
             (stream,) = live.http.get("/v1/streams").json()["streams"]
             live.http.delete(f"/v1/streams/{stream['id']}").raise_for_status()  # an operator removes it
             expect(state_of(page)).to_have_attribute("data-state", "ended")
             expect(state_of(page)).to_contain_text("deleted")
 
-            page.get_by_role("button", name="Connect", exact=True).click()
+            # while the new stream's offer is held, nothing of the old stream is on show
+            held: list[Route] = []
+            page.route("**/v1/streams/webrtc", lambda route: held.append(route))
+            with page.expect_request("**/v1/streams/webrtc"):
+                page.get_by_role("button", name="Connect", exact=True).click()
+            expect(state_of(page)).to_have_attribute("data-state", "connecting")
+            expect(page.locator("#overlay")).to_have_attribute("aria-label", NO_CHUNK_LABEL)
+            assert not page.evaluate(OVERLAY_DRAWN)
+            expect(page.locator("#overlay-caption")).to_contain_text("No chunk yet")
+            expect(page.locator("#stats dd")).to_have_count(0)
+            (offer,) = held
+            offer.continue_()
+            page.unroute("**/v1/streams/webrtc")
             expect(state_of(page)).to_have_attribute("data-state", "live")
-        # the service ends its streams on the way down, then stops answering at all
-        expect(state_of(page)).to_have_attribute("data-state", re.compile("^(ended|unreachable)$"))
+            log_states(page)
+        # the service closes its sockets on the way down, then stops answering at all; the
+        # page counts down to each retry
+        expect(state_of(page)).to_have_attribute("data-state", "unreachable")
+        page.wait_for_function(COUNTED_DOWN)
         save_screenshot(page, "webcam-service-stopped")

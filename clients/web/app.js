@@ -1,16 +1,16 @@
 // The webcam page: preview, connect over WebRTC, ask questions, watch stats and the overlay.
 
 import { ApiError, UnreachableError, removeStream, removeStreamOnUnload, serviceReachable } from "./api.js";
-import { FrameHistory, drawOverlay } from "./overlay.js";
+import { Backoff } from "./backoff.js";
+import { FrameHistory, chunkTiming, clearOverlay, drawOverlay } from "./overlay.js";
 import { QuestionLog } from "./questions.js";
 import { StreamSocket } from "./socket.js";
-import { showState } from "./state.js";
+import { showCountdown, showState } from "./state.js";
 import { renderStats } from "./stats.js";
 import { TokenGate } from "./token.js";
 import { connectPeer, openCamera } from "./webrtc.js";
 
 const STATS_INTERVAL_S = 0.5;
-const RETRY_UNREACHABLE_MS = 3000;
 const PAGE_STATS = [
   "chunks_received",
   "chunks_processed",
@@ -45,16 +45,29 @@ const ui = {
   caption: byId("overlay-caption"),
 };
 
+// the overlay before a stream's first chunk, as the page was served
+const NO_CHUNK = {
+  width: ui.overlay.width,
+  height: ui.overlay.height,
+  label: ui.overlay.getAttribute("aria-label"),
+  caption: ui.caption.textContent,
+};
+
 const frames = new FrameHistory(ui.preview);
 const questions = new QuestionLog(byId("history"), (id) => socket?.cancel(id));
+const signInRetry = new Backoff();
+let signInTimer = null;
 let media = null;
+let cameraError = ""; // why there is no media, the news until the camera works
 let peer = null;
 let socket = null;
 let streamId = null;
+let timing = null; // the stream's chunk length and sampling rate (chunkTiming)
 let lastChunk = null; // the ChunkOverlay on show
 let questionCount = 0;
 let signedIn = false;
 let sourceEnded = false; // the stream's media stopped; its context still answers questions
+let mediaInterrupted = false; // the media connection is disconnected and may come back
 
 /** Buttons follow the state: connect needs a camera, an accepted token and no stream yet. */
 function updateControls() {
@@ -68,21 +81,30 @@ const gate = new TokenGate({
   changeButton: byId("change-token"),
   onAccepted: () => {
     signedIn = true;
-    // a missing camera stays the news until it is fixed
-    if (!streamId && media) showState(ui.state, "ready", "Ready. Connect to stream your camera.");
+    signInRetry.reset();
+    if (!streamId) showIdle();
     updateControls();
   },
   onFailed: (error) => {
     signedIn = false;
     updateControls();
+    clearTimeout(signInTimer);
     if (error instanceof UnreachableError) {
-      showState(ui.state, "unreachable", "The service cannot be reached. Retrying…");
-      setTimeout(() => gate.check(), RETRY_UNREACHABLE_MS);
+      const delayMs = signInRetry.next();
+      showCountdown(ui.state, "unreachable", "The service cannot be reached.", performance.now() + delayMs);
+      signInTimer = setTimeout(() => gate.check(), delayMs);
     } else {
       showRequestError(error);
     }
   },
 });
+
+/** The state line while no stream runs: what stands between the user and connecting. */
+function showIdle() {
+  if (!media) showState(ui.state, "no-camera", cameraError);
+  else if (signedIn) showState(ui.state, "ready", "Ready. Connect to stream your camera.");
+  else showState(ui.state, "signed-out", "Enter the service's access token to start.");
+}
 
 function showRequestError(error) {
   if (error instanceof UnreachableError) {
@@ -98,22 +120,19 @@ async function startCamera() {
   ui.retryCamera.hidden = true;
   try {
     media = await openCamera();
+    ui.preview.srcObject = media;
   } catch (error) {
     media = null;
-    showState(ui.state, "no-camera", CAMERA_ERRORS[error.name] ?? `The camera could not start: ${error.message}`);
+    cameraError = CAMERA_ERRORS[error.name] ?? `The camera could not start: ${error.message}`;
     ui.retryCamera.hidden = false;
-    updateControls();
-    return;
   }
-  ui.preview.srcObject = media;
-  if (ui.state.dataset.state === "no-camera") {
-    showState(ui.state, signedIn ? "ready" : "signed-out", "Camera ready.");
-  }
+  showIdle();
   updateControls();
 }
 
 async function connect() {
   ui.connect.disabled = true;
+  clearStreamView();
   showState(ui.state, "connecting", "Connecting: offering the camera to the service…");
   let connection;
   try {
@@ -126,13 +145,13 @@ async function connect() {
   }
   peer = connection.peer;
   streamId = connection.stream.id;
-  lastChunk = null;
+  timing = chunkTiming(connection.stream);
   sourceEnded = false;
+  mediaInterrupted = false;
   peer.addEventListener("connectionstatechange", mediaStateChanged);
   socket = new StreamSocket(streamId, STATS_INTERVAL_S);
   socket.addEventListener("open", () => {
-    if (sourceEnded) showState(ui.state, "ended", "Reconnected to the ended stream: ask about what it saw.");
-    else showState(ui.state, "live", `Live: streaming to the service (stream ${streamId.slice(0, 8)}).`);
+    showConnected();
     updateControls();
   });
   socket.addEventListener("stats", (event) => showStream(event.detail));
@@ -148,16 +167,52 @@ async function connect() {
   updateControls();
 }
 
+/** A new stream starts with a blank overlay and no stats: nothing of the last one lingers. */
+function clearStreamView() {
+  lastChunk = null;
+  clearOverlay(ui.overlay, NO_CHUNK);
+  ui.caption.textContent = NO_CHUNK.caption;
+  ui.stats.replaceChildren();
+  ui.statsHint.hidden = false;
+}
+
+/** The state line while the stream's socket is open. */
+function showConnected() {
+  if (sourceEnded) showState(ui.state, "ended", "Reconnected to the ended stream: ask about what it saw.");
+  else if (mediaInterrupted) showMediaInterrupted();
+  else showState(ui.state, "live", `Live: streaming to the service (stream ${streamId.slice(0, 8)}).`);
+}
+
+function showMediaInterrupted() {
+  showState(ui.state, "reconnecting", "The camera's connection to the service is interrupted. Waiting for it to come back…");
+}
+
 function refuseToken(error) {
   signedIn = false;
   gate.refuse(error);
 }
 
-function mediaStateChanged() {
-  // stream time starts when media starts flowing: the chunks' times count from there
-  if (peer.connectionState === "connected") frames.start();
-  if (peer.connectionState === "failed" && !sourceEnded) {
-    showState(ui.state, "ended", "The media connection failed: the service receives no more video.");
+function mediaStateChanged(event) {
+  const connection = event.target;
+  if (connection !== peer || sourceEnded) return; // a closed stream's peer, or media already over
+  switch (connection.connectionState) {
+    case "connected":
+      if (mediaInterrupted) {
+        mediaInterrupted = false;
+        if (socket?.isOpen) showConnected();
+      } else {
+        // stream time starts when media starts flowing: the chunks' times count from there
+        frames.start(timing.fps);
+      }
+      break;
+    case "disconnected": // ICE may still find its way back; "failed" follows if it does not
+      mediaInterrupted = true;
+      showMediaInterrupted();
+      break;
+    case "failed":
+      mediaInterrupted = false;
+      sourceStopped("the media connection failed");
+      break;
   }
 }
 
@@ -167,31 +222,32 @@ function showStream(stream) {
   const chunk = stream.stats.last_chunk;
   if (chunk && chunk.index !== lastChunk?.index) {
     lastChunk = chunk;
-    ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames);
+    ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames, timing.seconds);
   }
-  if ((stream.state === "ended" || stream.state === "error") && !sourceEnded) sourceStopped(stream);
+  const stopped = stream.state === "ended" || stream.state === "error";
+  if (stopped && !sourceEnded) sourceStopped(stream.error ?? "the camera stopped sending");
 }
 
 /** The media stopped, but the service keeps the stream's context: questions still work until
  * Disconnect deletes it. */
-function sourceStopped(stream) {
+function sourceStopped(why) {
   sourceEnded = true;
   peer?.close();
   frames.stop();
-  const why = stream.error ?? "the camera stopped sending";
   showState(ui.state, "ended", `Stream ended: ${why}. Ask about what it saw, or disconnect to free it.`);
 }
 
 async function connectionLost({ attempt, delayMs }) {
   updateControls();
   questions.interruptAll("Interrupted: the connection to the service dropped.");
-  const seconds = Math.ceil(delayMs / 1000);
+  const retryAt = performance.now() + delayMs;
   const reachable = await serviceReachable();
   if (!socket || socket.isOpen) return; // back (or gone) while we asked
   if (reachable) {
-    showState(ui.state, "reconnecting", `Connection lost. Reconnecting (attempt ${attempt})…`);
+    const text = `The connection to the stream dropped; the service is up (reconnect attempt ${attempt}).`;
+    showCountdown(ui.state, "reconnecting", text, retryAt);
   } else {
-    showState(ui.state, "unreachable", `The service cannot be reached. Retrying in ${seconds} s…`);
+    showCountdown(ui.state, "unreachable", "The service cannot be reached.", retryAt);
   }
 }
 
@@ -203,11 +259,12 @@ function streamEnded({ reason, message }) {
   } else {
     showState(ui.state, "ended", `Stream ended: ${message}. Its questions and answers stay here.`);
   }
-  questions.interruptAll("Not answered: the stream ended.");
-  closeStream();
+  closeStream("Not answered: the stream ended.");
 }
 
-function closeStream() {
+/** Let the stream go; answers still being written will not be, and say `why`. */
+function closeStream(why) {
+  questions.interruptAll(why);
   socket?.close();
   peer?.close();
   frames.stop();
@@ -217,7 +274,7 @@ function closeStream() {
 
 async function disconnect() {
   const id = streamId;
-  closeStream();
+  closeStream("Not answered: disconnected before the answer was done.");
   showState(ui.state, "ready", "Disconnected. Connect again to start a new stream.");
   try {
     await removeStream(id);
@@ -247,7 +304,7 @@ let overlayWidth = ui.overlay.clientWidth;
 new ResizeObserver(() => {
   if (ui.overlay.clientWidth === overlayWidth) return;
   overlayWidth = ui.overlay.clientWidth;
-  if (lastChunk) drawOverlay(ui.overlay, lastChunk, frames);
+  if (lastChunk) drawOverlay(ui.overlay, lastChunk, frames, timing.seconds);
 }).observe(ui.overlay);
 addEventListener("pagehide", () => {
   if (streamId) removeStreamOnUnload(streamId);
@@ -255,6 +312,5 @@ addEventListener("pagehide", () => {
 
 (async () => {
   await startCamera();
-  if (media) showState(ui.state, "signed-out", "Enter the service's access token to start.");
   gate.start();
 })();

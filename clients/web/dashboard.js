@@ -1,8 +1,9 @@
 // The operator dashboard: every stream, polled once a second; add RTSP cameras, remove streams.
 
 import { ApiError, UnreachableError, addRtspStream, listStreams, removeStream } from "./api.js";
+import { Backoff } from "./backoff.js";
 import { StreamCard } from "./stream-card.js";
-import { showState } from "./state.js";
+import { showCountdown, showState } from "./state.js";
 import { TokenGate } from "./token.js";
 
 const POLL_MS = 1000;
@@ -18,42 +19,53 @@ const ui = {
   empty: byId("no-streams"),
 };
 const cards = new Map();
+const outage = new Backoff();
 let pollTimer = null;
+let signedIn = false;
 
 const gate = new TokenGate({
   form: byId("token-form"),
   changeButton: byId("change-token"),
   onAccepted: (streams) => {
+    signedIn = true;
     ui.addButton.disabled = false;
-    show(streams);
-    schedulePoll();
+    listed(streams);
   },
   onFailed: failed,
 });
 
+/** A fresh stream list: show it, and ask again in a second. */
+function listed(streams) {
+  outage.reset();
+  show(streams);
+  schedule(POLL_MS);
+}
+
 function failed(error) {
   if (error instanceof UnreachableError) {
-    showState(ui.state, "unreachable", "The service cannot be reached. Retrying every second…");
-    schedulePoll();
+    const delayMs = outage.next();
+    showCountdown(ui.state, "unreachable", "The service cannot be reached.", performance.now() + delayMs);
+    schedule(delayMs);
   } else if (error instanceof ApiError && error.isBadToken) {
+    signedIn = false;
     clearTimeout(pollTimer);
     ui.addButton.disabled = true;
     showState(ui.state, "bad-token", `The service refused the token (${error.code}). Enter a valid one.`);
   } else {
     showState(ui.state, "error", `The stream list failed: ${error.message}`);
-    schedulePoll();
+    schedule(POLL_MS);
   }
 }
 
-function schedulePoll() {
+/** Until a token is accepted each try goes through the gate, which finishes signing in. */
+function schedule(delayMs) {
   clearTimeout(pollTimer);
-  pollTimer = setTimeout(poll, POLL_MS);
+  pollTimer = setTimeout(() => (signedIn ? poll() : gate.check()), delayMs);
 }
 
 async function poll() {
   try {
-    show(await listStreams());
-    schedulePoll();
+    listed(await listStreams());
   } catch (error) {
     if (error instanceof ApiError && error.isBadToken) gate.refuse(error);
     failed(error);
@@ -91,12 +103,17 @@ async function remove(card) {
   try {
     await removeStream(card.id);
     forget(card);
-    ui.addMessage.textContent = `Removed stream ${card.title.textContent}.`;
+    ui.addMessage.textContent = `Removed stream ${card.name}.`;
   } catch (error) {
     card.removeButton.disabled = false;
-    if (error instanceof ApiError && error.status === 404) forget(card);
-    else if (error instanceof ApiError && error.isBadToken) gate.refuse(error);
-    else showState(ui.state, "error", `Could not remove the stream: ${error.message}`);
+    if (error instanceof ApiError && error.status === 404) {
+      forget(card);
+    } else if (error instanceof ApiError && error.isBadToken) {
+      gate.refuse(error);
+      failed(error);
+    } else {
+      showState(ui.state, "error", `Could not remove the stream: ${error.message}`);
+    }
   }
 }
 

@@ -5,23 +5,32 @@
 // token covering a 28×28-pixel square of the `resized_hw` frame the model saw. Kept tokens
 // are flat indices j = f·H·W + h·W + w, listed by the branch that kept them.
 
-// The service's chunk length (chunk.seconds); the F temporal patches split it evenly.
-const CHUNK_SECONDS = 2;
-const SNAPSHOT_FPS = 2; // the service samples 2 frames a second, so do we
+// ChunkSettings' defaults (streamguard/config.py), for a service that does not say its own
+const DEFAULT_TIMING = { seconds: 2, fps: 2 };
 const HISTORY_SECONDS = 30; // how far the service may lag before a chunk's frames are forgotten
 const SNAPSHOT_WIDTH = 320;
 const PANEL_WIDTH = 320;
 const PANEL_GAP = 12;
 const LABEL_HEIGHT = 26;
 const NARROW_WIDTH = 480; // CSS pixels under which the patches stack
+const DATA_KEYS = ["chunk", "grid", "semantic", "spatial", "highlighted", "dropped", "audioMissing"];
 
-export const COLOURS = {
+const COLOURS = {
   semantic: "#e69f00", // Okabe–Ito orange and sky blue: apart for every common colour vision
   spatial: "#56b4e9",
   dim: "rgba(8, 12, 24, 0.7)",
   grid: "rgba(255, 255, 255, 0.22)",
   label: "#e2e8f0",
 };
+
+/**
+ * How the service cuts `stream` (a StreamInfo): each chunk's length in seconds, and the frames
+ * a second it samples; the F temporal patches split a chunk evenly.
+ * @returns {{seconds: number, fps: number}}
+ */
+export function chunkTiming(stream) {
+  return stream.chunk ?? DEFAULT_TIMING;
+}
 
 /**
  * Snapshots of the local preview, timed from when the stream started. The service keeps no
@@ -32,16 +41,19 @@ export class FrameHistory {
   #frames = [];
   #timer = null;
   #origin = 0;
+  #limit = 0;
 
   constructor(video) {
     this.video = video;
   }
 
-  start() {
+  /** Start a new history, sampling the preview as often as the service samples the stream. */
+  start(fps) {
     this.stop();
     this.#frames = [];
     this.#origin = performance.now();
-    this.#timer = setInterval(() => this.#snapshot(), 1000 / SNAPSHOT_FPS);
+    this.#limit = Math.ceil(HISTORY_SECONDS * fps);
+    this.#timer = setInterval(() => this.#snapshot(), 1000 / fps);
     this.#snapshot();
   }
 
@@ -63,9 +75,8 @@ export class FrameHistory {
   #snapshot() {
     const { video } = this;
     if (video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA || !video.videoWidth) return;
-    const limit = HISTORY_SECONDS * SNAPSHOT_FPS;
     // reuse the oldest canvas once the history is full
-    const canvas = this.#frames.length >= limit ? this.#frames.shift().canvas : document.createElement("canvas");
+    const canvas = this.#frames.length >= this.#limit ? this.#frames.shift().canvas : document.createElement("canvas");
     canvas.width = SNAPSHOT_WIDTH;
     canvas.height = Math.round((SNAPSHOT_WIDTH * video.videoHeight) / video.videoWidth);
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
@@ -79,9 +90,10 @@ export class FrameHistory {
  * @param {HTMLCanvasElement} canvas
  * @param {object} chunk
  * @param {FrameHistory} frames
+ * @param {number} chunkSeconds  the chunk's length (chunkTiming)
  * @returns {string} a one-line description for people
  */
-export function drawOverlay(canvas, chunk, frames) {
+export function drawOverlay(canvas, chunk, frames, chunkSeconds) {
   const [patches, rows, columns] = chunk.grid ?? [1, 0, 0];
   const [resizedH, resizedW] = chunk.resized_hw ?? [3, 4];
   const panel = { width: PANEL_WIDTH, height: Math.round((PANEL_WIDTH * resizedH) / resizedW) };
@@ -95,7 +107,7 @@ export function drawOverlay(canvas, chunk, frames) {
   context.clearRect(0, 0, canvas.width, canvas.height);
   const semantic = new Set(chunk.semantic);
   const spatial = new Set(chunk.spatial);
-  const patchSeconds = CHUNK_SECONDS / patches;
+  const patchSeconds = chunkSeconds / patches;
   let highlighted = 0;
 
   for (let f = 0; f < patches; f++) {
@@ -126,7 +138,7 @@ export function drawOverlay(canvas, chunk, frames) {
     context.fillText(label, x + 2, y + panel.height + LABEL_HEIGHT / 2);
   }
 
-  const description = describe(chunk);
+  const description = describe(chunk, chunkSeconds);
   Object.assign(canvas.dataset, {
     chunk: String(chunk.index),
     grid: chunk.grid ? chunk.grid.join("x") : "",
@@ -134,9 +146,22 @@ export function drawOverlay(canvas, chunk, frames) {
     spatial: String(spatial.size),
     highlighted: String(highlighted),
     dropped: String(chunk.video_dropped),
+    audioMissing: String(chunk.audio_missing),
   });
   canvas.setAttribute("aria-label", `Retention overlay. ${description}`);
   return description;
+}
+
+/**
+ * Blank `canvas` for a new stream, as the page served it: its size (resizing clears it), no
+ * data attributes, and its "no chunk" label for screen readers.
+ * @param {{width: number, height: number, label: string}} served
+ */
+export function clearOverlay(canvas, served) {
+  canvas.width = served.width;
+  canvas.height = served.height;
+  for (const key of DATA_KEYS) delete canvas.dataset[key];
+  canvas.setAttribute("aria-label", served.label);
 }
 
 function drawFrame(context, frame, x, y, panel) {
@@ -184,17 +209,18 @@ function drawBanner(context, text, x, y, panel) {
   context.textAlign = "start";
 }
 
-function describe(chunk) {
-  const span = `Chunk ${chunk.index} (${chunk.start.toFixed(1)}–${(chunk.start + CHUNK_SECONDS).toFixed(1)} s)`;
-  if (!chunk.grid) return `${span}: no video, ${chunk.audio_tokens} audio tokens.`;
+function describe(chunk, chunkSeconds) {
+  const span = `Chunk ${chunk.index} (${chunk.start.toFixed(1)}–${(chunk.start + chunkSeconds).toFixed(1)} s)`;
+  const audio = chunk.audio_missing ? " No audio for part of this chunk: silence stands in." : "";
+  if (!chunk.grid) return `${span}: no video, ${chunk.audio_tokens} audio tokens.${audio}`;
   const similarity = chunk.similarity == null ? "" : ` (cosine ${chunk.similarity.toFixed(3)} with the last kept chunk)`;
   if (chunk.video_dropped) {
-    return `${span}: video dropped as redundant${similarity}; its ${chunk.audio_tokens} audio tokens were kept.`;
+    return `${span}: video dropped as redundant${similarity}; its ${chunk.audio_tokens} audio tokens were kept.${audio}`;
   }
   const evicted = chunk.previous_video_evicted ? " The previous chunk's video was evicted as redundant." : "";
   return (
     `${span}: ${chunk.video_tokens_kept} of ${chunk.video_tokens_in} video tokens kept — ` +
     `${chunk.semantic.length} semantic, ${chunk.spatial.length} spatial — ` +
-    `plus ${chunk.audio_tokens} audio tokens.${evicted}`
+    `plus ${chunk.audio_tokens} audio tokens.${evicted}${audio}`
   );
 }

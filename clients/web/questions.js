@@ -6,12 +6,13 @@ export class QuestionLog {
   #items = new Map();
 
   /**
-   * @param {HTMLOListElement} list  an aria-live region: new answers are read out
+   * @param {HTMLOListElement} list  an aria-live region: answers are read out once complete
    * @param {(id: string) => void} onCancel
    */
   constructor(list, onCancel) {
     this.list = list;
     this.onCancel = onCancel;
+    this.#updateBusy();
   }
 
   add(id, text) {
@@ -38,6 +39,7 @@ export class QuestionLog {
     item.append(question, answer, meta);
     this.list.prepend(item); // newest first: the answer being written stays in view
     this.#items.set(id, { item, answer, meta });
+    this.#updateBusy();
   }
 
   delta(message) {
@@ -67,15 +69,17 @@ export class QuestionLog {
     for (const id of [...this.#items.keys()]) this.fail(id, text);
   }
 
-  get pending() {
-    return this.#items.size;
-  }
-
   #finish(id, status) {
     const entry = this.#items.get(id);
     if (!entry) return null;
     this.#items.delete(id);
     entry.item.dataset.status = status;
+    this.#updateBusy();
     return entry;
+  }
+
+  /** Busy while any answer streams: a screen reader waits for it instead of reading every delta. */
+  #updateBusy() {
+    this.list.setAttribute("aria-busy", String(this.#items.size > 0));
   }
 }

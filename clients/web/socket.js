@@ -1,6 +1,7 @@
 // One stream's websocket: questions out; answer deltas, stats and errors in; reconnects on drops.
 
 import { socketUrl } from "./api.js";
+import { Backoff } from "./backoff.js";
 
 // Close codes after which reconnecting cannot help (service/auth.py: 4000 + HTTP status).
 const FINAL_CLOSES = {
@@ -9,8 +10,6 @@ const FINAL_CLOSES = {
   4404: "ended", // the stream is gone
   4410: "ended", // the stream was deleted while we were connected
 };
-const RECONNECT_FIRST_MS = 500;
-const RECONNECT_MAX_MS = 5000;
 
 /**
  * Events (CustomEvent, payload in `detail`): "open"; "stats" (StreamInfo); "delta" and "done"
@@ -20,7 +19,7 @@ const RECONNECT_MAX_MS = 5000;
 export class StreamSocket extends EventTarget {
   #socket = null;
   #closing = false;
-  #attempt = 0;
+  #backoff = new Backoff();
   #timer = null;
   #lastError = null;
 
@@ -45,10 +44,8 @@ export class StreamSocket extends EventTarget {
     return this.#socket?.readyState === WebSocket.OPEN;
   }
 
-  ask(id, text, maxTokens) {
-    const message = { type: "question.ask", id, text };
-    if (maxTokens) message.max_tokens = maxTokens;
-    this.#send(message);
+  ask(id, text) {
+    this.#send({ type: "question.ask", id, text });
   }
 
   cancel(id) {
@@ -69,7 +66,7 @@ export class StreamSocket extends EventTarget {
     this.#socket = socket;
     this.#lastError = null;
     socket.addEventListener("open", () => {
-      this.#attempt = 0;
+      this.#backoff.reset();
       socket.send(JSON.stringify({ type: "stats.subscribe", interval_s: this.statsIntervalS }));
       this.#emit("open");
     });
@@ -107,9 +104,8 @@ export class StreamSocket extends EventTarget {
       this.#emit("ended", { reason, code: event.code, message });
       return;
     }
-    const delayMs = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** this.#attempt);
-    this.#attempt += 1;
-    this.#emit("reconnecting", { attempt: this.#attempt, delayMs });
+    const delayMs = this.#backoff.next();
+    this.#emit("reconnecting", { attempt: this.#backoff.attempts, delayMs });
     this.#timer = setTimeout(() => this.#connect(), delayMs);
   }
 }

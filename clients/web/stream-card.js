@@ -60,10 +60,12 @@ export class StreamCard {
     this.stats = this.element.querySelector(".stats");
     this.plot = this.element.querySelector("canvas");
     this.removeButton = this.element.querySelector("button");
+    // two streams may share a source: the id tells them apart
+    this.name = `${stream.source} (id ${stream.id.slice(0, 8)})`;
     this.title.textContent = stream.source;
     this.kind.textContent = stream.kind;
     this.element.querySelector(".stream-id").textContent = `id ${stream.id}`;
-    this.removeButton.setAttribute("aria-label", `Remove stream ${stream.source}`);
+    this.removeButton.setAttribute("aria-label", `Remove stream ${this.name}`);
     this.removeButton.addEventListener("click", () => onRemove(this));
   }
 
