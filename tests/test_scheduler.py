@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +17,14 @@ from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.engine import kv
 from streamguard.engine.pipeline import ChunkPipeline, create_pipeline
-from streamguard.engine.scheduler import ChunkOutcome, Scheduler, StreamEndedError
+from streamguard.engine.scheduler import (
+    Answer,
+    AnswerResult,
+    ChunkOutcome,
+    Scheduler,
+    StreamEndedError,
+    TooManyQuestionsError,
+)
 from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
 from streamguard.ingest.chunker import AVChunk
 
@@ -76,6 +85,13 @@ async def feed(scheduler: Scheduler, names: str, chunks: list[AVChunk]) -> None:
         for name in names:
             scheduler.submit_chunk(name, chunk)
         await asyncio.sleep(0.01)
+
+
+async def answered(answer: Answer) -> AnswerResult:
+    async for _ in answer:
+        pass
+    assert answer.result is not None
+    return answer.result
 
 
 async def test_chunks_keep_their_order_and_streams_take_turns(settings, backbone):
@@ -213,3 +229,48 @@ async def test_rejected_questions_and_removed_streams_end_the_answer_with_an_err
     finally:
         producer.cancel()
         await scheduler.stop()
+
+
+async def test_a_stream_takes_a_bounded_number_of_questions(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=4, max_questions_per_stream=2)
+    log: list = []
+    add_streams(scheduler, settings, backbone, "ab", log)
+    scheduler.start()
+    gate = threading.Event()
+    try:
+        held = asyncio.create_task(scheduler.call(gate.wait))  # the worker waits: nothing is answered
+        await asyncio.sleep(0)  # the call is queued
+        first, second = scheduler.ask("a", QUESTION, max_tokens=2), scheduler.ask("a", QUESTION, max_tokens=2)
+        with pytest.raises(TooManyQuestionsError, match="2 questions waiting or answering"):
+            scheduler.ask("a", QUESTION)
+        other = scheduler.ask("b", QUESTION, max_tokens=2)  # the bound is per stream
+        gate.set()
+        assert await held is True
+        for answer in (first, second, other):
+            assert (await answered(answer)).finish_reason in ("stop", "length")
+        await answered(scheduler.ask("a", QUESTION, max_tokens=2))  # answered questions free their places
+    finally:
+        gate.set()
+        await scheduler.stop()
+
+
+async def test_whatever_one_call_raises_fails_that_call_and_the_worker_serves_on(settings, backbone):
+    scheduler = Scheduler(max_pending_chunks=4)
+    log: list = []
+    add_streams(scheduler, settings, backbone, "a", log)
+    assert not scheduler.alive
+    scheduler.start()
+    try:
+        # SystemExit (what a library's sys.exit() raises) is no Exception: it ended the worker thread
+        with pytest.raises(RuntimeError, match="SystemExit"):
+            await asyncio.wait_for(scheduler.call(sys.exit, 3), 60)
+        assert scheduler.alive and scheduler.stats().alive
+        scheduler.submit_chunk("a", random_chunks(1)[0])
+        await until(lambda: processed(log, "a") == [0], "the chunk")
+        assert (await answered(scheduler.ask("a", QUESTION, max_tokens=2))).finish_reason in (
+            "stop",
+            "length",
+        )
+    finally:
+        await scheduler.stop()
+    assert not scheduler.alive and not scheduler.stats().alive

@@ -15,7 +15,12 @@ cache until it is cut off again). Each stream's chunks are processed in arrival 
 
 Backpressure: each stream holds at most `max_pending_chunks` chunks waiting for the worker.
 When one more arrives the oldest pending chunk is shed (it never reaches the model) and
-counted; the newest chunks are the ones a live question is about.
+counted; the newest chunks are the ones a live question is about. A stream takes at most
+`max_questions_per_stream` questions waiting or answering; one more is `TooManyQuestionsError`.
+
+Every call, question step and chunk runs guarded: whatever one raises fails that item alone
+(the caller hears the error, it is logged) and the worker serves on. `alive` says whether the
+worker thread runs.
 
 Test hook: `chunk_delay_s` (default: env `STREAMGUARD_TEST_CHUNK_DELAY_S`, else 0) sleeps in the
 worker before every chunk prefill, slowing the real model down so shedding can be exercised.
@@ -35,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamguard.engine.session import SamplingParams, SessionStats, StreamSession
@@ -56,6 +62,10 @@ class UnknownStreamError(KeyError):
 
 class StreamEndedError(RuntimeError):
     """The stream (or the worker) went away while a question was waiting or answering."""
+
+
+class TooManyQuestionsError(RuntimeError):
+    """The stream already has `max_questions_per_stream` questions waiting or answering."""
 
 
 @dataclass
@@ -104,6 +114,7 @@ class SchedulerStats:
     chunks_processed: int
     chunks_shed: int
     questions_answered: int
+    alive: bool  # the worker thread runs
 
 
 class Answer:
@@ -173,10 +184,20 @@ class _Stream:
 class Scheduler:
     """Owns the model's one worker thread; see the module docstring for the policy."""
 
-    def __init__(self, max_pending_chunks: int, chunk_delay_s: float | None = None):
+    def __init__(
+        self,
+        max_pending_chunks: int,
+        chunk_delay_s: float | None = None,
+        *,
+        max_questions_per_stream: int | None = None,
+    ):
+        """`max_questions_per_stream` None: a stream takes any number of questions."""
         if max_pending_chunks < 1:
             raise ValueError("max_pending_chunks must be at least 1")
+        if max_questions_per_stream is not None and max_questions_per_stream < 1:
+            raise ValueError("max_questions_per_stream must be at least 1")
         self.max_pending_chunks = max_pending_chunks
+        self.max_questions_per_stream = max_questions_per_stream
         if chunk_delay_s is None:
             chunk_delay_s = float(os.environ.get(CHUNK_DELAY_ENV, "0") or 0)
         self.chunk_delay_s = chunk_delay_s
@@ -211,6 +232,11 @@ class Scheduler:
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs: False before `start()` and once it has stopped."""
+        return self._thread is not None and self._thread.is_alive()
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -260,6 +286,7 @@ class Scheduler:
                 chunks_processed=self._processed_total,
                 chunks_shed=self._shed_total,
                 questions_answered=self._answered_total,
+                alive=self.alive,
             )
 
     # -- questions and calls ---------------------------------------------------------------
@@ -268,12 +295,18 @@ class Scheduler:
         """Queue a question; `max_tokens` is capped at the session's `max_new_tokens`.
 
         The session validates the question on the worker (the tokenizer is not shared across
-        threads): `QuestionTooLongError` / `EmptyQuestionError` come out of the iteration.
+        threads): `QuestionTooLongError` / `EmptyQuestionError` come out of the iteration. A
+        stream already holding `max_questions_per_stream` questions raises `TooManyQuestionsError`.
         """
         loop = self._running_loop()
         answer = Answer(loop, self._wake)
         with self._cond:
             stream = self._stream(stream_id)
+            limit = self.max_questions_per_stream
+            if limit is not None and len(stream.questions) >= limit:
+                raise TooManyQuestionsError(
+                    f"the stream already has {limit} questions waiting or answering; wait for one to finish"
+                )
             session = stream.pipeline.session
             limits = session.settings
             params = SamplingParams(
@@ -291,12 +324,11 @@ class Scheduler:
         future: asyncio.Future[T] = loop.create_future()
 
         def run() -> None:
-            try:
-                result = fn(*args)
-            except Exception as exc:
-                _call_soon(loop, _settle, future, None, exc)
-            else:
-                _call_soon(loop, _settle, future, result, None)
+            self._guarded(
+                f"call {getattr(fn, '__qualname__', fn)!r}",
+                lambda: _call_soon(loop, _settle, future, fn(*args), None),
+                partial(_call_soon, loop, _settle, future, None),
+            )
 
         with self._cond:
             if self._stopping:
@@ -321,17 +353,41 @@ class Scheduler:
                 heads = [s.questions[0] for s in self._streams.values() if s.questions]
                 picked = self._next_chunk()
             for question in closing:
-                self._end(question, error=StreamEndedError("the stream ended"))
+                self._end_guarded(question, StreamEndedError("the stream ended"))
             for run in calls:
                 run()
             for question in heads:
-                self._step(question)
+                self._guarded("a question", partial(self._step, question), partial(self._abandon, question))
             if picked is not None:
-                self._process(*picked)
+                stream, chunk = picked
+                self._guarded(
+                    f"stream {stream.id}: chunk {chunk.index}",
+                    partial(self._process, stream, chunk),
+                    partial(_call_soon, self._loop, stream.listener.chunk_failed, chunk.index),
+                )
         for question in leftover:
-            self._end(question, error=StreamEndedError("the service is shutting down"))
+            self._end_guarded(question, StreamEndedError("the service is shutting down"))
         for run in calls:
             run()
+
+    def _guarded(self, what: str, work: Callable[[], None], fail: Callable[[Exception], None]) -> None:
+        """Run one item of work; whatever it raises fails that item alone, never the worker."""
+        try:
+            work()
+        except BaseException as exc:  # a library's sys.exit() too: it would end this thread
+            log.exception("worker: %s failed", what)
+            fail(exc if isinstance(exc, Exception) else RuntimeError(f"{what} failed: {exc!r}"))
+
+    def _end_guarded(self, question: _Question, error: Exception) -> None:
+        self._guarded(
+            "ending a question", partial(self._end, question, error=error), partial(self._abandon, question)
+        )
+
+    def _abandon(self, question: _Question, error: Exception) -> None:
+        """End a question whose handling failed: off its stream, with the error."""
+        question.done = True
+        self._dequeue(question, answered=False)
+        question.answer._post("error", error)
 
     def _has_work(self) -> bool:
         return (
@@ -350,16 +406,12 @@ class Scheduler:
         return None
 
     def _process(self, stream: _Stream, chunk: AVChunk) -> None:
+        """Prefill one chunk; a failure is the guard's to report (`chunk_failed`)."""
         started = time.perf_counter()
         if self.chunk_delay_s:
             time.sleep(self.chunk_delay_s)
         session = stream.pipeline.session
-        try:
-            report = stream.pipeline.process(chunk)
-        except Exception as exc:
-            log.exception("stream %s: chunk %s failed", stream.id, chunk.index)
-            _call_soon(self._loop, stream.listener.chunk_failed, chunk.index, exc)
-            return
+        report = stream.pipeline.process(chunk)
         outcome = ChunkOutcome(
             report=report,
             seconds=time.perf_counter() - started,
@@ -403,28 +455,31 @@ class Scheduler:
         started = question.generator is not None
         if question.generator is not None:
             question.generator.close()
+        if error is not None:
+            self._dequeue(question, answered=False)
+            question.answer._post("error", error)
+            return
+        stats = question.session.stats.last_answer
+        result = AnswerResult(
+            text="".join(question.parts),
+            generated_tokens=stats.generated_tokens if started else 0,
+            context_tokens=stats.context_tokens if started else question.session.context_tokens,
+            finish_reason=reason or stats.finish_reason,
+            time_to_first_delta_s=question.first_delta_s,
+            total_s=time.perf_counter() - question.submitted,
+        )
+        self._dequeue(question, answered=True)
+        question.answer._post("done", result)
+
+    def _dequeue(self, question: _Question, answered: bool) -> None:
+        """Take an ended question off the head of its stream's queue (if it is still there)."""
         with self._cond:
             for stream in self._streams.values():
                 if stream.questions and stream.questions[0] is question:
                     stream.questions.popleft()
                     break
-            if error is None:
+            if answered:
                 self._answered_total += 1
-        if error is not None:
-            question.answer._post("error", error)
-            return
-        stats = question.session.stats.last_answer
-        question.answer._post(
-            "done",
-            AnswerResult(
-                text="".join(question.parts),
-                generated_tokens=stats.generated_tokens if started else 0,
-                context_tokens=stats.context_tokens if started else question.session.context_tokens,
-                finish_reason=reason or stats.finish_reason,
-                time_to_first_delta_s=question.first_delta_s,
-                total_s=time.perf_counter() - question.submitted,
-            ),
-        )
 
     # -- helpers ---------------------------------------------------------------------------
 
