@@ -6,6 +6,8 @@ with rtsp_camera() as camera:   # skips the test when the system Python lacks Gs
     camera.thaw()               # and carries on (SIGCONT)
     camera.kill()               # the camera dies (SIGKILL)
     camera.start()              # and comes back on the same port
+
+with rtsp_camera(frames=8) as camera:  # every connection opens, plays 8 frames and ends
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ def rtsp_server_missing() -> str | None:
 
 
 class RtspCamera:
-    """The test camera process; `port` stays the same across `kill()` and `start()`."""
+    """The test camera process; `port` stays the same across `kill()` and `start()`. With
+    `frames`, each connection's stream ends after that many frames (see tests/rtsp_server.py)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, frames: int | None = None):
         self.port = port  # 0 until the first start picks a free one
+        self.frames = frames
         self._process: subprocess.Popen[str] | None = None
 
     @property
@@ -67,8 +71,9 @@ class RtspCamera:
     def start(self) -> None:
         """Start serving and return once it listens."""
         assert not self.running, "the camera is already running"
+        limit = [] if self.frames is None else ["--frames", str(self.frames)]
         process = subprocess.Popen(
-            [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port)],
+            [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), *limit],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -117,12 +122,12 @@ def _pump(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
 
 
 @contextmanager
-def rtsp_camera(port: int = 0) -> Iterator[RtspCamera]:
+def rtsp_camera(port: int = 0, frames: int | None = None) -> Iterator[RtspCamera]:
     """A running test camera, killed afterwards; skips the test where it cannot run."""
     missing = rtsp_server_missing()
     if missing is not None:
         pytest.skip(missing)
-    camera = RtspCamera(port)
+    camera = RtspCamera(port, frames)
     camera.start()
     try:
         yield camera

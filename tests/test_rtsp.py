@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -51,6 +52,19 @@ def source_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("rtsp ")]
 
 
+async def until(check, what: str) -> None:
+    """Poll `check` on the loop until it holds; fail after `TIMEOUT_S`."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while not check():
+            await asyncio.sleep(0.05)
+    assert check(), what
+
+
+async def no_source_threads() -> None:
+    # a closed source does not wait for its connection thread: it ends after its current read
+    await until(lambda: not source_threads(), "the connection threads to end")
+
+
 async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
     source = RtspSource(camera.url, SETTINGS)
     chunks = []
@@ -66,8 +80,8 @@ async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
         assert chunk.audio.shape == (SETTINGS.samples_per_chunk,)
         assert np.sqrt(np.mean(chunk.audio**2)) > 0.05  # the test tone, not silence
     assert not np.array_equal(chunks[1].frames[0], chunks[1].frames[-1])  # the ball moves
-    assert source.state == "live" and source.reconnects == 0
-    assert not source_threads()  # closing the generator ended its connection thread
+    assert source.state == "live" and source.reconnects == 0 and source.chunks_dropped == 0
+    await no_source_threads()  # closing the generator ended its connection thread
 
 
 async def test_a_closed_port_is_refused_at_once_with_the_url_and_no_credentials():
@@ -100,7 +114,65 @@ async def test_a_camera_that_never_answers_is_given_up_after_max_attempts():
             async for _ in source.chunks():
                 pass
     assert states == ["reconnecting"]
-    assert not source_threads()
+    await no_source_threads()
+
+
+async def test_a_camera_that_drops_every_connection_at_once_is_retried_with_backoff_and_given_up():
+    states = []
+    with rtsp_camera(frames=8) as camera:  # each connection opens, plays half a second and ends
+        source = RtspSource(
+            camera.url,
+            SETTINGS,
+            max_attempts=3,
+            on_state=lambda state, reason: states.append(state),
+            **FAST_RETRY,
+        )
+        # connections that open but deliver no chunk count as failed attempts: the backoff grows
+        with pytest.raises(SourceUnreachable, match="after 3 failed attempts: the camera ended the stream"):
+            async with asyncio.timeout(TIMEOUT_S):
+                async for _ in source.chunks():
+                    pass
+    assert states == ["reconnecting"] and source.reconnects == 0  # never live: no chunk came
+
+
+async def test_chunks_the_consumer_leaves_unread_are_dropped_oldest_first_and_counted(camera):
+    source = RtspSource(camera.url, SETTINGS, max_pending_chunks=1)
+    async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+        first = await anext(stream)
+        await until(lambda: source.chunks_dropped >= 1, "a chunk dropped while nobody reads")
+        after = await anext(stream)  # the newest: the ones between were dropped
+        assert source.chunks_dropped == after.index - first.index - 1 >= 1
+    await no_source_threads()
+
+
+async def test_closing_the_source_does_not_wait_for_a_camera_that_never_answers(own_camera: RtspCamera):
+    own_camera.freeze()  # it takes the TCP connection but answers nothing: the open blocks for a minute
+    source = RtspSource(own_camera.url, SETTINGS, open_timeout_s=60.0, read_timeout_s=60.0)
+    stream = source.chunks()
+    reading = asyncio.create_task(anext(stream))
+    await until(source_threads, "the connection thread")
+    reading.cancel()  # what deleting the stream does
+    async with asyncio.timeout(TIMEOUT_S / 4):  # far less than the open's minute
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await stream.aclose()
+    assert source_threads()  # still in the open: nobody waited for it
+    own_camera.thaw()
+    await no_source_threads()  # it ends once the camera answers
+
+
+async def test_check_is_not_held_up_by_a_busy_default_executor(camera):
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    busy = loop.run_in_executor(None, release.wait)  # the executor's one thread is taken
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            await RtspSource(camera.url, SETTINGS, open_timeout_s=2.0).check()
+    finally:
+        release.set()
+        await busy
+    await no_source_threads()
 
 
 async def test_a_killed_camera_is_reconnected_and_the_timeline_runs_on(own_camera: RtspCamera):
@@ -226,7 +298,7 @@ def test_an_rtsp_stream_answers_questions_and_survives_a_camera_restart(service,
         f"restart → state live seen {live - restarted:.2f} s"
     )
     final = service.http.delete(f"/v1/streams/{stream_id}").json()
-    assert final["state"] == "ended"
+    assert final["state"] == "ended" and final["stats"]["chunks_shed"] == 0
     wait_until(lambda: not source_threads(), "the camera's connection thread to end")
 
 
@@ -249,4 +321,9 @@ def test_a_url_with_another_scheme_is_refused_before_any_connection(service):
     response = service.http.post("/v1/streams", json={"source": "rtsp", "url": "http://127.0.0.1/cam"})
     assert response.status_code == 422
     error = response.json()["error"]
-    assert error["code"] == "invalid_request" and "rtsp://" in error["message"]
+    assert (
+        error["code"] == "unsupported_scheme"
+        and "rtsp://" in error["message"]
+        and "'http'" in error["message"]
+    )
+    assert not source_threads()  # no connection was tried

@@ -113,6 +113,8 @@ class FileSource:
     it; `clock` and `sleep` are injectable so tests need not wait.
     """
 
+    chunks_dropped = 0  # decoded only as the consumer asks: no chunk ever waits, none is dropped
+
     def __init__(
         self,
         path: str | Path,

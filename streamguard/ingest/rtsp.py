@@ -8,13 +8,22 @@ a connection that delivers packets but no chunks, and opening is bounded.
 
 When a connection drops (the camera ends the stream, a read fails or times out) the source
 reports "reconnecting" with the reason, retries with exponential backoff and jitter, reports
-"live" once a connection is open again and counts it in `reconnects`. The chunk timeline runs
-on: a new connection's timestamps restart, so its media is placed after what the last one
-delivered plus the time the camera was away; the chunker turns that gap into silent chunks
-without video (or, beyond its `max_gap`, skips it), never into repeated or reordered indices.
+"live" once a connection has delivered a chunk of its own media (not one the timeline filled
+in) and counts it in `reconnects`. Only such a connection resets the backoff: a camera that
+accepts and drops at once is retried ever more slowly (and given up after `max_attempts`).
+The chunk timeline runs on: a new connection's timestamps
+restart, so its media is placed after what the last one delivered plus the time the camera was
+away; the chunker turns that gap into silent chunks without video (or, beyond its `max_gap`,
+skips it), never into repeated or reordered indices.
+
+Chunks wait for the consumer in a queue of `max_pending_chunks`; when it is full the oldest
+goes and is counted in `chunks_dropped`. A consumer that stops (a deleted stream) does not wait
+for the connection thread: it ends by itself at its next packet, or when PyAV's read deadline
+interrupts a camera that sends nothing.
 
 `check()` is the first connection's test, for callers that must refuse a bad URL at once: it
-raises `SourceUnreachable` with a clear reason within about `open_timeout_s`.
+raises `SourceUnreachable` with a clear reason within about `open_timeout_s`, counted from the
+moment the open starts on a thread of its own.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ ANALYZE_DURATION_US = 500_000
 # fails a read; each wait gets half of `read_timeout_s`.
 READ_WAITS = 2
 CHECK_SLACK_S = 1.0  # `check` abandons an open that has not returned by its timeout plus this
-MAX_PENDING_CHUNKS = 8  # cut chunks the consumer has not taken yet; beyond that the oldest goes
+DEFAULT_MAX_PENDING_CHUNKS = 8  # cut chunks the consumer has not taken yet; beyond that the oldest goes
 
 
 class SourceUnreachable(MediaError):
@@ -61,8 +70,9 @@ class RtspSource:
     """A live RTSP camera whose `chunks()` survive drops; see the module docstring.
 
     `backoff` is (first delay, largest delay) in seconds between attempts; `max_attempts`
-    bounds consecutive failed attempts before `chunks()` gives up with `SourceUnreachable`
-    (None: never). `on_state` hears every change of connection state on the event loop.
+    bounds consecutive failed attempts (connections that delivered no chunk) before `chunks()`
+    gives up with `SourceUnreachable` (None: never). `on_state` hears every change of connection
+    state on the event loop.
     """
 
     def __init__(
@@ -74,10 +84,13 @@ class RtspSource:
         read_timeout_s: float = 5.0,
         backoff: tuple[float, float] = (0.5, 10.0),
         max_attempts: int | None = None,
+        max_pending_chunks: int = DEFAULT_MAX_PENDING_CHUNKS,
         on_state: StateListener | None = None,
     ):
         if not 0 < backoff[0] <= backoff[1]:
             raise ValueError(f"backoff must be (first, largest) with 0 < first <= largest, got {backoff}")
+        if max_pending_chunks < 1:
+            raise ValueError("max_pending_chunks must be at least 1")
         self.url = url
         self.name = without_credentials(url)  # for messages and logs
         self.settings = settings
@@ -85,8 +98,10 @@ class RtspSource:
         self.read_timeout_s = read_timeout_s
         self.backoff = backoff
         self.max_attempts = max_attempts
+        self.max_pending_chunks = max_pending_chunks
         self.on_state = on_state
         self.reconnects = 0  # times the camera came back after a drop
+        self.chunks_dropped = 0  # cut but dropped unread: the consumer fell `max_pending_chunks` behind
         self.state: SourceState | None = None
 
     async def check(self) -> None:
@@ -97,7 +112,9 @@ class RtspSource:
                 pass
 
         try:
-            await asyncio.wait_for(asyncio.to_thread(probe), self.open_timeout_s + CHECK_SLACK_S)
+            await asyncio.wait_for(
+                _on_own_thread(probe, f"rtsp check {self.name}"), self.open_timeout_s + CHECK_SLACK_S
+            )
         except TimeoutError:  # a call FFmpeg cannot interrupt (a name lookup) is left behind
             raise SourceUnreachable(
                 f"cannot open the RTSP stream {self.name}: no answer within {self.open_timeout_s:g} s"
@@ -112,34 +129,36 @@ class RtspSource:
                 loop.call_soon_threadsafe(wake.set)
 
         chunker = Chunker(self.settings, origin=0.0)
-        failures = 0  # consecutive attempts that did not open
+        failures = 0  # consecutive attempts that delivered no chunk
         resume_at = 0.0  # stream seconds where the next connection's media starts
         lost_at: float | None = None  # time.monotonic() when the last connection dropped
         while True:
             connection = _Connection(self, chunker, resume_at, lost_at, notify)
             connection.start()
+            delivered = False  # a chunk of this connection's own media
             try:
-                while not connection.done:
+                while True:
+                    finished = connection.done  # read first: what it cut before ending is taken below
+                    while (chunk := connection.take()) is not None:
+                        if connection.media_from is not None and chunk.start >= connection.media_from:
+                            delivered = True
+                            self._report_live()
+                        yield chunk
+                    if finished:
+                        break
                     await wake.wait()
                     wake.clear()
-                    if connection.opened and self.state != "live":
-                        self._report_live()
-                    while connection.chunks:
-                        yield connection.chunks.popleft()
-            finally:  # also when the consumer stops: the thread ends after its current read
+            finally:
+                # Not joined, so a consumer that stops never waits on a camera that sends
+                # nothing: the thread ends by itself after its current read, and the chunker is
+                # the next connection's only once this one is done.
                 connection.stop()
-                await asyncio.to_thread(connection.join, READ_WAITS * self.read_timeout_s + 1.0)
-                if connection.is_alive():
-                    log.warning("rtsp.thread_lingers url=%s", self.name)
             if isinstance(connection.error, Exception):
                 raise connection.error  # a bug, not the camera: reconnecting would hide it
-            while connection.chunks:  # cut after the last wake-up
-                yield connection.chunks.popleft()
             if connection.opened:
-                failures, lost_at = 0, connection.ended_at
+                lost_at = connection.ended_at
                 resume_at = max(chunker.position, resume_at)
-            else:
-                failures += 1
+            failures = 0 if delivered else failures + 1
             reason = connection.error or "the camera ended the stream"
             if self.max_attempts is not None and failures >= self.max_attempts:
                 raise SourceUnreachable(f"gave up after {failures} failed attempts: {reason}")
@@ -198,8 +217,8 @@ class RtspSource:
 class _Connection(threading.Thread):
     """One RTSP session: open, demux, decode and cut chunks until it drops or is stopped.
 
-    The event loop reads `opened`, `chunks`, `done` and `error` after `notify` wakes it; the
-    chunker is this thread's alone until it has ended.
+    The event loop reads `opened`, `done` and `error` and calls `take()` after `notify` wakes
+    it; the chunker is this thread's alone until it has ended.
     """
 
     def __init__(
@@ -217,9 +236,12 @@ class _Connection(threading.Thread):
         self.lost_at = lost_at
         self.notify = notify
         self.opened = False
-        # Only this thread appends and only the loop pops, so a full deque evicting its oldest
-        # chunk never races the loop into an empty one.
-        self.chunks: deque[AVChunk] = deque(maxlen=MAX_PENDING_CHUNKS)
+        # Stream seconds where this connection's media starts (set at its first frame): chunks
+        # from there on are its own, earlier ones hold the last connection's media or filler.
+        self.media_from: float | None = None
+        # This thread appends and the loop takes, both under the lock: a drop is counted exactly.
+        self._pending: deque[AVChunk] = deque()
+        self._lock = threading.Lock()
         self.done = False
         self.ended_at: float | None = None  # time.monotonic() when it ended
         self.error: str | Exception | None = None  # why it ended: the camera's fault, or a bug
@@ -229,6 +251,23 @@ class _Connection(threading.Thread):
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def take(self) -> AVChunk | None:
+        """The oldest chunk cut and not taken yet (called from the loop)."""
+        with self._lock:
+            return self._pending.popleft() if self._pending else None
+
+    def _hand_over(self, ready: list[AVChunk]) -> None:
+        """Queue cut chunks for the loop; beyond `max_pending_chunks` the oldest go, counted."""
+        with self._lock:
+            self._pending.extend(ready)
+            dropped = max(0, len(self._pending) - self.source.max_pending_chunks)
+            for _ in range(dropped):
+                self._pending.popleft()
+            self.source.chunks_dropped += dropped
+        if dropped:
+            log.warning("rtsp.consumer_behind url=%s dropped_chunks=%d", self.source.name, dropped)
+        self.notify()
 
     def run(self) -> None:
         try:
@@ -265,7 +304,8 @@ class _Connection(threading.Thread):
                 if frame.time is None:  # a frame decoded before the stream's first timestamp
                     continue
                 if shift is None:
-                    shift = self._resume_time() - frame.time
+                    self.media_from = self._resume_time()
+                    shift = self.media_from - frame.time
                 if isinstance(frame, av.VideoFrame):
                     self.chunker.push_video(frame, frame.time + shift)
                 else:
@@ -273,10 +313,7 @@ class _Connection(threading.Thread):
             ready = self.chunker.pop_ready()
             now = time.monotonic()
             if ready:
-                if len(self.chunks) + len(ready) > MAX_PENDING_CHUNKS:
-                    log.warning("rtsp.consumer_behind url=%s oldest_chunk_dropped", self.source.name)
-                self.chunks.extend(ready)
-                self.notify()
+                self._hand_over(ready)
                 progress = now
             elif now - progress > self.stall_s:
                 raise _Stalled(f"packets arrive but no chunk was completed for {self.stall_s:g} s")
@@ -290,6 +327,34 @@ class _Connection(threading.Thread):
 
 class _Stalled(Exception):
     pass
+
+
+async def _on_own_thread(fn: Callable[[], None], name: str) -> None:
+    """Await a blocking `fn` on a new daemon thread: a wait on it counts `fn`'s own time only,
+    and a wait given up leaves nothing behind but that thread, which finishes alone."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        error: Exception | None = None
+        try:
+            fn()
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(_settle, done, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await done
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():  # the wait was given up
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def without_credentials(url: str) -> str:

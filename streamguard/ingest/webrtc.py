@@ -227,6 +227,11 @@ class WebRtcSource:
         return len(self._pending)
 
     @property
+    def chunks_dropped(self) -> int:
+        """Chunks cut but dropped unread: the consumer fell `max_pending_chunks` behind."""
+        return self.stats.chunks_dropped
+
+    @property
     def ended(self) -> bool:
         """The media is over (what is still pending can be read)."""
         return self._ended
