@@ -295,7 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from streamguard.backbones import load_backbone
-    from streamguard.service import create_app
+    from streamguard.service import create_app, server_config
     from streamguard.service.logs import redact_server_logs
 
     args.config = _serve_config(args)
@@ -324,7 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     else:
         console.print("  token: one of service.tokens (clients: --token or STREAMGUARD_TOKEN)")
-    config = uvicorn.Config(
+    config = server_config(
         create_app(settings, backbone), host=host, port=port, log_level="debug" if args.verbose else "info"
     )
     redact_server_logs()  # after the Config: it sets uvicorn's logging up

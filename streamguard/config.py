@@ -78,8 +78,16 @@ class ServiceSettings(BaseModel):
     port: int = 8000
     tokens: list[str] = Field(default_factory=lambda: ["streamguard-dev-token"])
     max_streams_per_token: int = 8
+    # Streams this worker holds, all tokens together: each one holds a KV cache on the GPU.
+    max_streams: int = Field(16, gt=0)
     max_message_bytes: int = 64 * 1024
     max_pending_chunks: int = 4
+    # Questions waiting or answering on one stream, all its websocket clients together.
+    max_questions_per_stream: int = Field(16, gt=0)
+    # An ended stream (its source stopped or failed) still answers questions; once no websocket
+    # client has been on it for this long it is deleted (its answer log stays in the store).
+    # None keeps ended streams until they are DELETEd.
+    ended_stream_ttl_s: float | None = Field(600.0, gt=0)
     allow_file_sources: bool = False
     stats_interval_s: float = 1.0
 

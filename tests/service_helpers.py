@@ -1,5 +1,6 @@
 """Helpers to run the real service in tests: the tiny real model, uvicorn on a free 127.0.0.1
-port in a background thread, and bounded waits (no test sleeps for a fixed time)."""
+port in a background thread (configured as `streamguard serve` configures it), and bounded
+waits (no test sleeps for a fixed time)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -20,6 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from streamguard.config import Settings, load_settings
 from streamguard.ingest.chunker import AVChunk
+from streamguard.service import server_config
 
 T = TypeVar("T")
 
@@ -70,14 +73,35 @@ class LiveService:
             base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=TIMEOUT_S
         )
 
-    def ws(self, path: str, token: str | None = TOKEN, query_token: bool = False) -> ClientConnection:
+    def ws(
+        self,
+        path: str,
+        token: str | None = TOKEN,
+        query_token: bool = False,
+        receive_buffer: int | None = None,
+    ) -> ClientConnection:
+        """A websocket client; `receive_buffer` sets its socket's SO_RCVBUF and turns compression
+        off: a client whose buffers fill soon, and predictably, when it does not read."""
         url = "ws" + self.url.removeprefix("http") + path
         headers = {}
         if token is not None and query_token:
             url += f"?token={token}"
         elif token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        return connect(url, additional_headers=headers, open_timeout=TIMEOUT_S, max_size=None)
+        sock, compression = None, "deflate"
+        if receive_buffer is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.connect((urlsplit(self.url).hostname, urlsplit(self.url).port))
+            compression = None
+        return connect(
+            url,
+            sock=sock,
+            compression=compression,
+            additional_headers=headers,
+            open_timeout=TIMEOUT_S,
+            max_size=None,
+        )
 
     def stream(self, stream_id: str) -> dict:
         response = self.http.get(f"/v1/streams/{stream_id}")
@@ -92,7 +116,7 @@ def serve(app: FastAPI) -> Iterator[LiveService]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

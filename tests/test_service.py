@@ -3,6 +3,7 @@ real websocket clients. Waits are bounded polls; nothing asserts on time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -12,20 +13,31 @@ import pytest
 from service_helpers import TOKEN, receive, receive_until, serve, tiny_settings, wait_until
 from websockets.exceptions import ConnectionClosed
 
+from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
+from streamguard.engine.pipeline import create_pipeline
 from streamguard.ingest.synthetic import write_clip
 from streamguard.service import create_app
 from streamguard.service.logs import RedactTokens
 
 OTHER_TOKEN = "other-token"
 MAX_MESSAGE_BYTES = 4096
+MAX_STREAMS = 3
+MAX_QUESTIONS_PER_STREAM = 6
 QUESTION = "What is happening?"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def backbone(checkpoint):
+    """The model, loaded once for the tests that start a service of their own."""
+    settings = tiny_settings(checkpoint)
+    return load_backbone(settings.model, settings.chunk)
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +54,18 @@ def service(checkpoint):
         allow_file_sources=True,
         max_message_bytes=MAX_MESSAGE_BYTES,
         max_streams_per_token=2,
+        max_streams=MAX_STREAMS,
+        max_questions_per_stream=MAX_QUESTIONS_PER_STREAM,
         session={"max_new_tokens": 256},
     )
     with serve(create_app(settings)) as live:
         yield live
 
 
-def create_file_stream(service, clip, token: str = TOKEN) -> dict:
+def create_file_stream(service, clip, token: str = TOKEN, realtime: bool = False) -> dict:
     response = service.http.post(
         "/v1/streams",
-        json={"source": "file", "path": str(clip), "realtime": False},
+        json={"source": "file", "path": str(clip), "realtime": realtime},
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.status_code == 201, response.text
@@ -76,10 +90,21 @@ def error_of(response) -> dict:
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match and all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
             return float(match.group(2))
     return None
+
+
+def ask(ws, question_id: str, max_tokens: int, text: str = QUESTION) -> None:
+    ws.send(json.dumps({"type": "question.ask", "id": question_id, "text": text, "max_tokens": max_tokens}))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the service runs in it, on a thread)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
 
 
 def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
@@ -279,12 +304,14 @@ def test_tokens_are_required_everywhere_that_starts_work_or_reads_a_stream(servi
                 http.get("/v1/streams"),
                 http.get("/v1/streams/any"),
                 http.delete("/v1/streams/any"),
+                http.get("/v1/streams/any/answers"),
+                http.get("/v1/stats"),
                 http.get("/metrics"),
             ]
         for response in calls:
             assert response.status_code == status and error_of(response)["code"] == code, response.request.url
     health = httpx.get(f"{service.url}/healthz").json()
-    assert health["status"] == "ok" and health["worker"]["streams"] >= 0
+    assert health["status"] == "ok" and health["worker"]["streams"] >= 0 and health["worker"]["alive"]
 
     stream_id = create_file_stream(service, clip)["id"]
     for token, close_code, code in [(None, 4401, "missing_token"), ("wrong", 4403, "invalid_token")]:
@@ -303,8 +330,11 @@ def test_tokens_are_required_everywhere_that_starts_work_or_reads_a_stream(servi
 def test_stream_requests_are_validated_with_clear_messages(service, tmp_path):
     http = service.http
     response = http.post("/v1/streams", json={"source": "rtsp", "url": "http://camera.local/live"})
-    assert response.status_code == 422 and error_of(response)["code"] == "invalid_request"
+    assert response.status_code == 422 and error_of(response)["code"] == "unsupported_scheme"
     assert "rtsp://" in error_of(response)["message"] and "'http'" in error_of(response)["message"]
+    response = http.post("/v1/streams", json={"source": "rtsp", "url": "rtsp:///live"})
+    assert response.status_code == 422 and error_of(response)["code"] == "invalid_request"
+    assert "no host" in error_of(response)["message"]
     response = http.post("/v1/streams", json={"source": "carrier-pigeon"})
     assert response.status_code == 422 and error_of(response)["code"] == "invalid_request"
     response = http.post("/v1/streams", json={"source": "file", "path": str(tmp_path / "missing.mp4")})
@@ -328,6 +358,133 @@ def test_each_token_holds_a_bounded_number_of_streams(service, clip):
         service.http.delete(f"/v1/streams/{stream['id']}")
 
 
+def test_the_worker_holds_a_bounded_number_of_streams_whatever_the_tokens(service, clip):
+    held = [create_file_stream(service, clip)["id"] for _ in range(2)]
+    held.append(create_file_stream(service, clip, OTHER_TOKEN)["id"])  # MAX_STREAMS now
+    response = service.http.post(
+        "/v1/streams",
+        json={"source": "file", "path": str(clip)},
+        headers={"Authorization": f"Bearer {OTHER_TOKEN}"},  # within its own quota
+    )
+    assert response.status_code == 503 and error_of(response)["code"] == "service_full"
+    assert "service.max_streams" in error_of(response)["message"]
+    for stream_id in held:
+        service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_several_clients_watch_one_stream_and_answers_go_to_the_asker(service, clip):
+    stream_id = create_file_stream(service, clip)["id"]
+    processed_stream(service, stream_id)
+    path = f"/v1/streams/{stream_id}/ws"
+    with service.ws(path) as alice, service.ws(path) as bob:
+        for ws in (alice, bob):  # both see the stream's stats
+            ws.send(json.dumps({"type": "stats.subscribe", "interval_s": 0.1}))
+            assert receive(ws)["stream"]["id"] == stream_id
+            ws.send(json.dumps({"type": "stats.unsubscribe"}))
+        ask(alice, "a1", max_tokens=4)
+        alice_events = receive_until(
+            alice, lambda event: event.get("id") == "a1" and event["type"] == "answer.done"
+        )
+        ask(bob, "b1", max_tokens=4)
+        # had alice's answer gone to bob too, it would come before his own
+        bob_events = receive_until(
+            bob, lambda event: event.get("id") == "b1" and event["type"] == "answer.done"
+        )
+        assert {e["id"] for e in alice_events if e["type"].startswith("answer.")} == {"a1"}
+        assert {e["id"] for e in bob_events if e["type"].startswith("answer.")} == {"b1"}
+
+        # the stream's own bound on questions holds across its connections
+        alice_ids, bob_ids = ["a2", "a3", "a4", "a5"], ["b2", "b3", "b4"]
+        for question_id in alice_ids:  # long answers, served one after the other: all still open
+            ask(alice, question_id, max_tokens=256)
+        for question_id in bob_ids:
+            ask(bob, question_id, max_tokens=256)
+        refused = receive_until(bob, lambda event: event["type"] == "error")[-1]
+        assert (refused["id"], refused["code"]) == ("b4", "too_many_questions")
+        assert f"{MAX_QUESTIONS_PER_STREAM} questions" in refused["message"]
+        for ws, ids in ((alice, alice_ids), (bob, bob_ids[:2])):
+            for question_id in ids:
+                ws.send(json.dumps({"type": "question.cancel", "id": question_id}))
+            ended = set()
+            while ended != set(ids):
+                event = receive(ws)
+                if event["type"] in ("answer.done", "error"):
+                    ended.add(event["id"])
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_a_message_far_over_the_limit_is_refused_by_the_transport_before_it_is_buffered(service, clip):
+    stream_id = create_file_stream(service, clip)["id"]
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        ws.send(json.dumps({"type": "question.ask", "id": "q", "text": "y" * (2 * MAX_MESSAGE_BYTES)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd.code == 1009  # message too big: the app's limit is message_too_large
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_a_client_that_does_not_read_is_closed_as_a_slow_reader(service, clip):
+    stream_id = create_file_stream(service, clip)["id"]
+    junk = json.dumps({"type": "x" * (MAX_MESSAGE_BYTES - 100)})  # its error echoes the type back
+    sends = 5000  # about 20 MB of errors: far more than the socket buffers and the outbox hold
+    slow_readers = "streamguard_websocket_slow_readers_total"
+    with service.ws(f"/v1/streams/{stream_id}/ws", receive_buffer=16 * 1024) as ws:
+        for _ in range(sends):
+            ws.send(junk)
+        wait_until(
+            lambda: metric_value(service.http.get("/metrics").text, slow_readers) == 1,
+            "the service to give up on the client",
+        )
+        read = 0
+        with pytest.raises(ConnectionClosed) as closed:  # now it reads: what was on the wire, then the close
+            while True:
+                assert receive(ws)["code"] == "unknown_type"
+                read += 1
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4429, "slow_reader")
+    assert read < sends  # what waited for it was dropped
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:  # the stream serves others as before
+        ask(ws, "q", max_tokens=2)
+        assert receive_until(ws, lambda event: event["type"] != "answer.delta")[-1]["type"] == "answer.done"
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_service_totals_count_every_stream_deleted_ones_included(service, clip):
+    before = service.http.get("/v1/stats").json()
+    stream_id = create_file_stream(service, clip)["id"]
+    stats = processed_stream(service, stream_id)["stats"]
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        ask(ws, "q", max_tokens=2)
+        receive_until(ws, lambda event: event["type"] == "answer.done")
+    held = service.http.get("/v1/stats").json()
+    metrics = service.http.get("/metrics").text
+    for name in (
+        "chunks_received",
+        "chunks_processed",
+        "chunks_dropped_redundant",
+        "tokens_in",
+        "tokens_kept",
+    ):
+        assert held[name] - before[name] == stats[name], name
+    assert held["questions_answered"] - before["questions_answered"] == 1
+    assert held["answer_latency"]["count"] == before["answer_latency"]["count"] + 1
+    assert held["streams"] == {"ended": 1} and held["queue_depth"] == 0
+    assert held["kv_tokens"] == stats["kv_tokens"] and held["kv_bytes"] == stats["kv_bytes"] > 0
+    assert 0 < held["compression"] < 1
+    for name, value in [
+        ("kv_cache_tokens", held["kv_tokens"]),
+        ("kv_cache_bytes", held["kv_bytes"]),
+        ("queue_depth", 0),
+        ("compression_ratio", held["compression"]),
+    ]:
+        assert metric_value(metrics, f"streamguard_service_{name}") == pytest.approx(value), name
+
+    service.http.delete(f"/v1/streams/{stream_id}")
+    after = service.http.get("/v1/stats").json()
+    assert after["streams"] == {} and after["kv_tokens"] == after["kv_bytes"] == 0
+    for name in ("chunks_received", "chunks_processed", "tokens_kept", "questions_answered"):
+        assert after[name] == held[name], name  # a deleted stream's counts stay in the totals
+
+
 def test_file_sources_are_refused_unless_enabled(checkpoint, clip):
     with serve(create_app(tiny_settings(checkpoint))) as service:
         response = service.http.post("/v1/streams", json={"source": "file", "path": str(clip)})
@@ -336,30 +493,110 @@ def test_file_sources_are_refused_unless_enabled(checkpoint, clip):
     assert "allow_file_sources" in error_of(response)["message"]
 
 
-def test_an_overloaded_worker_sheds_chunks_and_counts_them(checkpoint, tmp_path):
-    long_clip = write_clip(tmp_path / "long.mp4", seconds=16, motion="moving")
-    settings = tiny_settings(checkpoint, allow_file_sources=True, max_pending_chunks=2)
+def overloaded_run(service, clip) -> tuple[str, dict, list[int], int]:
+    """Stream `clip` as fast as it decodes into a slowed worker until every chunk is processed
+    or shed: the stream id, its final stats, its KV tokens seen and the peak RSS seen."""
+    stream_id = create_file_stream(service, clip)["id"]
+    kv_tokens, peak = [], rss_bytes()
+
+    def settled():
+        nonlocal peak
+        stream = service.stream(stream_id)
+        stats = stream["stats"]
+        waiting = stats["chunks_received"] - stats["chunks_processed"] - stats["chunks_shed"]
+        # every chunk received is processed, shed, pending, or the one the worker holds
+        assert stats["queue_depth"] <= waiting <= stats["queue_depth"] + 1, stats
+        kv_tokens.append(stats["kv_tokens"])
+        peak = max(peak, rss_bytes())
+        return stats if stream["state"] == "ended" and waiting == 0 else None
+
+    return stream_id, wait_until(settled, "the overloaded stream to settle"), kv_tokens, peak
+
+
+def test_an_overloaded_worker_sheds_chunks_and_accounts_for_every_one(checkpoint, backbone, tmp_path):
+    # 30 chunks of VGA frames, 3.5 MiB each: a backlog that kept them would show in the RSS
+    long_clip = write_clip(tmp_path / "long.mp4", seconds=60, width=640, height=480, motion="moving")
+    budget = 100  # under two chunks (each has 50 audio tokens): the cache evicts all along the run
+    settings = tiny_settings(
+        checkpoint, allow_file_sources=True, max_pending_chunks=2, session={"token_budget": budget}
+    )
+    prefix = create_pipeline(backbone, settings).session.cache_tokens  # kept forever, not budgeted
     # the test hook slows the real model: it falls behind a file decoded as fast as it goes
-    with serve(create_app(settings, chunk_delay_s=0.4)) as service:
-        stream_id = create_file_stream(service, long_clip)["id"]
-        depths = []
-
-        def settled():
-            stream = service.stream(stream_id)
-            depths.append(stream["stats"]["queue_depth"])
-            return processed_stream(service, stream_id) if stream["state"] == "ended" else None
-
-        stats = wait_until(settled, "the overloaded stream to settle")["stats"]
+    with serve(create_app(settings, backbone, chunk_delay_s=0.3)) as service:
+        first, _, _, _ = overloaded_run(service, long_clip)  # warms the decoder and the allocator
+        service.http.delete(f"/v1/streams/{first}")
+        baseline = rss_bytes()
+        stream_id, stats, kv_tokens, peak = overloaded_run(service, long_clip)
         metrics = service.http.get("/metrics").text
-    assert stats["chunks_received"] == 8 and stats["chunks_shed"] >= 1
-    assert stats["chunks_processed"] + stats["chunks_shed"] == 8
-    assert max(depths) <= 2  # memory stays bounded: at most max_pending_chunks wait
+    assert stats["chunks_received"] == 30 and stats["chunks_shed"] >= 1
+    assert stats["chunks_processed"] + stats["chunks_shed"] == 30 and stats["queue_depth"] == 0
+    assert stats["tokens_kept"] > budget >= max(kv_tokens) - prefix  # evicted, never over the budget
+    assert peak - baseline < 64 * 2**20  # the second run holds no more: far less than its frames
     name = "streamguard_chunks_dropped_total"
     assert metric_value(metrics, name, stream=stream_id, reason="shed") == stats["chunks_shed"]
-    assert (
-        metric_value(metrics, f"streamguard_service_{name.removeprefix('streamguard_')}", reason="shed")
-        == stats["chunks_shed"]
+    total_shed = metric_value(
+        metrics, f"streamguard_service_{name.removeprefix('streamguard_')}", reason="shed"
     )
+    assert total_shed is not None and total_shed > stats["chunks_shed"]  # the first run's count too
+
+
+def test_a_stream_deleted_while_its_chunk_prefills_leaves_no_metrics_behind(checkpoint, backbone, clip):
+    settings = tiny_settings(checkpoint, allow_file_sources=True)
+    with serve(create_app(settings, backbone, chunk_delay_s=2.0)) as service:
+        stream_id = create_file_stream(service, clip)["id"]
+
+        def prefilling():  # the worker holds a chunk: received, neither pending nor processed
+            stats = service.stream(stream_id)["stats"]
+            return (
+                stats["chunks_received"] - stats["queue_depth"] - stats["chunks_shed"] == 1
+                and not (stats["chunks_processed"])
+            )
+
+        wait_until(prefilling, "a chunk in the worker")
+        final = service.http.delete(f"/v1/streams/{stream_id}").json()
+        assert final["stats"]["chunks_processed"] == 0
+        wait_until(
+            lambda: service.http.get("/healthz").json()["worker"]["chunks_processed"] == 1,
+            "the worker to finish the chunk",
+        )
+        # a new stream is set up on the worker after that chunk: once it is open, the chunk's
+        # callback has run on the loop
+        other = create_file_stream(service, clip)["id"]
+        text = service.http.get("/metrics").text
+        service.http.delete(f"/v1/streams/{other}")
+    assert f'stream="{stream_id}"' not in text
+
+
+def test_an_ended_stream_nobody_watches_is_deleted_after_its_ttl_and_its_answers_stay(
+    checkpoint, backbone, clip
+):
+    settings = tiny_settings(checkpoint, allow_file_sources=True, ended_stream_ttl_s=0.5)
+    with serve(create_app(settings, backbone)) as service:
+        stream_id = create_file_stream(service, clip, realtime=True)["id"]  # ends after 6 s
+        with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+            processed_stream(service, stream_id)  # ended, and kept while a client is on it
+            ask(ws, "q", max_tokens=2)
+            assert (
+                receive_until(ws, lambda event: event["type"] != "answer.delta")[-1]["type"] == "answer.done"
+            )
+        # the client left the ended stream: it goes after the TTL, its answer log stays
+        wait_until(
+            lambda: service.http.get(f"/v1/streams/{stream_id}").status_code == 404, "the stream to expire"
+        )
+        log = service.http.get(f"/v1/streams/{stream_id}/answers").json()
+        text = service.http.get("/metrics").text
+    assert log["stream"]["state"] == "ended" and [a["question_id"] for a in log["answers"]] == ["q"]
+    assert f'stream="{stream_id}"' not in text
+
+
+def test_healthz_says_down_once_the_worker_is_gone(checkpoint, backbone):
+    app = create_app(tiny_settings(checkpoint), backbone)
+    with serve(app) as service:
+        assert service.http.get("/healthz").json()["status"] == "ok"
+        asyncio.run(app.state.registry.scheduler.stop())  # the worker thread ends
+        response = service.http.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "down" and not response.json()["worker"]["alive"]
 
 
 def test_tokens_in_request_lines_are_blanked_in_the_server_log():

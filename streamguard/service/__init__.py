@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from streamguard.service.app import create_app
+from streamguard.service.app import create_app, server_config
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "server_config"]

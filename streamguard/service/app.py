@@ -2,7 +2,7 @@
 
 `create_app(settings)` builds one service instance; its lifespan loads the backbone (once per
 process, unless one is passed in), starts the inference worker, and on shutdown deletes every
-stream and joins the worker.
+stream and joins the worker. `server_config` is how uvicorn runs it (the transport's limits).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
-from streamguard.config import Settings
+from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.service.auth import authenticate, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
@@ -34,15 +35,19 @@ from streamguard.service.protocol import (
     ApiError,
     CreateStreamRequest,
     ServiceError,
+    ServiceStats,
     StreamInfo,
     StreamList,
     describe_errors,
+    validation_code,
 )
 from streamguard.service.streams import StreamRegistry, open_source, unknown_stream
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
 
-ERROR_RESPONSES: dict[int | str, dict] = {status: {"model": ApiError} for status in (401, 403, 404, 422, 429)}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ApiError} for status in (401, 403, 404, 422, 429, 503)
+}
 
 Token = Annotated[str, Depends(require_token)]
 
@@ -93,10 +98,18 @@ async def stream_answers(
     return AnswerLog(stream=record, answers=await registry.store.answers(stream_id, limit))
 
 
+@api.get("/stats")
+async def service_stats(_: Token, registry: Registry) -> ServiceStats:
+    """This worker's totals: every stream it has run, deleted ones included (the queue depth
+    and KV cache figures are of the streams it holds now)."""
+    return registry.totals()
+
+
 @api.websocket("/streams/{stream_id}/ws")
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     """Questions and stats of one stream; see `streamguard.service.protocol` for the messages.
-    Refusals send an `error` event, then close with 4000 + the HTTP status (4401, 4403, 4404)."""
+    Refusals send an `error` event, then close with 4000 + the HTTP status (4401, 4403, 4404);
+    a deleted stream closes with 4410, a client that does not read its events with 4429."""
     await websocket.accept()
     state = websocket.app.state
     try:
@@ -108,7 +121,7 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     except ServiceError as error:
         await refuse(websocket, error)
         return
-    await Connection(websocket, stream, state.settings.service, state.registry.store).serve()
+    await Connection(websocket, stream, state.settings.service, state.registry.store, state.metrics).serve()
 
 
 ops = APIRouter(tags=["operations"])
@@ -121,15 +134,19 @@ async def metrics(request: Request, _: Token) -> Response:
 
 
 @ops.get("/healthz")
-async def healthz(request: Request) -> dict[str, Any]:
+async def healthz(request: Request, response: Response) -> dict[str, Any]:
     """Liveness, the worker's load, and the shared store: `degraded` (with the reason) while Redis
-    is away and the service runs from memory. No stream ids or sources: this needs no token."""
+    is away and the service runs from memory; `down` (HTTP 503) once the inference worker thread
+    is gone. No stream ids or sources: this needs no token."""
     registry: StreamRegistry = request.app.state.registry
     store = registry.store.health()
+    worker = registry.scheduler.stats()
+    if not worker.alive:
+        response.status_code = 503
     return {
-        "status": "ok" if store.up else "degraded",
+        "status": "down" if not worker.alive else "ok" if store.up else "degraded",
         "store": asdict(store),
-        "worker": asdict(registry.scheduler.stats()),
+        "worker": asdict(worker),
     }
 
 
@@ -144,7 +161,11 @@ def create_app(
         # first: an unreachable Redis fails the start before a model loads
         async with contextlib.aclosing(await open_store(settings.cluster)) as store:
             model = backbone or await asyncio.to_thread(load_backbone, settings.model, settings.chunk)
-            scheduler = Scheduler(settings.service.max_pending_chunks, chunk_delay_s)
+            scheduler = Scheduler(
+                settings.service.max_pending_chunks,
+                chunk_delay_s,
+                max_questions_per_stream=settings.service.max_questions_per_stream,
+            )
             scheduler.start()
             registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
             app.state.registry = registry
@@ -179,6 +200,29 @@ def create_app(
     return app
 
 
+def server_config(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+) -> uvicorn.Config:
+    """How uvicorn runs `app` (one built by `create_app`): its lifespan required (a startup that
+    fails stops the server), and the transport's limits."""
+    settings: Settings = app.state.settings
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        ws_max_size=ws_message_limit(settings.service),
+    )
+
+
+def ws_message_limit(settings: ServiceSettings) -> int:
+    """The largest websocket message the transport takes in (uvicorn's `ws_max_size`); a larger
+    one closes the socket (1009) before it is buffered. Twice `max_message_bytes`, so a message
+    a little over the app's own limit still gets a `message_too_large` error and the socket lives."""
+    return 2 * settings.max_message_bytes
+
+
 def mount_web_client(app: FastAPI) -> None:
     """The browser pages (clients/web): the webcam page at `/`, the operator dashboard at
     `/dashboard`; without them `/` shows the API docs. Mounted last: a mount at `/` takes every
@@ -205,5 +249,6 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    error = ServiceError("invalid_request", describe_errors(exc.errors()), status=422)
+    errors = exc.errors()
+    error = ServiceError(validation_code(errors), describe_errors(errors), status=422)
     return JSONResponse(error.body(), status_code=error.status)

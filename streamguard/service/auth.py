@@ -45,8 +45,8 @@ def require_token(request: Request) -> str:
 
 
 def check_stream_quota(settings: ServiceSettings, streams_held: int) -> None:
-    """A token holds at most `max_streams_per_token` streams (ended ones count until deleted:
-    they still hold their cache for questions)."""
+    """A token holds at most `max_streams_per_token` streams (ended ones count until deleted or
+    expired: they still hold their cache for questions)."""
     if streams_held >= settings.max_streams_per_token:
         raise ServiceError(
             "too_many_streams",

@@ -2,7 +2,10 @@
 
 A single sender task writes to the socket, so deltas of concurrent questions, stats and errors
 never interleave mid-frame. Up to `MAX_OPEN_QUESTIONS` questions may run at once, each under
-its own id.
+its own id. Events wait for the sender as JSON text, at most `MAX_OUTBOX_CHARS` of it: a client
+that does not read what it asks for (the socket's buffers full, then the outbox) loses what
+waits, its answers are cancelled, and the socket closes with `WS_CLOSE_SLOW_READER` (reason
+`slow_reader`) once the client reads what was already on the wire.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from streamguard.engine.scheduler import Answer, StreamEndedError
 from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
 from streamguard.service.auth import WS_CLOSE_OFFSET
 from streamguard.service.logs import event
+from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
     AnswerDelta,
     AnswerDone,
@@ -46,8 +50,11 @@ _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
 }
 
 WS_CLOSE_STREAM_ENDED = WS_CLOSE_OFFSET + 410
+WS_CLOSE_SLOW_READER = WS_CLOSE_OFFSET + 429  # reason "slow_reader": the outbox overflowed
 # Questions one socket may have open at once: each holds the stream's chunks back while it runs.
 MAX_OPEN_QUESTIONS = 4
+# JSON text waiting for one socket's sender; a client that lets more pile up is closed.
+MAX_OUTBOX_CHARS = 4 * 2**20
 # A stats tick is skipped while this many events still wait to be sent (a client not reading).
 MAX_OUTBOX_FOR_STATS = 64
 
@@ -65,12 +72,22 @@ async def refuse(websocket: WebSocket, error: ServiceError) -> None:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, stream: Stream, settings: ServiceSettings, store: Store):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        stream: Stream,
+        settings: ServiceSettings,
+        store: Store,
+        metrics: ServiceMetrics,
+    ):
         self.websocket = websocket
         self.stream = stream
         self.settings = settings
         self.store = store
-        self._outbox: asyncio.Queue[BaseModel | _Close] = asyncio.Queue()
+        self.metrics = metrics
+        self._outbox: asyncio.Queue[str | _Close] = asyncio.Queue()
+        self._queued_chars = 0
+        self._overflowed = False
         self._answers: dict[str, Answer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats: asyncio.Task[None] | None = None
@@ -79,22 +96,8 @@ class Connection:
         sender = asyncio.create_task(self._send_all())
         watcher = asyncio.create_task(self._close_when_removed())
         try:
-            while True:
-                try:
-                    message = await self.websocket.receive()
-                except (WebSocketDisconnect, RuntimeError):  # closed under us
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                raw = message.get("text")
-                try:
-                    await self._handle(
-                        parse_client_message(
-                            message["bytes"] if raw is None else raw, self.settings.max_message_bytes
-                        )
-                    )
-                except ServiceError as error:
-                    self._send(error.event())
+            with self.stream.watched():
+                await self._receive_all()
         finally:
             for answer in self._answers.values():
                 answer.cancel()  # nobody reads the rest: free the worker
@@ -102,8 +105,51 @@ class Connection:
                 if task is not None:
                     task.cancel()
 
+    async def _receive_all(self) -> None:
+        while True:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):  # closed under us
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            if self._overflowed:  # closing: what the client still sends is not answered
+                continue
+            raw = message.get("text")
+            try:
+                await self._handle(
+                    parse_client_message(
+                        message["bytes"] if raw is None else raw, self.settings.max_message_bytes
+                    )
+                )
+            except ServiceError as error:
+                self._send(error.event())
+
     def _send(self, message: BaseModel | _Close) -> None:
-        self._outbox.put_nowait(message)
+        if self._overflowed:
+            return
+        if isinstance(message, _Close):
+            self._outbox.put_nowait(message)
+            return
+        text = message.model_dump_json()
+        if self._queued_chars + len(text) > MAX_OUTBOX_CHARS:
+            self._overflow()
+            return
+        self._queued_chars += len(text)
+        self._outbox.put_nowait(text)
+
+    def _overflow(self) -> None:
+        """The client does not read: drop what waits, stop its work, close once it reads."""
+        self._overflowed = True
+        self.metrics.slow_readers.inc()
+        event("connection.slow_reader", logging.WARNING, stream=self.stream.id, dropped=self._outbox.qsize())
+        for answer in self._answers.values():
+            answer.cancel()
+        self._unsubscribe()
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._queued_chars = 0
+        self._outbox.put_nowait(_Close(WS_CLOSE_SLOW_READER, "slow_reader"))
 
     async def _send_all(self) -> None:
         # a peer that is already gone ends the sender quietly; the receive loop sees it too
@@ -113,7 +159,8 @@ class Connection:
                 if isinstance(message, _Close):
                     await self.websocket.close(code=message.code, reason=message.reason)
                     return
-                await self.websocket.send_text(message.model_dump_json())
+                self._queued_chars -= len(message)
+                await self.websocket.send_text(message)
 
     async def _close_when_removed(self) -> None:
         await self.stream.removed.wait()

@@ -2,9 +2,12 @@
 
 Per stream (label `stream`, removed when the stream is deleted) and, for the counters, a
 `streamguard_service_*` twin without the label that keeps counting across stream lifetimes.
+The gauges' service-wide figures (`streamguard_service_compression_ratio`, `_queue_depth`,
+`_kv_cache_tokens`, `_kv_cache_bytes`) are read from the registry's totals at scrape time.
 Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"shed"}`:
 `redundant` chunks lost their video to the temporal rule (their audio stayed), `shed` chunks
-never reached the model because it fell behind real time.
+never reached the model because the pipeline fell behind real time (the worker's queue shed
+them, or the source dropped them before the stream could take them).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamguard.cluster.store import StoreHealth
-from streamguard.service.protocol import StreamState
+from streamguard.service.protocol import ServiceStats, StreamState
 
 DROP_REASONS = ("redundant", "shed")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -56,6 +59,23 @@ class _StreamStates(Collector):
         yield family
 
 
+class _ServiceGauges(Collector):
+    """The service-wide gauges, from the registry's totals at scrape time."""
+
+    def __init__(self, totals: Callable[[], ServiceStats]):
+        self._totals = totals
+
+    def collect(self) -> Iterable[Metric]:
+        totals = self._totals()
+        for name, doc, value in (
+            ("compression_ratio", "1 - kept/in tokens, every stream", totals.compression),
+            ("queue_depth", "Chunks waiting for the model, all streams", totals.queue_depth),
+            ("kv_cache_tokens", "Tokens in the KV caches of all streams", totals.kv_tokens),
+            ("kv_cache_bytes", "Bytes of the KV caches of all streams", totals.kv_bytes),
+        ):
+            yield GaugeMetricFamily(f"streamguard_service_{name}", doc, value=value)
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -92,6 +112,11 @@ class ServiceMetrics:
         self.kv_bytes = Gauge(
             "streamguard_kv_cache_bytes", "Bytes of the stream's KV cache", ["stream"], registry=r
         )
+        self.slow_readers = Counter(
+            "streamguard_websocket_slow_readers",
+            "Websocket clients closed (4429) for not reading their events",
+            registry=r,
+        )
         self.first_delta = Histogram(
             "streamguard_answer_time_to_first_delta_seconds",
             "From a question's arrival to its first answer delta",
@@ -112,8 +137,12 @@ class ServiceMetrics:
             self.kv_bytes,
         ]
 
-    def watch_streams(self, count: Callable[[], Mapping[StreamState, int]]) -> None:
+    def watch_streams(
+        self, count: Callable[[], Mapping[StreamState, int]], totals: Callable[[], ServiceStats]
+    ) -> None:
+        """Read the streams held (by state) and the service's totals at every scrape."""
         self.registry.register(_StreamStates(count))
+        self.registry.register(_ServiceGauges(totals))
 
     def watch_store(self, health: Callable[[], StoreHealth]) -> None:
         """`streamguard_store_up` and the answers waiting for it, read at scrape time."""

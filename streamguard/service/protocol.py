@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamRecord
 
@@ -31,11 +32,17 @@ ErrorCode = Literal[
     "missing_token",
     "invalid_token",
     "too_many_streams",
+    "service_full",
     "file_sources_disabled",
     "invalid_source",
+    "unsupported_scheme",
     "source_unreachable",
     "invalid_sdp",
 ]
+
+# Request validation failures with a code of their own: a validator raises
+# `PydanticCustomError(code, message)` and the error response carries that code.
+VALIDATION_CODES: frozenset[ErrorCode] = frozenset({"unsupported_scheme"})
 
 
 class _Message(BaseModel):
@@ -76,8 +83,10 @@ class RtspStreamRequest(_Message):
     def _rtsp_scheme(cls, url: str) -> str:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("rtsp", "rtsps"):
-            raise ValueError(
-                f"an RTSP stream needs an rtsp:// or rtsps:// URL; got scheme {scheme or 'none'!r}"
+            raise PydanticCustomError(
+                "unsupported_scheme",
+                "an RTSP stream needs an rtsp:// or rtsps:// URL; got scheme {scheme}",
+                {"scheme": repr(scheme or "none")},
             )
         if not urlsplit(url).hostname:
             raise ValueError("the RTSP URL has no host")
@@ -126,7 +135,9 @@ class StreamStatsBody(BaseModel):
     chunks_received: int
     chunks_processed: int
     chunks_dropped_redundant: int  # video dropped (or the previous video evicted) as redundant
-    chunks_shed: int  # never processed: the model fell behind real time
+    # Never processed because the pipeline fell behind real time: the oldest pending chunk shed
+    # by the worker's queue, or a chunk the source cut but dropped before the stream took it.
+    chunks_shed: int
     tokens_in: int
     tokens_kept: int
     compression: float  # 1 - kept / in
@@ -138,6 +149,26 @@ class StreamStatsBody(BaseModel):
     reconnects: int  # times the source lost its camera and got it back
     answer_latency: LatencySummary  # time to the first delta
     last_chunk: ChunkOverlay | None
+
+
+class ServiceStats(BaseModel):
+    """`GET /v1/stats`: this worker's totals. The counts cover every stream it has run since it
+    started, deleted ones included; queue depth and KV cache figures are the streams it holds now."""
+
+    streams: dict[StreamState, int]  # held now, by state
+    chunks_received: int
+    chunks_processed: int
+    chunks_dropped_redundant: int
+    chunks_shed: int
+    tokens_in: int
+    tokens_kept: int
+    compression: float  # 1 - kept / in, over all of them
+    queue_depth: int
+    kv_tokens: int
+    kv_bytes: int
+    questions_answered: int
+    reconnects: int
+    answer_latency: LatencySummary  # time to the first delta, the latest answers of every stream
 
 
 class StreamInfo(BaseModel):
@@ -249,6 +280,12 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
 
 # Location items that name a union's tag or the request body, not a field.
 _NOT_FIELDS = {"body", "file", "rtsp", *CLIENT_TYPES}
+
+
+def validation_code(errors: Sequence[Mapping[str, Any]]) -> ErrorCode:
+    """The code of a request that failed validation: a specific one (`VALIDATION_CODES`) when
+    a validator gave it, else `invalid_request`."""
+    return next((error["type"] for error in errors if error["type"] in VALIDATION_CODES), "invalid_request")
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:

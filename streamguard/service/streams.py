@@ -3,6 +3,10 @@
 A stream is a source (anything with `async chunks()`: file, RTSP, WebRTC) whose chunks a task
 submits to the scheduler, plus its own pipeline (session and pruner) on the process's one
 backbone. Stats are updated on the event loop from the scheduler's callbacks.
+
+An ended stream (its source stopped or failed) keeps its cache and answers questions; once no
+websocket client has been on it for `service.ended_stream_ttl_s` it is deleted, so a closed
+browser tab does not hold GPU memory for good.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from streamguard.backbones.base import Backbone
@@ -27,6 +31,7 @@ from streamguard.engine.scheduler import (
     ChunkOutcome,
     QueueStats,
     Scheduler,
+    TooManyQuestionsError,
     UnknownStreamError,
 )
 from streamguard.service.auth import check_stream_quota
@@ -38,6 +43,7 @@ from streamguard.service.protocol import (
     FileStreamRequest,
     LatencySummary,
     ServiceError,
+    ServiceStats,
     StreamInfo,
     StreamKind,
     StreamState,
@@ -51,10 +57,28 @@ if TYPE_CHECKING:
 RTF_WINDOW = 20  # chunks in the rolling real-time factor
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles
 ACTIVE_STATES = (StreamState.STARTING, StreamState.LIVE, StreamState.RECONNECTING)
+FINAL_STATES = (StreamState.ENDED, StreamState.ERROR)
+EXPIRY_CHECK_S = 5.0  # how often ended streams are looked at (more often for a shorter TTL)
+# Stats that add up over every stream the worker has run, deleted ones included.
+COUNTED_STATS = (
+    "chunks_received",
+    "chunks_processed",
+    "chunks_dropped_redundant",
+    "chunks_shed",
+    "tokens_in",
+    "tokens_kept",
+    "questions_answered",
+    "reconnects",
+)
 
 
 class ChunkSource(Protocol):
     """What every ingest source offers (files, RTSP, WebRTC)."""
+
+    @property
+    def chunks_dropped(self) -> int:
+        """Chunks the source cut but dropped unread: its consumer fell behind."""
+        ...
 
     def chunks(self) -> AsyncIterator[AVChunk]: ...
 
@@ -66,8 +90,29 @@ class ReconnectingSource(ChunkSource, Protocol):
     on_state: Callable[[Literal["live", "reconnecting"], str | None], None] | None
 
 
+class LatencyWindow:
+    """The latest answers' times to the first delta, summarised as percentiles."""
+
+    def __init__(self, size: int = LATENCY_WINDOW):
+        self._seconds: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+
+    def summary(self) -> LatencySummary:
+        ordered = sorted(self._seconds)
+        return LatencySummary(
+            count=len(ordered), p50_ms=_percentile_ms(ordered, 0.50), p95_ms=_percentile_ms(ordered, 0.95)
+        )
+
+
 class Stream:
-    """One stream's state and stats; the scheduler's listener for its chunks."""
+    """One stream's state and stats; the scheduler's listener for its chunks.
+
+    Once `removed` is set (the stream is being deleted) the scheduler's late callbacks (a chunk
+    that was prefilling, an answer that was finishing) change nothing, so the stream's metric
+    series, once forgotten, stay gone.
+    """
 
     def __init__(
         self,
@@ -78,7 +123,9 @@ class Stream:
         scheduler: Scheduler,
         metrics: ServiceMetrics,
         chunk_seconds: float,
+        service_latency: LatencyWindow,
     ):
+        """`service_latency` is the window of every stream's answers (the service's totals)."""
         self.id = uuid.uuid4().hex
         self.kind = kind
         self.description = description
@@ -87,8 +134,10 @@ class Stream:
         self.state = StreamState.STARTING
         self.error: str | None = None
         self.created = time.time()
-        self.removed = asyncio.Event()  # set once the stream is deleted
+        self.removed = asyncio.Event()  # set once the stream is being deleted
         self.task: asyncio.Task[None] | None = None
+        self.watchers = 0  # websocket clients on the stream now
+        self.quiet_since = time.monotonic()  # when it ended, or its last watcher left since
         self._scheduler = scheduler
         self._metrics = metrics
         self._chunk_seconds = chunk_seconds
@@ -102,8 +151,10 @@ class Stream:
         self.kv_bytes = 0
         self.questions_answered = 0
         self.reconnects = 0
+        self._source_dropped = 0  # the source's `chunks_dropped` already counted
         self._rtf: deque[float] = deque(maxlen=RTF_WINDOW)
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._latency = LatencyWindow()
+        self._service_latency = service_latency
         self.last_report: ChunkReport | None = None
         if isinstance(source, ReconnectingSource):
             source.on_state = self.source_state
@@ -111,15 +162,32 @@ class Stream:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _set_state(self, state: StreamState, error: str | None = None) -> None:
-        if self.state in (StreamState.ENDED, StreamState.ERROR) or state is self.state:
+        if self.state in FINAL_STATES or state is self.state:
             return
         self.state, self.error = state, error
+        if state in FINAL_STATES:
+            self.quiet_since = time.monotonic()
         details = {} if error is None else {"error": error}
         event("stream.state", stream=self.id, state=state.value, **details)
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[None]:
+        """A websocket client is on the stream: an ended stream is not expired while one is."""
+        self.watchers += 1
+        try:
+            yield
+        finally:
+            self.watchers -= 1
+            self.quiet_since = time.monotonic()
+
+    def expired(self, ttl_s: float, now: float) -> bool:
+        """Ended (or failed) and nobody on it for `ttl_s`."""
+        return self.state in FINAL_STATES and not self.watchers and now - self.quiet_since >= ttl_s
 
     def chunk_received(self, chunk: AVChunk) -> None:
         if self.state is StreamState.STARTING:  # a reconnecting source says itself when it is back
             self._set_state(StreamState.LIVE)
+        self._count_source_drops()
         self.chunks_received += 1
         self._metrics.chunks_received.inc(self.id)
         self._scheduler.submit_chunk(self.id, chunk)
@@ -134,6 +202,18 @@ class Stream:
             self._metrics.source_reconnects.inc(self.id)
             self._set_state(StreamState.LIVE)
 
+    def _count_source_drops(self) -> None:
+        """Chunks the source dropped before the stream took them count as received and shed:
+        the pipeline fell behind real time, as when the worker's queue sheds one."""
+        dropped = self.source.chunks_dropped - self._source_dropped
+        if dropped <= 0:
+            return
+        self._source_dropped += dropped
+        self.chunks_received += dropped
+        if not self.removed.is_set():
+            self._metrics.chunks_received.inc(self.id, dropped)
+            self._metrics.chunks_dropped.inc(self.id, dropped, reason="shed")
+
     def finish(self) -> None:
         self._set_state(StreamState.ENDED)
 
@@ -143,6 +223,8 @@ class Stream:
     # -- scheduler callbacks (StreamListener) ---------------------------------------------
 
     def chunk_processed(self, outcome: ChunkOutcome) -> None:
+        if self.removed.is_set():
+            return
         report, session = outcome.report, outcome.session
         self.chunks_processed += 1
         self.last_report = report
@@ -165,11 +247,15 @@ class Stream:
         m.kv_bytes.labels(self.id).set(self.kv_bytes)
 
     def chunk_failed(self, index: int, error: Exception) -> None:
+        if self.removed.is_set():
+            return
         self.fail(f"chunk {index} could not be processed: {error}")
         if self.task is not None:
             self.task.cancel()
 
     def chunk_shed(self, chunk: AVChunk) -> None:
+        if self.removed.is_set():
+            return
         self._metrics.chunks_dropped.inc(self.id, reason="shed")
         event("chunk.shed", logging.DEBUG, stream=self.id, chunk=chunk.index)
 
@@ -178,13 +264,19 @@ class Stream:
     def ask(self, question_id: str, text: str, max_tokens: int | None) -> Answer:
         if self.removed.is_set():
             raise ServiceError("stream_ended", f"stream {self.id} was deleted", id=question_id)
-        return self._scheduler.ask(self.id, text, max_tokens)
+        try:
+            return self._scheduler.ask(self.id, text, max_tokens)
+        except TooManyQuestionsError as exc:
+            raise ServiceError("too_many_questions", str(exc), id=question_id) from None
 
     def record_answer(self, result: AnswerResult) -> None:
+        if self.removed.is_set():
+            return
         self.questions_answered += 1
         self._metrics.questions.inc(self.id)
         if result.time_to_first_delta_s is not None:
-            self._latencies.append(result.time_to_first_delta_s)
+            self._latency.add(result.time_to_first_delta_s)
+            self._service_latency.add(result.time_to_first_delta_s)
             self._metrics.first_delta.observe(result.time_to_first_delta_s)
 
     # -- stats -----------------------------------------------------------------------------
@@ -220,8 +312,8 @@ class Stream:
         return {name: value for name, value in stats.items() if not isinstance(value, dict)}
 
     def info(self) -> StreamInfo:
+        self._count_source_drops()
         queue = self.queue()
-        latencies = sorted(self._latencies)
         return StreamInfo(
             id=self.id,
             kind=self.kind,
@@ -233,7 +325,7 @@ class Stream:
                 chunks_received=self.chunks_received,
                 chunks_processed=self.chunks_processed,
                 chunks_dropped_redundant=self.chunks_dropped_redundant,
-                chunks_shed=queue.shed,
+                chunks_shed=queue.shed + self._source_dropped,
                 tokens_in=self.tokens_in,
                 tokens_kept=self.tokens_kept,
                 compression=self.compression,
@@ -243,11 +335,7 @@ class Stream:
                 kv_bytes=self.kv_bytes,
                 questions_answered=self.questions_answered,
                 reconnects=self.reconnects,
-                answer_latency=LatencySummary(
-                    count=len(latencies),
-                    p50_ms=_percentile_ms(latencies, 0.50),
-                    p95_ms=_percentile_ms(latencies, 0.95),
-                ),
+                answer_latency=self._latency.summary(),
                 last_chunk=None if self.last_report is None else _overlay(self.last_report),
             ),
         )
@@ -272,13 +360,16 @@ class StreamRegistry:
         self.worker = store.worker
         self._streams: dict[str, Stream] = {}
         self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
-        metrics.watch_streams(self.count_by_state)
+        self._deleted: Counter[str] = Counter()  # the `COUNTED_STATS` of deleted streams
+        self._latency = LatencyWindow()  # every stream's answers
+        metrics.watch_streams(self.count_by_state, self.totals)
         metrics.watch_store(store.health)
+        ttl = settings.service.ended_stream_ttl_s
+        self._expiry = None if ttl is None else asyncio.create_task(self._expire(ttl), name="stream-expiry")
 
     async def open(self, kind: StreamKind, source: ChunkSource, description: str, owner: str) -> Stream:
         """Set up a stream's pipeline on the worker, then start consuming its source."""
-        held = sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
-        check_stream_quota(self.settings.service, held)
+        self._check_room(owner)
         self._opening[owner] += 1
         try:
             # the session prefills its prompt prefix: a model call, so it runs on the worker
@@ -286,16 +377,42 @@ class StreamRegistry:
         finally:
             self._opening[owner] -= 1
         stream = Stream(
-            kind, description, owner, source, self.scheduler, self.metrics, self.settings.chunk.seconds
+            kind,
+            description,
+            owner,
+            source,
+            self.scheduler,
+            self.metrics,
+            self.settings.chunk.seconds,
+            self._latency,
         )
         self._streams[stream.id] = stream
         self.scheduler.register(stream.id, pipeline, stream)
         self.metrics.add_stream(stream.id)
-        await self._save(stream)
-        await self.store.acquire_lease(stream.id)  # a new id: no other worker holds it
+        try:
+            # the lease first: the store never holds an active record nobody leases (claimable)
+            await self.store.acquire_lease(stream.id)  # a new id: no other worker holds it
+            await self._save(stream)
+        except BaseException:  # no stream came of it: nothing of it may stay behind
+            del self._streams[stream.id]
+            self._discard(stream)
+            raise
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{stream.id}")
         event("stream.created", stream=stream.id, kind=kind.value, source=description)
         return stream
+
+    def _check_room(self, owner: str) -> None:
+        """The token's quota, then the worker's `max_streams` (streams being set up count)."""
+        held = sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
+        check_stream_quota(self.settings.service, held)
+        limit = self.settings.service.max_streams
+        if len(self._streams) + self._opening.total() >= limit:
+            raise ServiceError(
+                "service_full",
+                f"this worker holds its limit of {limit} streams (service.max_streams); "
+                "try again once one is deleted or expires",
+                status=503,
+            )
 
     async def _consume(self, stream: Stream) -> None:
         try:
@@ -304,7 +421,7 @@ class StreamRegistry:
                     stream.chunk_received(chunk)
                     if stream.chunks_received == 1:  # now live
                         await self._save(stream)
-        except Exception as exc:
+        except Exception as exc:  # the source's failure, e.g. an RTSP camera given up
             stream.fail(str(exc) or type(exc).__name__)
             event(
                 "stream.source_failed",
@@ -344,10 +461,29 @@ class StreamRegistry:
     def count_by_state(self) -> Counter[StreamState]:
         return Counter(stream.state for stream in self._streams.values())
 
+    def totals(self) -> ServiceStats:
+        """Every stream this worker has run, deleted ones included; the queue and KV figures
+        are of the streams it holds now."""
+        held = [stream.info().stats for stream in self._streams.values()]
+        counted = {
+            name: self._deleted[name] + sum(getattr(stats, name) for stats in held) for name in COUNTED_STATS
+        }
+        tokens_in, tokens_kept = counted["tokens_in"], counted["tokens_kept"]
+        return ServiceStats(
+            streams=dict(self.count_by_state()),
+            **counted,
+            compression=1.0 - tokens_kept / tokens_in if tokens_in else 0.0,
+            queue_depth=sum(stats.queue_depth for stats in held),
+            kv_tokens=sum(stats.kv_tokens for stats in held),
+            kv_bytes=sum(stats.kv_bytes for stats in held),
+            answer_latency=self._latency.summary(),
+        )
+
     async def delete(self, stream_id: str) -> StreamInfo:
         """Stop the source, end open questions, free the cache; returns the final stats."""
         stream = self.get(stream_id)
         del self._streams[stream_id]
+        stream.removed.set()  # from here on the scheduler's late callbacks are ignored
         if stream.task is not None:
             stream.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -355,9 +491,8 @@ class StreamRegistry:
         stream.finish()
         await self._save(stream)  # the record (and its answer log) outlives the stream
         final = stream.info()
-        self.scheduler.unregister(stream_id)
-        self.metrics.forget(stream_id)
-        stream.removed.set()
+        self._deleted.update({name: getattr(final.stats, name) for name in COUNTED_STATS})
+        self._discard(stream)
         event(
             "stream.deleted",
             stream=stream_id,
@@ -367,7 +502,30 @@ class StreamRegistry:
         )
         return final
 
+    def _discard(self, stream: Stream) -> None:
+        """Free what the stream holds in the scheduler (its cache) and the metrics."""
+        stream.removed.set()
+        self.scheduler.unregister(stream.id)
+        self.metrics.forget(stream.id)
+
+    async def _expire(self, ttl_s: float) -> None:
+        """Delete the streams that ended and have had no websocket client for `ttl_s`."""
+        while True:
+            await asyncio.sleep(min(ttl_s, EXPIRY_CHECK_S))
+            now = time.monotonic()
+            for stream in self.all():
+                if stream.expired(ttl_s, now) and stream.id in self._streams:
+                    event("stream.expired", stream=stream.id, state=stream.state.value, ttl_s=ttl_s)
+                    try:
+                        await self.delete(stream.id)
+                    except Exception:  # one stream's failure must not stop the expiry of the others
+                        event("stream.expiry_failed", logging.ERROR, exc_info=True, stream=stream.id)
+
     async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         for stream_id in list(self._streams):
             await self.delete(stream_id)
 
@@ -398,7 +556,7 @@ async def open_source(
         return source, StreamKind.FILE, request.path
     from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
 
-    source = RtspSource(request.url, settings.chunk)
+    source = RtspSource(request.url, settings.chunk, max_pending_chunks=settings.service.max_pending_chunks)
     try:  # a camera that cannot be reached is refused now, not found dead in the stream list
         await source.check()
     except SourceUnreachable as exc:
