@@ -20,12 +20,18 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from service_helpers import TIMEOUT_S, TOKEN, receive_until, serve, tiny_settings, wait_until
 
+from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.cluster import MemoryStore
 from streamguard.config import ChunkSettings
+from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.chunker import AVChunk
 from streamguard.ingest.synthetic import generate_audio, generate_frames
 from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
 from streamguard.service import create_app
+from streamguard.service.metrics import ServiceMetrics
+from streamguard.service.protocol import StreamKind
+from streamguard.service.streams import StreamRegistry
 
 T = TypeVar("T")
 
@@ -459,7 +465,7 @@ async def test_a_consumer_that_does_not_read_holds_a_bounded_backlog():
     await asyncio.wait_for(ended(source), TIMEOUT_S)
     stats = source.stats
     assert max(backlog) <= 3 and source.backlog == 3
-    assert stats.chunks_emitted == 10 and stats.chunks_dropped == 7
+    assert stats.chunks_emitted == 10 and stats.chunks_dropped == source.chunks_dropped == 7
     assert stats.video_frames_received == 20 * FPS and stats.audio_frames_received == 1000
     assert stats.video_frames_converted == 10 * SETTINGS.frames_per_chunk  # of 300 received
     kept = await read_all(source)
@@ -469,3 +475,32 @@ async def test_a_consumer_that_does_not_read_holds_a_bounded_backlog():
 async def ended(source: WebRtcSource) -> None:
     while not source.ended:
         await asyncio.sleep(0.01)
+
+
+async def test_chunks_the_source_dropped_count_as_received_and_shed_in_the_stream(checkpoint):
+    settings = tiny_settings(checkpoint)
+    scheduler = Scheduler(settings.service.max_pending_chunks)
+    scheduler.start()
+    metrics = ServiceMetrics()
+    registry = StreamRegistry(
+        settings, load_backbone(settings.model, settings.chunk), scheduler, metrics, MemoryStore()
+    )
+    wire = Wire(scripted_av(seconds=20.0, video_start=0.0, event=0.0))
+    source = WebRtcSource(SETTINGS, clock=wire.clock, max_pending_chunks=3)
+    source.add_track(wire.track("audio"))
+    source.add_track(wire.track("video"))
+    try:
+        await asyncio.wait_for(ended(source), TIMEOUT_S)  # 10 chunks cut before the stream reads: 7 dropped
+        stream = await registry.open(StreamKind.WEBRTC, source, "scripted peer", owner=TOKEN)
+        deadline = time.monotonic() + TIMEOUT_S
+        while stream.info().stats.chunks_processed < 3:
+            assert time.monotonic() < deadline, "timed out waiting for the kept chunks"
+            await asyncio.sleep(0.05)
+        stats = stream.info().stats
+        text = metrics.exposition().decode()
+    finally:
+        await registry.close()
+        await scheduler.stop()
+    assert (stats.chunks_received, stats.chunks_processed, stats.chunks_shed) == (10, 3, 7)
+    assert f'streamguard_chunks_dropped_total{{reason="shed",stream="{stream.id}"}} 7.0' in text
+    assert f'streamguard_chunks_received_total{{stream="{stream.id}"}} 10.0' in text
