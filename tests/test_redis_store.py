@@ -22,7 +22,12 @@ from streamguard.cluster import AnswerRecord, StoreUnavailableError, StreamRecor
 from streamguard.cluster.fallback import FallbackStore
 from streamguard.cluster.redis_store import RedisStore
 from streamguard.config import ClusterSettings, load_settings
+from streamguard.engine.scheduler import Scheduler
+from streamguard.ingest.files import FileSource
 from streamguard.service import create_app
+from streamguard.service.metrics import ServiceMetrics
+from streamguard.service.protocol import StreamKind
+from streamguard.service.streams import StreamRegistry
 
 pytestmark = pytest.mark.redis
 
@@ -429,3 +434,33 @@ def test_a_second_worker_reads_the_first_ones_streams_and_answers(checkpoint, cl
             assert (
                 second.http.get(f"/v1/streams/{stream_id}").status_code == 404
             )  # questions go to its worker
+
+
+async def test_a_stream_whose_lease_or_record_cannot_be_written_leaves_nothing_behind(
+    checkpoint, clip, tmp_path
+):
+    settings = tiny_settings(checkpoint, max_streams_per_token=1)
+    scheduler = Scheduler(settings.service.max_pending_chunks)
+    scheduler.start()
+    metrics = ServiceMetrics()
+    with redis_server(tmp_path) as redis_process:
+        # Redis itself, without the fallback to memory: a store whose writes fail
+        store = await RedisStore.connect(ClusterSettings(redis_url=redis_process.url, timeout_s=1.0), "w1")
+        registry = StreamRegistry(
+            settings, load_backbone(settings.model, settings.chunk), scheduler, metrics, store
+        )
+        source = FileSource(clip("short.mp4", 2.0), settings.chunk)
+        try:
+            redis_process.kill()
+            with pytest.raises(StoreUnavailableError):
+                await registry.open(StreamKind.FILE, source, "a file", owner="token")
+            assert registry.all() == [] and scheduler.stats().streams == 0
+            assert 'stream="' not in metrics.exposition().decode()
+            redis_process.start()
+            # the token's one slot is free again: the failed stream holds nothing
+            stream = await registry.open(StreamKind.FILE, source, "a file", owner="token")
+            assert [s.id for s in registry.all()] == [stream.id]
+        finally:
+            await registry.close()
+            await scheduler.stop()
+            await store.aclose()
