@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -328,7 +329,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(settings, backbone), host=host, port=port, log_level="debug" if args.verbose else "info"
     )
     redact_server_logs()  # after the Config: it sets uvicorn's logging up
-    uvicorn.Server(config).run()
+    # Ctrl-C: uvicorn shuts down cleanly, then raises the signal again for the caller to see
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
     return 0
 
 
