@@ -141,10 +141,12 @@ async def healthz(request: Request, response: Response) -> dict[str, Any]:
     registry: StreamRegistry = request.app.state.registry
     store = registry.store.health()
     worker = registry.scheduler.stats()
-    if not worker.alive:
-        response.status_code = 503
+    if worker.alive:
+        status = "ok" if store.up else "degraded"
+    else:
+        status, response.status_code = "down", 503
     return {
-        "status": "down" if not worker.alive else "ok" if store.up else "degraded",
+        "status": status,
         "store": asdict(store),
         "worker": asdict(worker),
     }

@@ -394,8 +394,8 @@ class StreamRegistry:
             await self.store.acquire_lease(stream.id)  # a new id: no other worker holds it
             await self._save(stream)
         except BaseException:  # no stream came of it: nothing of it may stay behind
-            del self._streams[stream.id]
-            self._discard(stream)
+            self._withdraw(stream)
+            self._release(stream)
             raise
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{stream.id}")
         event("stream.created", stream=stream.id, kind=kind.value, source=description)
@@ -482,8 +482,7 @@ class StreamRegistry:
     async def delete(self, stream_id: str) -> StreamInfo:
         """Stop the source, end open questions, free the cache; returns the final stats."""
         stream = self.get(stream_id)
-        del self._streams[stream_id]
-        stream.removed.set()  # from here on the scheduler's late callbacks are ignored
+        self._withdraw(stream)
         if stream.task is not None:
             stream.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -492,7 +491,7 @@ class StreamRegistry:
         await self._save(stream)  # the record (and its answer log) outlives the stream
         final = stream.info()
         self._deleted.update({name: getattr(final.stats, name) for name in COUNTED_STATS})
-        self._discard(stream)
+        self._release(stream)
         event(
             "stream.deleted",
             stream=stream_id,
@@ -502,9 +501,13 @@ class StreamRegistry:
         )
         return final
 
-    def _discard(self, stream: Stream) -> None:
-        """Free what the stream holds in the scheduler (its cache) and the metrics."""
+    def _withdraw(self, stream: Stream) -> None:
+        """Out of the registry; from here on the scheduler's late callbacks change nothing."""
+        del self._streams[stream.id]
         stream.removed.set()
+
+    def _release(self, stream: Stream) -> None:
+        """Free what the stream holds in the scheduler (its cache) and in the metrics."""
         self.scheduler.unregister(stream.id)
         self.metrics.forget(stream.id)
 
@@ -514,7 +517,7 @@ class StreamRegistry:
             await asyncio.sleep(min(ttl_s, EXPIRY_CHECK_S))
             now = time.monotonic()
             for stream in self.all():
-                if stream.expired(ttl_s, now) and stream.id in self._streams:
+                if stream.expired(ttl_s, now) and stream.id in self._streams:  # not deleted meanwhile
                     event("stream.expired", stream=stream.id, state=stream.state.value, ttl_s=ttl_s)
                     try:
                         await self.delete(stream.id)
