@@ -46,6 +46,11 @@ class ChunkSettings(BaseModel):
         return round(self.seconds * self.sample_rate)
 
 
+# What a chunk's semantic scores are measured against: the A2V predictor's ĥ_t, the mean audio
+# embedding (no predictor configured, or the "mean_audio" baseline), or nothing (method "none").
+ReferenceMode = Literal["a2v", "mean_audio", "none"]
+
+
 class PruningSettings(BaseModel):
     method: Literal["none", "contextguard", "random", "high", "mean_audio"] = "contextguard"
     rho_sem: float = Field(0.5, ge=0.0, le=1.0)

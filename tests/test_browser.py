@@ -116,6 +116,8 @@ def test_webcam_page_streams_answers_and_shows_what_was_kept(service, browser):
         expect(answer.locator(".meta")).to_contain_text("tokens")
         expect(page.locator("#history")).to_have_attribute("aria-busy", "false")
         expect(page.locator("dd[data-stat=questions_answered]")).to_have_text("1")
+        # the tiny config has no A2V predictor: the page says ContextGuard runs on its fallback
+        expect(page.locator("#pruning")).to_contain_text("no A2V predictor configured")
 
         kept_pixels = page.wait_for_function(KEPT_PIXELS).json_value()
         assert kept_pixels > 0
@@ -148,6 +150,7 @@ def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
         page.get_by_role("button", name="Add camera").click()
         card = page.locator(".stream-card").filter(has_text=camera.url)
         expect(card).to_have_attribute("data-state", "live")
+        expect(card.locator(".pruning")).to_contain_text("contextguard, drop policy current")
         expect(page.get_by_role("button", name="Add camera")).to_be_enabled()
         stream_id = card.get_attribute("data-stream-id")
         page.wait_for_function(CARD_CHUNKS_ABOVE, arg=[stream_id, 0])

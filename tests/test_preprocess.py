@@ -15,7 +15,9 @@ from streamguard.config import load_settings
 def backbone(tmp_path_factory):
     settings = load_settings("tiny")
     folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-    return QwenOmniBackbone.from_settings(settings.model.model_copy(update={"path": str(folder)}), settings.chunk)
+    return QwenOmniBackbone.from_settings(
+        settings.model.model_copy(update={"path": str(folder)}), settings.chunk
+    )
 
 
 def official(backbone, frames, audio):
@@ -76,9 +78,10 @@ def test_the_encoders_give_2x_grid_video_and_50_audio_tokens(backbone):
 def test_short_audio_is_padded_with_silence(backbone):
     short = tone(10000)
     padded = np.concatenate([short, np.zeros(22000, dtype=np.float32)])
-    assert torch.equal(backbone.preprocess(frames_of((84, 112, 3)), short).input_features, official(
-        backbone, frames_of((84, 112, 3)), padded
-    )[2])
+    assert torch.equal(
+        backbone.preprocess(frames_of((84, 112, 3)), short).input_features,
+        official(backbone, frames_of((84, 112, 3)), padded)[2],
+    )
 
 
 def test_missing_audio_is_silence_and_long_audio_is_cut(backbone):
@@ -86,7 +89,9 @@ def test_missing_audio_is_silence_and_long_audio_is_cut(backbone):
     silent = official(backbone, frames, np.zeros(32000, dtype=np.float32))[2]
     assert torch.equal(backbone.preprocess(frames, None).input_features, silent)
     long = tone(40000)
-    assert torch.equal(backbone.preprocess(frames, long).input_features, official(backbone, frames, long[:32000])[2])
+    assert torch.equal(
+        backbone.preprocess(frames, long).input_features, official(backbone, frames, long[:32000])[2]
+    )
 
 
 def test_int16_and_stereo_audio_become_float_mono(backbone):
@@ -103,10 +108,14 @@ def test_int16_and_stereo_audio_become_float_mono(backbone):
 def test_grey_and_rgba_frames_are_converted_to_rgb(backbone):
     grey = [f[..., 0] for f in frames_of((84, 112, 3))]
     as_rgb = [np.repeat(f[..., None], 3, axis=-1) for f in grey]
-    assert torch.equal(backbone.preprocess(grey, tone()).pixel_values_videos, official(backbone, as_rgb, tone())[0])
+    assert torch.equal(
+        backbone.preprocess(grey, tone()).pixel_values_videos, official(backbone, as_rgb, tone())[0]
+    )
     rgb = frames_of((84, 112, 3), seed=3)
     rgba = [np.concatenate([f, np.full((84, 112, 1), 7, np.uint8)], axis=-1) for f in rgb]
-    assert torch.equal(backbone.preprocess(rgba, tone()).pixel_values_videos, official(backbone, rgb, tone())[0])
+    assert torch.equal(
+        backbone.preprocess(rgba, tone()).pixel_values_videos, official(backbone, rgb, tone())[0]
+    )
 
 
 def test_fewer_frames_repeat_the_last_and_no_frames_mean_no_video(backbone):

@@ -112,6 +112,13 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
     stream_id = created["id"]
     assert created["kind"] == "file" and created["state"] in ("starting", "live", "ended")
     assert created["stats"]["chunks_processed"] == 0
+    assert created["chunk"] == {"seconds": 2.0, "fps": 2.0}
+    # the tiny config names no A2V predictor: the stream says it scores against the mean audio
+    assert created["pruning"] == {
+        "method": "contextguard",
+        "drop_policy": "current",
+        "semantic_reference": "mean_audio",
+    }
     stream = processed_stream(service, stream_id)
     stats = stream["stats"]
     assert stats["chunks_processed"] == 3 and stats["chunks_shed"] == 0

@@ -2,11 +2,11 @@
 
 import { ApiError, UnreachableError, removeStream, removeStreamOnUnload, serviceReachable } from "./api.js";
 import { Backoff } from "./backoff.js";
-import { FrameHistory, chunkTiming, clearOverlay, drawOverlay } from "./overlay.js";
+import { FrameHistory, clearOverlay, drawOverlay } from "./overlay.js";
 import { QuestionLog } from "./questions.js";
 import { StreamSocket } from "./socket.js";
 import { showCountdown, showState } from "./state.js";
-import { renderStats } from "./stats.js";
+import { describePruning, renderStats } from "./stats.js";
 import { TokenGate } from "./token.js";
 import { connectPeer, openCamera } from "./webrtc.js";
 
@@ -41,6 +41,7 @@ const ui = {
   ask: byId("ask"),
   stats: byId("stats"),
   statsHint: byId("stats-hint"),
+  pruning: byId("pruning"),
   overlay: byId("overlay"),
   caption: byId("overlay-caption"),
 };
@@ -62,7 +63,7 @@ let cameraError = ""; // why there is no media, the news until the camera works
 let peer = null;
 let socket = null;
 let streamId = null;
-let timing = null; // the stream's chunk length and sampling rate (chunkTiming)
+let timing = null; // the stream's chunk length and sampling rate (StreamInfo.chunk)
 let lastChunk = null; // the ChunkOverlay on show
 let questionCount = 0;
 let signedIn = false;
@@ -145,7 +146,7 @@ async function connect() {
   }
   peer = connection.peer;
   streamId = connection.stream.id;
-  timing = chunkTiming(connection.stream);
+  timing = connection.stream.chunk;
   sourceEnded = false;
   mediaInterrupted = false;
   peer.addEventListener("connectionstatechange", mediaStateChanged);
@@ -174,6 +175,7 @@ function clearStreamView() {
   ui.caption.textContent = NO_CHUNK.caption;
   ui.stats.replaceChildren();
   ui.statsHint.hidden = false;
+  ui.pruning.hidden = true;
 }
 
 /** The state line while the stream's socket is open. */
@@ -218,6 +220,8 @@ function mediaStateChanged(event) {
 
 function showStream(stream) {
   ui.statsHint.hidden = true;
+  ui.pruning.hidden = false;
+  ui.pruning.textContent = describePruning(stream.pruning);
   renderStats(ui.stats, PAGE_STATS, stream.stats);
   const chunk = stream.stats.last_chunk;
   if (chunk && chunk.index !== lastChunk?.index) {

@@ -5,8 +5,6 @@
 // token covering a 28×28-pixel square of the `resized_hw` frame the model saw. Kept tokens
 // are flat indices j = f·H·W + h·W + w, listed by the branch that kept them.
 
-// ChunkSettings' defaults (streamguard/config.py), for a service that does not say its own
-const DEFAULT_TIMING = { seconds: 2, fps: 2 };
 const HISTORY_SECONDS = 30; // how far the service may lag before a chunk's frames are forgotten
 const SNAPSHOT_WIDTH = 320;
 const PANEL_WIDTH = 320;
@@ -22,15 +20,6 @@ const COLOURS = {
   grid: "rgba(255, 255, 255, 0.22)",
   label: "#e2e8f0",
 };
-
-/**
- * How the service cuts `stream` (a StreamInfo): each chunk's length in seconds, and the frames
- * a second it samples; the F temporal patches split a chunk evenly.
- * @returns {{seconds: number, fps: number}}
- */
-export function chunkTiming(stream) {
-  return stream.chunk ?? DEFAULT_TIMING;
-}
 
 /**
  * Snapshots of the local preview, timed from when the stream started. The service keeps no
@@ -90,7 +79,7 @@ export class FrameHistory {
  * @param {HTMLCanvasElement} canvas
  * @param {object} chunk
  * @param {FrameHistory} frames
- * @param {number} chunkSeconds  the chunk's length (chunkTiming)
+ * @param {number} chunkSeconds  the chunk's length (StreamInfo.chunk.seconds)
  * @returns {string} a one-line description for people
  */
 export function drawOverlay(canvas, chunk, frames, chunkSeconds) {

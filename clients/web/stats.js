@@ -47,6 +47,27 @@ export const STAT_FIELDS = {
   },
 };
 
+const REFERENCES = {
+  a2v: "the A2V predictor",
+  mean_audio: "the mean audio embedding",
+  none: "nothing",
+};
+
+/**
+ * One line on how a stream is pruned (PruningInfo in service/protocol.py), saying plainly when
+ * ContextGuard runs without its A2V predictor.
+ * @param {{method: string, drop_policy: string, semantic_reference: string}} pruning
+ */
+export function describePruning({ method, drop_policy: policy, semantic_reference: reference }) {
+  if (method === "none") return "Pruning: off (every token kept).";
+  const fallback = method === "contextguard" && reference === "mean_audio";
+  const against = `video scored against ${REFERENCES[reference] ?? reference}`;
+  return (
+    `Pruning: ${method}, drop policy ${policy}; ${against}` +
+    (fallback ? " (no A2V predictor configured: the weaker fallback)." : ".")
+  );
+}
+
 /**
  * Fill a <dl> with the named stats; the elements are made once and then updated in place,
  * so a screen reader's position and the layout do not jump every tick.

@@ -1,7 +1,7 @@
 // One stream on the dashboard: its state, stats, a live plot of dropped chunks, a remove button.
 
 import { drawSharePlot } from "./plot.js";
-import { renderStats } from "./stats.js";
+import { describePruning, renderStats } from "./stats.js";
 
 const CARD_STATS = [
   "chunks_received",
@@ -42,6 +42,7 @@ export class StreamCard {
         <span class="badges"><span class="badge stream-kind"></span> <span class="badge stream-state"></span></span>
       </header>
       <p class="stream-id"></p>
+      <p class="pruning"></p>
       <p class="error" hidden></p>
       <dl class="stats"></dl>
       <figure>
@@ -65,6 +66,7 @@ export class StreamCard {
     this.title.textContent = stream.source;
     this.kind.textContent = stream.kind;
     this.element.querySelector(".stream-id").textContent = `id ${stream.id}`;
+    this.element.querySelector(".pruning").textContent = describePruning(stream.pruning);
     this.removeButton.setAttribute("aria-label", `Remove stream ${this.name}`);
     this.removeButton.addEventListener("click", () => onRemove(this));
   }

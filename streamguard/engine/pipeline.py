@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from streamguard.backbones.base import Backbone, EncodedChunk
-from streamguard.config import Settings
+from streamguard.config import ReferenceMode, Settings
 from streamguard.engine.session import CachedChunk, StreamSession
-from streamguard.pruning.a2v import ReferenceMode
 from streamguard.pruning.pruner import PruneDecision, Pruner
 
 if TYPE_CHECKING:

@@ -22,10 +22,6 @@ from torch import nn
 
 logger = logging.getLogger("streamguard.pruning")
 
-# What a chunk's semantic scores are measured against: the predictor's ĥ_t, the mean audio
-# embedding (no predictor, or the "mean_audio" baseline), or nothing (method "none").
-ReferenceMode = Literal["a2v", "mean_audio", "none"]
-
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "a2v_config.json"
 _FORMAT = "streamguard-a2v/1"

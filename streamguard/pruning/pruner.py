@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from streamguard.backbones.base import Backbone, EncodedChunk
-from streamguard.config import PruningSettings
-from streamguard.pruning.a2v import ReferenceMode, SemanticReference, load_predictor
+from streamguard.config import PruningSettings, ReferenceMode
+from streamguard.pruning.a2v import SemanticReference, load_predictor
 from streamguard.pruning.baselines import select_for_method
 from streamguard.pruning.select import Selection
 from streamguard.pruning.temporal import OnlineDropRule

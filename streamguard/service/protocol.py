@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamRecord
+from streamguard.config import ReferenceMode
 
 ErrorCode = Literal[
     # websocket messages
@@ -171,6 +172,23 @@ class ServiceStats(BaseModel):
     answer_latency: LatencySummary  # time to the first delta, the latest answers of every stream
 
 
+class ChunkTiming(BaseModel):
+    """How the stream is cut: a chunk's length and its pictures per second."""
+
+    seconds: float
+    fps: float
+
+
+class PruningInfo(BaseModel):
+    """How the stream's chunks are pruned (the `pruning:` settings it was opened with)."""
+
+    method: str
+    drop_policy: str  # "off" for method "none"
+    # What semantic scores are measured against: "a2v" (the predictor's ĥ_t), "mean_audio" (no
+    # predictor configured: the paper's weaker fallback, or the mean_audio baseline), or "none".
+    semantic_reference: ReferenceMode
+
+
 class StreamInfo(BaseModel):
     id: str
     kind: StreamKind
@@ -178,6 +196,8 @@ class StreamInfo(BaseModel):
     state: StreamState
     error: str | None
     created: float  # unix seconds
+    chunk: ChunkTiming
+    pruning: PruningInfo
     stats: StreamStatsBody
 
 

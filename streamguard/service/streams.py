@@ -39,9 +39,11 @@ from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
     ChunkOverlay,
+    ChunkTiming,
     CreateStreamRequest,
     FileStreamRequest,
     LatencySummary,
+    PruningInfo,
     ServiceError,
     ServiceStats,
     StreamInfo,
@@ -122,7 +124,8 @@ class Stream:
         source: ChunkSource,
         scheduler: Scheduler,
         metrics: ServiceMetrics,
-        chunk_seconds: float,
+        chunk: ChunkTiming,
+        pruning: PruningInfo,
         service_latency: LatencyWindow,
     ):
         """`service_latency` is the window of every stream's answers (the service's totals)."""
@@ -140,7 +143,8 @@ class Stream:
         self.quiet_since = time.monotonic()  # when it ended, or its last watcher left since
         self._scheduler = scheduler
         self._metrics = metrics
-        self._chunk_seconds = chunk_seconds
+        self.chunk = chunk
+        self.pruning = pruning
         self._queue = QueueStats(0, 0)
         self.chunks_received = 0
         self.chunks_processed = 0
@@ -232,7 +236,7 @@ class Stream:
         self.tokens_in = session.video_tokens_in + session.audio_tokens
         self.tokens_kept = session.video_tokens_kept + session.audio_tokens
         self.kv_tokens, self.kv_bytes = outcome.cache_tokens, outcome.cache_bytes
-        self._rtf.append(outcome.seconds / self._chunk_seconds)
+        self._rtf.append(outcome.seconds / self.chunk.seconds)
         m = self._metrics
         m.chunks_processed.inc(self.id)
         if report.video_dropped or report.previous_video_evicted:
@@ -321,6 +325,8 @@ class Stream:
             state=self.state,
             error=self.error,
             created=self.created,
+            chunk=self.chunk,
+            pruning=self.pruning,
             stats=StreamStatsBody(
                 chunks_received=self.chunks_received,
                 chunks_processed=self.chunks_processed,
@@ -383,7 +389,12 @@ class StreamRegistry:
             source,
             self.scheduler,
             self.metrics,
-            self.settings.chunk.seconds,
+            ChunkTiming(seconds=self.settings.chunk.seconds, fps=self.settings.chunk.fps),
+            PruningInfo(
+                method=self.settings.pruning.method,
+                drop_policy=pipeline.pruner.drop_rule.policy,
+                semantic_reference=pipeline.pruner.reference_mode,
+            ),
             self._latency,
         )
         self._streams[stream.id] = stream
