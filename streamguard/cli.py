@@ -95,6 +95,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"KV cache {summary['kv_tokens']} tokens, {summary['kv_bytes'] / 2**20:.2f} MiB; "
         f"real-time factor {summary['real_time_factor']:.2f}"
     )
+    if pipeline.pruner.reference_mode == "mean_audio" and settings.pruning.method == "contextguard":
+        out.print(
+            "semantic reference: the mean audio embedding, ContextGuard's weaker fallback "
+            "(no A2V predictor: train one with `streamguard train-a2v`, then set --predictor)"
+        )
     if args.question and not answered:
         _ask(session, args.question, reports[-1].start + settings.chunk.seconds)
     if args.json:

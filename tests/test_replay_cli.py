@@ -26,6 +26,7 @@ def test_replay_prints_chunks_compression_and_an_answer(tiny_model, tmp_path, ca
     assert replay(tiny_model, str(clip), "-q", "What is happening?", "--at", "4", "--json", str(report)) == 0
     printed = capsys.readouterr().out
     assert "compression:" in printed and "Q (at 4 s): What is happening?" in printed and "A: " in printed
+    assert "semantic reference: the mean audio embedding" in printed  # no predictor configured
     data = json.loads(report.read_text())
     assert [c["index"] for c in data["chunks"]] == [0, 1, 2]
     assert all(c["audio_tokens"] == 50 and c["video_tokens_in"] > 0 for c in data["chunks"])
