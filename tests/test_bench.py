@@ -133,7 +133,10 @@ def test_memory_is_bounded_by_the_budget_and_pruning_shrinks_it(bench):
 def test_concurrency_accounts_for_every_chunk(bench):
     _, result = bench
     figure = result["concurrency"]
-    assert [r["streams"] for r in figure["rows"]] == [1, 2]
+    # the quick run lists 1 and 2 streams, then doubles up to 4 while runs keep real time
+    counts = [r["streams"] for r in figure["rows"]]
+    assert counts == ([1, 2, 4] if figure["rows"][1]["realtime"] else [1, 2])
+    assert figure["largest_measured_realtime_streams"] in counts
     for row in figure["rows"]:
         assert row["chunks_processed"] + row["chunks_shed"] + row["chunks_failed"] == row["chunks_submitted"]
         assert row["chunks_failed"] == 0 and row["rtf"] > 0

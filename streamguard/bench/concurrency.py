@@ -6,6 +6,10 @@ streams' starts spread over one chunk period as independent cameras are. Halfway
 stream is asked a question, answered while the others keep streaming. Measured per N: worker
 seconds per stream-second (the real-time factor), the worker's load (N · RTF · speed, < 1 keeps
 up), chunks shed by backpressure, chunk lag (arrival to processed) and question latency.
+
+Past the listed counts N doubles, up to `search_up_to`, until a run falls behind real time, so
+the figure names the largest N this machine was measured to keep real time (to within a factor
+of two), not an extrapolation.
 """
 
 from __future__ import annotations
@@ -66,15 +70,23 @@ def measure_concurrency(
     stream_counts: Sequence[int],
     speed: float,
     tick: Tick,
+    search_up_to: int = 0,
 ) -> dict[str, Any]:
     rows = [asyncio.run(_run_streams(backbone, settings, chunks, n, speed, tick)) for n in stream_counts]
+    while rows[-1]["realtime"] and 2 * rows[-1]["streams"] <= search_up_to:
+        rows.append(
+            asyncio.run(_run_streams(backbone, settings, chunks, 2 * rows[-1]["streams"], speed, tick))
+        )
     largest = rows[-1]
+    behind = [r["streams"] for r in rows if not r["realtime"]]
     return {
         "speed": speed,
         "chunks_per_stream": len(chunks),
         "max_pending_chunks": settings.service.max_pending_chunks,
         "rows": rows,
+        "searched_up_to": search_up_to if search_up_to > max(stream_counts) else None,
         "largest_measured_realtime_streams": max((r["streams"] for r in rows if r["realtime"]), default=0),
+        "smallest_measured_behind_streams": min(behind, default=None),
         # Streams one worker could keep up with at real time, from the largest run's RTF.
         "estimated_realtime_streams": math.floor(1 / largest["rtf"]) if largest["rtf"] else None,
     }

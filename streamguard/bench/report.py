@@ -310,9 +310,25 @@ def _concurrency(concurrency: dict[str, Any], plot: str) -> str:
             ],
             rows,
         )
-        + f"\nLargest N measured that stays real time: {concurrency['largest_measured_realtime_streams']}; "
-        f"one worker could keep about {concurrency['estimated_realtime_streams']} streams real time "
-        "(1 / RTF at the largest N).\n\n" + f"![concurrency]({plot})\n"
+        + f"\n{_realtime_limit(concurrency)}\n\n"
+        + f"![concurrency]({plot})\n"
+    )
+
+
+def _realtime_limit(concurrency: dict[str, Any]) -> str:
+    largest, behind = (
+        concurrency["largest_measured_realtime_streams"],
+        concurrency["smallest_measured_behind_streams"],
+    )
+    line = f"Largest N measured that stays real time: {largest}"
+    if behind is not None:
+        line += f"; at {behind} streams the worker fell behind"
+    elif concurrency["searched_up_to"] is None:
+        line += " (every count listed kept up)"
+    else:
+        line += f" (the search stopped at its cap, {concurrency['searched_up_to']} streams)"
+    return line + (
+        f". 1 / RTF at the largest N run: about {concurrency['estimated_realtime_streams']} streams."
     )
 
 

@@ -41,14 +41,15 @@ class Scale:
     streams: tuple[int, ...]
     concurrency_chunks: int
     concurrency_speed: float  # 1: streams paced at real time
+    concurrency_search_max: int  # double N past `streams` up to this while runs keep real time
     selection_grids: tuple[tuple[int, int], ...]
     selection_reps: int
     question_rounds: int  # each a re-prefill answer and `question_reps` rolling ones
     question_reps: int
 
 
-FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, selection.GRIDS, 10, 3, 3)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, selection.GRIDS[:1], 2, 2, 2)
+FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _measure(
     settings: Settings,
     scale: Scale,
     clips: list[Clip],
-    section: Callable[[str, int], Tick],
+    section: Callable[[str, int | None], Tick],
 ) -> dict[str, Any]:
     moving = next(c for c in clips if c.name == "moving")
     long_methods = [FULL, configured_method(settings)]
@@ -140,10 +141,18 @@ def _measure(
         backbone, settings, scale.selection_grids, scale.selection_reps, tick
     )
 
-    tick = section("6 concurrency", sum(scale.streams) * scale.concurrency_chunks)
+    # The search past the listed counts runs as long as the machine keeps up: no known total.
+    searching = scale.concurrency_search_max > max(scale.streams)
+    tick = section("6 concurrency", None if searching else sum(scale.streams) * scale.concurrency_chunks)
     concurrency_chunks = list(looped(moving.chunks, scale.concurrency_chunks, settings.chunk.seconds))
     concurrency = measure_concurrency(
-        backbone, settings, concurrency_chunks, scale.streams, scale.concurrency_speed, tick
+        backbone,
+        settings,
+        concurrency_chunks,
+        scale.streams,
+        scale.concurrency_speed,
+        tick,
+        scale.concurrency_search_max,
     )
     return {
         "compression": {
@@ -268,12 +277,12 @@ def git_commit() -> str | None:
 
 
 @contextlib.contextmanager
-def _progress(console: Console) -> Iterator[Callable[[str, int], Tick]]:
+def _progress(console: Console) -> Iterator[Callable[[str, int | None], Tick]]:
     """One bar per section; `section(name, total)` adds one and returns its step callback."""
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
 
-        def section(name: str, total: int) -> Tick:
+        def section(name: str, total: int | None) -> Tick:
             task = progress.add_task(name, total=total)
             return lambda: progress.advance(task)
 
