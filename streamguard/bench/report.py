@@ -101,6 +101,7 @@ def _headline(result: dict[str, Any]) -> str:
             + f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
         ]
     )
+    rows.append(["streams one worker keeps real time", _realtime_limit(result["concurrency"])])
     return "## Headline\n\n" + _table(["figure", "value"], rows)
 
 

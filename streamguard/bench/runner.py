@@ -217,6 +217,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "kv_bytes_per_minute_at_7b_bf16": {
             m: memory[m]["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m in (full, pruned)
         },
+        "largest_realtime_streams": result["concurrency"]["largest_measured_realtime_streams"],
         "selection_share_pct": {
             "loaded_model_measured": result["costs"]["selection_share_pct"],
             "7b_width_scaled": widest["selection_share_pct_scaled"],
