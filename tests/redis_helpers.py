@@ -5,7 +5,6 @@ again on the same port to play an outage."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from service_helpers import wait_until
+from service_helpers import free_port, wait_until
 
 REDIS_BINARY = "redis-server"
 
@@ -55,12 +54,6 @@ class RedisServer:
                 return bool(client.ping())
         except redis.ConnectionError:
             return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -1,11 +1,16 @@
 """Helpers to run the real service in tests: the tiny real model, uvicorn on a free 127.0.0.1
-port in a background thread (configured as `streamguard serve` configures it), and bounded
-waits (no test sleeps for a fixed time)."""
+port in a background thread (configured as `streamguard serve` configures it) or `streamguard
+serve` as a process of its own, and bounded waits (no test sleeps for a fixed time)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +135,70 @@ def serve(app: FastAPI) -> Iterator[LiveService]:
         thread.join(TIMEOUT_S)
         sock.close()
     assert not thread.is_alive(), "the service did not shut down"
+
+
+SERVE_START_TIMEOUT_S = 180.0  # a first start may build the tiny model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def streamguard_command() -> list[str]:
+    """The installed `streamguard` script, else the same CLI through this interpreter."""
+    script = shutil.which("streamguard")
+    return [script] if script else [sys.executable, "-m", "streamguard.cli"]
+
+
+class ServeProcess:
+    """`streamguard serve` running as its own process: `service` talks to it, `output()` is what
+    it printed, `process` its Popen (for the exit status, or a kill -9)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, service: LiveService):
+        self.process = process
+        self.log = log
+        self.service = service
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve_process(folder: Path, args: list[str], env: dict[str, str]) -> Iterator[ServeProcess]:
+    """Start `streamguard serve ARGS --port <free>` with `env` over this environment, wait until
+    it answers /healthz, and on the way out stop it with Ctrl-C (SIGINT), killing it if it hangs."""
+    port = free_port()
+    log = folder / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*streamguard_command(), "serve", *args, "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = ServeProcess(process, log, LiveService(f"http://127.0.0.1:{port}"))
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, f"serve exited ({process.returncode}):\n{running.output()}"
+            try:
+                return running.service.http.get("/healthz").json()["status"] == "ok"
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, "streamguard serve to answer /healthz", timeout_s=SERVE_START_TIMEOUT_S)
+        yield running
+    finally:
+        running.service.http.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(20)
 
 
 def receive(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> dict:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
 import torch
-from service_helpers import TOKEN, LiveService, receive, wait_until
+from service_helpers import TOKEN, receive, serve_process
 from websockets.exceptions import ConnectionClosed
 
 from streamguard.cli import _serve_config
 from streamguard.ingest.synthetic import write_clip
 
-START_TIMEOUT_S = 180.0  # the first start builds the tiny model
 MAX_MESSAGE_BYTES = 4096
 
 
@@ -37,69 +30,30 @@ def test_serve_runs_the_production_default_on_a_gpu_and_an_explicit_config_alway
     assert _serve_config(argparse.Namespace(config="qwen2.5-omni-3b")) == "qwen2.5-omni-3b"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def streamguard_command() -> list[str]:
-    """The installed `streamguard` script, else the same CLI through this interpreter."""
-    script = shutil.which("streamguard")
-    return [script] if script else [sys.executable, "-m", "streamguard.cli"]
-
-
 def test_serve_on_the_tiny_config_starts_in_one_command_and_stops_on_ctrl_c(tmp_path):
-    port = free_port()
     env = {
-        **os.environ,
         "STREAMGUARD_CACHE": str(tmp_path / "cache"),  # the tiny model is built here on first use
         "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
         "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
         "STREAMGUARD_SERVICE__MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
     }
-    with open(tmp_path / "serve.log", "w+") as log:
-        process = subprocess.Popen(
-            [*streamguard_command(), "serve", "--config", "tiny", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            service = LiveService(f"http://127.0.0.1:{port}")
+    with serve_process(tmp_path, ["--config", "tiny"], env) as serving:
+        service = serving.service
+        page = httpx.get(f"{service.url}/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
-            def healthy() -> bool:
-                assert process.poll() is None, f"serve exited ({process.returncode})"
-                try:
-                    return service.http.get("/healthz").json()["status"] == "ok"
-                except httpx.TransportError:
-                    return False
-
-            wait_until(healthy, "the service to answer /healthz", timeout_s=START_TIMEOUT_S)
-            page = httpx.get(f"{service.url}/")
-            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-
-            clip = write_clip(tmp_path / "clip.mp4", seconds=2)
-            created = service.http.post("/v1/streams", json={"source": "file", "path": str(clip)})
-            assert created.status_code == 201, created.text
-            with service.ws(f"/v1/streams/{created.json()['id']}/ws") as ws:
-                ws.send(json.dumps({"type": "x" * MAX_MESSAGE_BYTES}))  # over the app's limit: an error
-                assert receive(ws)["code"] == "message_too_large"
-                ws.send(json.dumps({"type": "x" * 4 * MAX_MESSAGE_BYTES}))  # over the transport's: closed
-                with pytest.raises(ConnectionClosed) as closed:
-                    ws.recv(timeout=30)
-            assert closed.value.rcvd.code == 1009
-            service.http.close()
-        finally:
-            process.send_signal(signal.SIGINT)  # Ctrl-C
-            try:
-                process.wait(60)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-        log.seek(0)
-        output = log.read()
-    assert process.returncode == 0, output
-    assert (
-        f"page     http://127.0.0.1:{port}/" in output and f"API docs http://127.0.0.1:{port}/docs" in output
-    )
+        clip = write_clip(tmp_path / "clip.mp4", seconds=2)
+        created = service.http.post("/v1/streams", json={"source": "file", "path": str(clip)})
+        assert created.status_code == 201, created.text
+        with service.ws(f"/v1/streams/{created.json()['id']}/ws") as ws:
+            ws.send(json.dumps({"type": "x" * MAX_MESSAGE_BYTES}))  # over the app's limit: an error
+            assert receive(ws)["code"] == "message_too_large"
+            ws.send(json.dumps({"type": "x" * 4 * MAX_MESSAGE_BYTES}))  # over the transport's: closed
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1009
+    # left with Ctrl-C: a clean exit that said where everything is
+    output = serving.output()
+    assert serving.process.returncode == 0, output
+    url = service.url
+    assert f"page     {url}/" in output and f"API docs {url}/docs" in output

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from redis_helpers import free_port, redis_server
-from service_helpers import receive_until, serve, tiny_settings, wait_until
+from redis_helpers import redis_server
+from service_helpers import free_port, receive_until, serve, tiny_settings, wait_until
 
 from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from streamguard.cluster.store import Counters, Store
 
@@ -18,7 +18,7 @@ class Heartbeat:
         self,
         store: Store,
         active_streams: Callable[[], Mapping[str, Counters]],
-        lease_lost: Callable[[str], None],
+        lease_lost: Callable[[str], Awaitable[None]],
         interval_s: float,
     ):
         """`active_streams` gives the counters of every stream this worker runs; `lease_lost` hears
@@ -42,7 +42,7 @@ class Heartbeat:
         streams = self.active_streams()
         lost = await self.store.renew_leases(streams)
         for stream_id in lost:
-            self.lease_lost(stream_id)
+            await self.lease_lost(stream_id)
         for stream_id, counters in streams.items():
             if stream_id not in lost:
                 await self.store.put_counters(stream_id, counters)

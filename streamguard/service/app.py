@@ -26,7 +26,7 @@ from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
-from streamguard.service.auth import authenticate, presented_token, require_token
+from streamguard.service.auth import authenticate, owner_of, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
@@ -34,6 +34,7 @@ from streamguard.service.protocol import (
     AnswerLog,
     ApiError,
     CreateStreamRequest,
+    RtspStreamRequest,
     ServiceError,
     ServiceStats,
     StreamInfo,
@@ -67,7 +68,9 @@ async def create_stream(
 ) -> StreamInfo:
     """Start a stream from an RTSP camera, or from a file on the server when enabled."""
     source, kind, description = await open_source(body, registry.settings)
-    stream = await registry.open(kind, source, description, owner=token)
+    # a camera's full URL lets another worker reopen it should this one die
+    reopen_url = body.url if isinstance(body, RtspStreamRequest) else None
+    stream = await registry.open(kind, source, description, owner_of(token), reopen_url=reopen_url)
     return stream.info()
 
 

@@ -112,6 +112,11 @@ class ServiceMetrics:
         self.kv_bytes = Gauge(
             "streamguard_kv_cache_bytes", "Bytes of the stream's KV cache", ["stream"], registry=r
         )
+        self.streams_taken_over = Counter(
+            "streamguard_streams_taken_over",
+            "RTSP streams this worker continued after their worker died (their lease lapsed)",
+            registry=r,
+        )
         self.slow_readers = Counter(
             "streamguard_websocket_slow_readers",
             "Websocket clients closed (4429) for not reading their events",

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from streamguard.cluster.store import AnswerRecord, StreamRecord
+from streamguard.cluster.store import AnswerRecord, StreamSummary
 from streamguard.config import ReferenceMode
 
 ErrorCode = Literal[
@@ -223,7 +223,7 @@ class StreamList(BaseModel):
 class AnswerLog(BaseModel):
     """A stream's record and its latest answers, kept after the stream is deleted."""
 
-    stream: StreamRecord
+    stream: StreamSummary  # a StreamRecord shows only these fields
     answers: list[AnswerRecord]
 
 

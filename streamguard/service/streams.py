@@ -127,16 +127,23 @@ class Stream:
         chunk: ChunkTiming,
         pruning: PruningInfo,
         service_latency: LatencyWindow,
+        *,
+        reopen_url: str | None = None,
+        taken_over: StreamRecord | None = None,
     ):
-        """`service_latency` is the window of every stream's answers (the service's totals)."""
-        self.id = uuid.uuid4().hex
+        """`service_latency` is the window of every stream's answers (the service's totals);
+        `reopen_url` is what another worker needs to reopen the camera (RTSP); `taken_over` the
+        record of a stream a dead worker ran, which this one continues under the same id."""
+        self.id = taken_over.id if taken_over else uuid.uuid4().hex
         self.kind = kind
         self.description = description
-        self.owner = owner
+        self.owner = owner  # auth.owner_of(token)
+        self.reopen_url = reopen_url
         self.source = source
         self.state = StreamState.STARTING
         self.error: str | None = None
-        self.created = time.time()
+        self.created = taken_over.created if taken_over else time.time()
+        self.handed_over = False  # another worker took it over: this copy no longer writes its record
         self.removed = asyncio.Event()  # set once the stream is being deleted
         self.task: asyncio.Task[None] | None = None
         self.watchers = 0  # websocket clients on the stream now
@@ -308,6 +315,8 @@ class Stream:
             error=self.error,
             created=self.created,
             worker=worker,
+            reopen_url=self.reopen_url,
+            owner=self.owner,
         )
 
     def counters(self) -> Counters:
@@ -371,10 +380,27 @@ class StreamRegistry:
         metrics.watch_streams(self.count_by_state, self.totals)
         metrics.watch_store(store.health)
         ttl = settings.service.ended_stream_ttl_s
-        self._expiry = None if ttl is None else asyncio.create_task(self._expire(ttl), name="stream-expiry")
+        self._chores: list[asyncio.Task[None]] = []
+        if ttl is not None:
+            self._chores.append(asyncio.create_task(self._expire(ttl), name="stream-expiry"))
+        if settings.cluster.redis_url:  # other workers' streams exist only in a shared store
+            interval = settings.cluster.lease_ttl_s / 2
+            self._chores.append(
+                asyncio.create_task(self._take_over_forever(interval), name="stream-take-over")
+            )
 
-    async def open(self, kind: StreamKind, source: ChunkSource, description: str, owner: str) -> Stream:
-        """Set up a stream's pipeline on the worker, then start consuming its source."""
+    async def open(
+        self,
+        kind: StreamKind,
+        source: ChunkSource,
+        description: str,
+        owner: str,
+        *,
+        reopen_url: str | None = None,
+        taken_over: StreamRecord | None = None,
+    ) -> Stream:
+        """Set up a stream's pipeline on the worker, then start consuming its source. `owner` is
+        `auth.owner_of(token)`; `taken_over` continues a stream whose lease this worker claimed."""
         self._check_room(owner)
         self._opening[owner] += 1
         try:
@@ -396,13 +422,17 @@ class StreamRegistry:
                 semantic_reference=pipeline.pruner.reference_mode,
             ),
             self._latency,
+            reopen_url=reopen_url,
+            taken_over=taken_over,
         )
         self._streams[stream.id] = stream
         self.scheduler.register(stream.id, pipeline, stream)
         self.metrics.add_stream(stream.id)
         try:
-            # the lease first: the store never holds an active record nobody leases (claimable)
-            await self.store.acquire_lease(stream.id)  # a new id: no other worker holds it
+            # the lease first: the store never holds an active record nobody leases (claimable);
+            # a new id is nobody's, a claimed stream's lease is already this worker's
+            if taken_over is None:
+                await self.store.acquire_lease(stream.id)
             await self._save(stream)
         except BaseException:  # no stream came of it: nothing of it may stay behind
             self._withdraw(stream)
@@ -412,10 +442,19 @@ class StreamRegistry:
         event("stream.created", stream=stream.id, kind=kind.value, source=description)
         return stream
 
+    def _held_by(self, owner: str) -> int:
+        return sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
+
+    def _has_room(self, owner: str) -> bool:
+        service = self.settings.service
+        return (
+            self._held_by(owner) < service.max_streams_per_token
+            and len(self._streams) + self._opening.total() < service.max_streams
+        )
+
     def _check_room(self, owner: str) -> None:
         """The token's quota, then the worker's `max_streams` (streams being set up count)."""
-        held = sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
-        check_stream_quota(self.settings.service, held)
+        check_stream_quota(self.settings.service, self._held_by(owner))
         limit = self.settings.service.max_streams
         if len(self._streams) + self._opening.total() >= limit:
             raise ServiceError(
@@ -443,9 +482,10 @@ class StreamRegistry:
             )
         else:
             stream.finish()
-        finally:  # ended, failed, or cancelled by a delete or a failed chunk
-            await self._save(stream)
-            await self.store.release_lease(stream.id)
+        finally:  # ended, failed, or cancelled by a delete, a failed chunk or a hand-over
+            if not stream.handed_over:
+                await self._save(stream)
+                await self.store.release_lease(stream.id)
 
     async def _save(self, stream: Stream) -> None:
         await self.store.put_stream(stream.record(self.worker))
@@ -455,10 +495,78 @@ class StreamRegistry:
         """The counters of every stream this worker runs (the heartbeat renews their leases)."""
         return {s.id: s.counters() for s in self._streams.values() if s.state in ACTIVE_STATES}
 
-    def lease_lost(self, stream_id: str) -> None:
-        # Another worker claimed the stream while this one could not renew its lease (a stall
-        # longer than the lease): both may now run it, which an operator should hear of.
+    async def lease_lost(self, stream_id: str) -> None:
+        """Another worker claimed the stream while this one could not renew its lease (a stall
+        longer than the lease): it runs the camera now, so this copy stops without touching the
+        record or the lease that are the other worker's."""
         event("stream.lease_lost", logging.WARNING, stream=stream_id, worker=self.worker)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.handed_over = True
+            await self.delete(stream_id)
+
+    async def take_over_expired(self) -> None:
+        """Continue the RTSP cameras of workers that died (their leases lapsed) under the same
+        stream ids, with a fresh cache; a dead worker's WebRTC and file streams cannot move, so
+        their records say they were lost."""
+        for record in await self.store.expired_streams():
+            if record.id in self._streams:
+                continue
+            movable = record.kind == StreamKind.RTSP.value and record.reopen_url and record.owner
+            if movable and not self._has_room(record.owner):
+                continue  # stays claimable by a worker with room
+            claimed = await self.store.claim_stream(record.id)
+            if claimed is None:  # another worker was first
+                continue
+            if not movable:
+                lost = f"its worker {record.worker} stopped; a {record.kind} stream cannot move to another worker"
+                await self.store.put_stream(
+                    claimed.model_copy(update={"state": StreamState.ERROR.value, "error": lost})
+                )
+                await self.store.release_lease(record.id)
+                event(
+                    "stream.lost", logging.WARNING, stream=record.id, kind=record.kind, worker=record.worker
+                )
+                continue
+            await self._continue_camera(claimed, previous_worker=record.worker)
+
+    async def _continue_camera(self, record: StreamRecord, previous_worker: str) -> None:
+        from streamguard.ingest.rtsp import RtspSource
+
+        assert record.reopen_url is not None and record.owner is not None  # checked by the caller
+        source = RtspSource(
+            record.reopen_url,
+            self.settings.chunk,
+            max_pending_chunks=self.settings.service.max_pending_chunks,
+        )
+        try:
+            await self.open(
+                StreamKind.RTSP,
+                source,
+                record.source,
+                record.owner,
+                reopen_url=record.reopen_url,
+                taken_over=record,
+            )
+        except Exception:  # stays claimable once the lease lapses again
+            await self.store.release_lease(record.id)
+            raise
+        self.metrics.streams_taken_over.inc()
+        event(
+            "stream.taken_over",
+            logging.WARNING,
+            stream=record.id,
+            source=record.source,
+            worker=previous_worker,
+        )
+
+    async def _take_over_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.take_over_expired()
+            except Exception:  # one failed round (Redis away, a camera gone) must not end the next
+                event("stream.take_over_failed", logging.ERROR, exc_info=True)
 
     def get(self, stream_id: str) -> Stream:
         stream = self._streams.get(stream_id)
@@ -499,7 +607,8 @@ class StreamRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.task
         stream.finish()
-        await self._save(stream)  # the record (and its answer log) outlives the stream
+        if not stream.handed_over:
+            await self._save(stream)  # the record (and its answer log) outlives the stream
         final = stream.info()
         self._deleted.update({name: getattr(final.stats, name) for name in COUNTED_STATS})
         self._release(stream)
@@ -536,10 +645,10 @@ class StreamRegistry:
                         event("stream.expiry_failed", logging.ERROR, exc_info=True, stream=stream.id)
 
     async def close(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for chore in self._chores:
+            chore.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+                await chore
         for stream_id in list(self._streams):
             await self.delete(stream_id)
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Request
 
 from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
 from streamguard.service.app import ERROR_RESPONSES, Registry, Token
+from streamguard.service.auth import owner_of
 from streamguard.service.protocol import ApiError, ServiceError, StreamKind, WebRtcAnswer, WebRtcOffer
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES, 400: {"model": ApiError}})
@@ -34,7 +35,7 @@ async def create_webrtc_stream(
     try:
         answer = await source.accept(body.sdp)
         stream = await registry.open(
-            StreamKind.WEBRTC, source, f"webrtc {offer.describe()} from {peer}", owner=token
+            StreamKind.WEBRTC, source, f"webrtc {offer.describe()} from {peer}", owner_of(token)
         )
     except InvalidOffer as exc:
         await source.close()

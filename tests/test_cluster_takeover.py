@@ -1,0 +1,155 @@
+"""Two workers on one real Redis: when the worker running an RTSP camera dies (kill -9), the
+other one claims its lapsed lease and runs the camera on under the same stream id; a stream that
+cannot move (a file, a WebRTC peer) is recorded as lost. Worker A is `streamguard serve` in a
+process of its own, worker B this test's process; the camera is GStreamer's RTSP server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from redis_helpers import redis_server
+from rtsp_helpers import rtsp_camera
+from service_helpers import TOKEN, receive_until, serve, serve_process, tiny_settings, wait_until
+
+from streamguard.backbones import load_backbone
+from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.cluster import Heartbeat
+from streamguard.cluster.redis_store import RedisStore
+from streamguard.config import ClusterSettings
+from streamguard.engine.scheduler import Scheduler
+from streamguard.ingest.files import FileSource
+from streamguard.ingest.synthetic import write_clip
+from streamguard.service import create_app
+from streamguard.service.auth import owner_of
+from streamguard.service.metrics import ServiceMetrics
+from streamguard.service.protocol import StreamKind
+from streamguard.service.streams import StreamRegistry
+
+pytestmark = [pytest.mark.redis, pytest.mark.rtsp]
+
+LEASE_TTL_S = 2.0
+SECRET = "s3cret-camera-password"
+
+
+def camera_url_with_credentials(url: str) -> str:
+    # The test camera asks for no password; ffmpeg sends credentials only when challenged.
+    return url.replace("rtsp://", f"rtsp://viewer:{SECRET}@", 1)
+
+
+def metric(service, name: str) -> float | None:
+    for line in service.http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_marked_lost(tmp_path):
+    checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
+    clip = write_clip(tmp_path / "long.mp4", 60)  # read at real time: still running when A dies
+    with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
+        cluster = {"redis_url": redis_process.url, "lease_ttl_s": LEASE_TTL_S}
+        env = {
+            "STREAMGUARD_MODEL__PATH": str(checkpoint),
+            "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
+            "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
+            "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
+            "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
+        }
+        settings = tiny_settings(checkpoint)
+        settings.cluster = ClusterSettings(**cluster)
+        backbone = load_backbone(settings.model, settings.chunk)
+        with (
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_a,
+            serve(create_app(settings, backbone)) as worker_b,
+        ):
+            a = worker_a.service
+            created = a.http.post(
+                "/v1/streams", json={"source": "rtsp", "url": camera_url_with_credentials(camera.url)}
+            )
+            assert created.status_code == 201, created.text
+            camera_id = created.json()["id"]
+            assert SECRET not in created.text
+            filed = a.http.post("/v1/streams", json={"source": "file", "path": str(clip), "realtime": True})
+            assert filed.status_code == 201, filed.text
+            file_id = filed.json()["id"]
+            wait_until(lambda: a.stream(camera_id)["stats"]["chunks_processed"] > 0, "A to run the camera")
+
+            # While A heartbeats, B leaves its streams alone (two lease periods is plenty to see it).
+            time.sleep(2 * LEASE_TTL_S)
+            assert worker_b.http.get(f"/v1/streams/{camera_id}").status_code == 404
+            record = worker_b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
+            assert SECRET not in json.dumps(record)  # the record another worker reads shows no credentials
+            worker_of_a = record["worker"]
+
+            worker_a.process.kill()  # a crash: no clean shutdown, no lease released
+            worker_a.process.wait(30)
+
+            def taken_over() -> dict | None:
+                response = worker_b.http.get(f"/v1/streams/{camera_id}")
+                if response.status_code != 200:
+                    return None
+                stream = response.json()
+                return stream if stream["stats"]["chunks_processed"] > 0 else None
+
+            stream = wait_until(taken_over, "B to run the dead worker's camera", timeout_s=60)
+            assert stream["kind"] == "rtsp" and stream["state"] == "live"
+            assert SECRET not in stream["source"] and stream["source"].endswith("/cam")
+            assert metric(worker_b, "streamguard_streams_taken_over_total") == 1
+
+            with worker_b.ws(f"/v1/streams/{camera_id}/ws") as ws:
+                ws.send(json.dumps({"type": "question.ask", "id": "q1", "text": "What do you see?"}))
+                events = receive_until(ws, lambda e: e["type"] in ("answer.done", "error"))
+            assert events[-1]["type"] == "answer.done", events[-1]
+
+            def lost() -> dict | None:
+                record = worker_b.http.get(f"/v1/streams/{file_id}/answers").json()["stream"]
+                return record if record["state"] == "error" else None
+
+            record = wait_until(lost, "the file stream to be recorded as lost", timeout_s=60)
+            assert "cannot move to another worker" in record["error"]
+            assert worker_b.http.get(f"/v1/streams/{file_id}").status_code == 404  # nobody runs it
+            camera_record = worker_b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
+            assert (
+                camera_record["state"] == "live"
+                and camera_record["worker"] == record["worker"] != worker_of_a
+            )
+
+
+async def test_a_worker_whose_stream_was_taken_over_while_it_stalled_stops_its_copy(tmp_path):
+    """The worker comes back from a stall longer than its lease and finds another worker has
+    claimed its stream: it stops its own copy, and leaves the record and lease to the other."""
+    checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
+    settings = tiny_settings(checkpoint)
+    settings.cluster = ClusterSettings(lease_ttl_s=LEASE_TTL_S)
+    clip = write_clip(tmp_path / "long.mp4", 60)
+    scheduler = Scheduler(settings.service.max_pending_chunks)
+    scheduler.start()
+    with redis_server(tmp_path) as redis_process:
+        cluster = settings.cluster.model_copy(update={"redis_url": redis_process.url})
+        mine = await RedisStore.connect(cluster, "stalled-worker")
+        other = await RedisStore.connect(cluster, "other-worker")
+        registry = StreamRegistry(
+            settings, load_backbone(settings.model, settings.chunk), scheduler, ServiceMetrics(), mine
+        )
+        heartbeat = Heartbeat(mine, registry.active_counters, registry.lease_lost, LEASE_TTL_S / 3)
+        try:
+            source = FileSource(clip, settings.chunk, realtime=True)
+            stream = await registry.open(StreamKind.FILE, source, "a file", owner_of(TOKEN))
+            # the stall: the lease lapses (here: is dropped) and the other worker claims it
+            with redis_process.client() as client:
+                client.delete(f"{cluster.key_prefix}lease:{stream.id}")
+            claimed = await other.claim_stream(stream.id)
+            assert claimed is not None and claimed.worker == "other-worker"
+
+            await heartbeat.beat()  # back: the renewal finds the lease is the other worker's
+            assert registry.all() == [] and stream.removed.is_set()
+            assert scheduler.stats().streams == 0  # its cache is freed
+            assert await other.get_stream(stream.id) == claimed  # not overwritten with "ended"
+            assert await other.lease_holder(stream.id) == "other-worker"
+        finally:
+            await registry.close()
+            await scheduler.stop()
+            await mine.aclose()
+            await other.aclose()
