@@ -108,48 +108,64 @@ def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_
                 return record if record["state"] == "error" else None
 
             record = wait_until(lost, "the file stream to be recorded as lost", timeout_s=60)
-            assert "cannot move to another worker" in record["error"]
+            assert "cannot move to another worker" in record["error"] and record["worker"] == worker_of_a
             assert worker_b.http.get(f"/v1/streams/{file_id}").status_code == 404  # nobody runs it
             camera_record = worker_b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
-            assert (
-                camera_record["state"] == "live"
-                and camera_record["worker"] == record["worker"] != worker_of_a
-            )
+            assert camera_record["state"] == "live" and camera_record["worker"] not in ("", worker_of_a)
 
 
-async def test_a_worker_whose_stream_was_taken_over_while_it_stalled_stops_its_copy(tmp_path):
-    """The worker comes back from a stall longer than its lease and finds another worker has
-    claimed its stream: it stops its own copy, and leaves the record and lease to the other."""
+async def test_a_worker_back_from_a_stall_stops_a_stream_taken_over_and_keeps_one_that_could_not_move(
+    tmp_path,
+):
+    """A worker stalls past its leases. Another worker claims one of its streams (as it takes a
+    camera over) and finds the other a file stream it cannot move, so records it as lost. Back,
+    the stalled worker's writes cannot overwrite the claimed stream's record, its heartbeat stops
+    its copy of that one, and takes the lost one back (its record still names it)."""
     checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
     settings = tiny_settings(checkpoint)
     settings.cluster = ClusterSettings(lease_ttl_s=LEASE_TTL_S)
     clip = write_clip(tmp_path / "long.mp4", 60)
+    backbone = load_backbone(settings.model, settings.chunk)
     scheduler = Scheduler(settings.service.max_pending_chunks)
     scheduler.start()
     with redis_server(tmp_path) as redis_process:
         cluster = settings.cluster.model_copy(update={"redis_url": redis_process.url})
         mine = await RedisStore.connect(cluster, "stalled-worker")
         other = await RedisStore.connect(cluster, "other-worker")
-        registry = StreamRegistry(
-            settings, load_backbone(settings.model, settings.chunk), scheduler, ServiceMetrics(), mine
-        )
-        heartbeat = Heartbeat(mine, registry.active_counters, registry.lease_lost, LEASE_TTL_S / 3)
+        registry = StreamRegistry(settings, backbone, scheduler, ServiceMetrics(), mine)
+        others = StreamRegistry(settings, backbone, scheduler, ServiceMetrics(), other)
+        heartbeat = Heartbeat(mine, registry.active_streams, registry.lease_lost, LEASE_TTL_S / 3)
         try:
-            source = FileSource(clip, settings.chunk, realtime=True)
-            stream = await registry.open(StreamKind.FILE, source, "a file", owner_of(TOKEN))
-            # the stall: the lease lapses (here: is dropped) and the other worker claims it
-            with redis_process.client() as client:
-                client.delete(f"{cluster.key_prefix}lease:{stream.id}")
-            claimed = await other.claim_stream(stream.id)
+            opened = []
+            for _ in range(2):
+                source = FileSource(clip, settings.chunk, realtime=True)
+                opened.append(await registry.open(StreamKind.FILE, source, "a file", owner_of(TOKEN)))
+            claimed_id, kept_id = (stream.id for stream in opened)
+            with redis_process.client() as client:  # the stall: the leases lapse
+                client.delete(*(f"{cluster.key_prefix}lease:{i}" for i in (claimed_id, kept_id)))
+            claimed = await other.claim_stream(claimed_id)
             assert claimed is not None and claimed.worker == "other-worker"
+            await others.take_over_expired()  # the file stream left: it cannot move
+            lost = await other.get_stream(kept_id)
+            assert lost.state == "error" and "cannot move" in lost.error and lost.worker == "stalled-worker"
 
-            await heartbeat.beat()  # back: the renewal finds the lease is the other worker's
-            assert registry.all() == [] and stream.removed.is_set()
-            assert scheduler.stats().streams == 0  # its cache is freed
-            assert await other.get_stream(stream.id) == claimed  # not overwritten with "ended"
-            assert await other.lease_holder(stream.id) == "other-worker"
+            # back: a late write of the claimed stream's record is refused ...
+            await mine.put_stream(registry.get(claimed_id).record(mine.worker))
+            assert await other.get_stream(claimed_id) == claimed
+            # ... and the heartbeat stops the copy and frees its cache, keeping the other stream
+            await heartbeat.beat()
+            assert [s.id for s in registry.all()] == [kept_id]
+            assert scheduler.stats().streams == 1
+            assert await other.get_stream(claimed_id) == claimed  # not overwritten with "ended"
+            assert await other.lease_holder(claimed_id) == "other-worker"
+            assert await other.lease_holder(kept_id) == "stalled-worker"
+            kept = await other.get_stream(kept_id)  # its record is put right by the same beat
+            assert (
+                kept.state in ("starting", "live") and kept.error is None and kept.worker == "stalled-worker"
+            )
         finally:
             await registry.close()
+            await others.close()
             await scheduler.stop()
             await mine.aclose()
             await other.aclose()

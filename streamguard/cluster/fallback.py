@@ -7,7 +7,9 @@ memory, answers wait in a bounded buffer, and a background probe pings Redis eve
 Redis lost (it restarted empty) gets this worker's copy of its answer log back, the buffered
 answers are appended in their order, and Redis is used again.
 Leases need nothing: the heartbeat's next renewal takes a lapsed lease back unless another worker
-claimed it meanwhile.
+claimed it meanwhile, and a record another worker holds now is not overwritten (`RedisStore`
+writes a record only as its writer). Workers wait two lease periods after an outage before they
+take other workers' streams over, so every live worker has renewed first.
 """
 
 from __future__ import annotations

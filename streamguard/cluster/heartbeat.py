@@ -1,5 +1,6 @@
-"""A worker's pulse: every beat it renews the leases of the streams it runs and publishes their
-live counters, so other workers see it alive and a dead worker's streams can be claimed."""
+"""A worker's pulse: every beat it renews the leases of the streams it runs and writes their
+records and live counters, so other workers see it alive and a dead worker's streams can be
+claimed (and a record another worker marked while this one stalled is put right)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from streamguard.cluster.store import Counters, Store
+from streamguard.cluster.store import Counters, Store, StreamRecord
 
 log = logging.getLogger("streamguard.cluster")
 
@@ -17,11 +18,11 @@ class Heartbeat:
     def __init__(
         self,
         store: Store,
-        active_streams: Callable[[], Mapping[str, Counters]],
+        active_streams: Callable[[], Mapping[str, tuple[StreamRecord, Counters]]],
         lease_lost: Callable[[str], Awaitable[None]],
         interval_s: float,
     ):
-        """`active_streams` gives the counters of every stream this worker runs; `lease_lost` hears
+        """`active_streams` gives the record and counters of every stream this worker runs; `lease_lost` hears
         of each stream whose lease another worker took."""
         self.store = store
         self.active_streams = active_streams
@@ -43,8 +44,9 @@ class Heartbeat:
         lost = await self.store.renew_leases(streams)
         for stream_id in lost:
             await self.lease_lost(stream_id)
-        for stream_id, counters in streams.items():
+        for stream_id, (record, counters) in streams.items():
             if stream_id not in lost:
+                await self.store.put_stream(record)
                 await self.store.put_counters(stream_id, counters)
 
     async def _run(self) -> None:

@@ -39,21 +39,51 @@ from streamguard.cluster.store import (
 )
 from streamguard.config import ClusterSettings
 
-# Extend each lease this worker holds; take again one that lapsed and nobody claimed (the worker
-# still runs the stream). A lease another worker holds is never touched: its index is returned.
+# Extend each lease this worker holds; take again one that lapsed while the stream's record still
+# names this worker, or does not exist (nobody claimed it meanwhile). A lease another worker
+# holds, or a lapsed one whose record names another worker, is not touched: its index is
+# returned. KEYS: the n leases, then the n records.
 _RENEW = """
 local lost = {}
-for i, key in ipairs(KEYS) do
-  local holder = redis.call('GET', key)
+local n = #KEYS / 2
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[i])
+  local named = redis.call('HGET', KEYS[n + i], 'worker')
   if holder == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-  elseif not holder then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  elseif not holder and (not named or named == cjson.encode(ARGV[1])) then
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
   else
     table.insert(lost, i)
   end
 end
 return lost
+"""
+
+# Write a stream's record, only as its writer: the worker holding its lease, or, while nobody
+# does, the worker the record names (or anyone, for a record Redis does not have). So a worker
+# back from a stall cannot overwrite the record of a stream another worker took over.
+# KEYS: record, lease, active set, answers, counters. ARGV: worker, stream id, active ("1"/"0"),
+# created, finished TTL in ms, then the record's field/value pairs. An active stream's record
+# never expires; a finished one's keys expire after the TTL.
+_PUT_RECORD = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+if not holder then
+  local named = redis.call('HGET', KEYS[1], 'worker')
+  if named and named ~= cjson.encode(ARGV[1]) then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if ARGV[3] == '1' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+else
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[5], ARGV[5])
+end
+return 1
 """
 
 # Delete the lease only if this worker still holds it.
@@ -93,6 +123,7 @@ class RedisStore:
         self._lease_ms = max(1, round(settings.lease_ttl_s * 1000))
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._put_record = client.register_script(_PUT_RECORD)
         self._claim = client.register_script(_CLAIM)
         self._log_answer = client.register_script(_LOG_ANSWER)
         self._failure: str | None = None  # how the last call failed; None once one succeeds
@@ -152,24 +183,21 @@ class RedisStore:
         await self.put_streams([record])
 
     async def put_streams(self, records: Iterable[StreamRecord]) -> None:
-        """Write records in one transaction (also how a worker re-syncs after an outage)."""
+        """Write records in one transaction (also how a worker re-syncs after an outage); a record
+        whose stream another worker holds now is left as that worker wrote it."""
         async with self._call("put_stream"):
             pipe = self.client.pipeline(transaction=True)
             for record in records:
-                self._queue_record(pipe, record)
+                await self._queue_record(pipe, record)
             await pipe.execute()
 
-    def _queue_record(self, pipe: Pipeline, record: StreamRecord) -> None:
-        key = self.key("stream", record.id)
-        pipe.hset(key, mapping={k: json.dumps(v) for k, v in record.model_dump().items()})
-        if record.state in ACTIVE_STATES:
-            pipe.persist(key)
-            pipe.zadd(self.key("active"), {record.id: record.created})
-        else:
-            pipe.zrem(self.key("active"), record.id)
-            ttl_ms = round(self.settings.finished_ttl_s * 1000)
-            for kind in ("stream", "answers", "counters"):
-                pipe.pexpire(self.key(kind, record.id), ttl_ms)
+    async def _queue_record(self, pipe: Pipeline, record: StreamRecord) -> None:
+        keys = [self.key(kind, record.id) for kind in ("stream", "lease")]
+        keys += [self.key("active"), self.key("answers", record.id), self.key("counters", record.id)]
+        active = "1" if record.state in ACTIVE_STATES else "0"
+        args = [self.worker, record.id, active, record.created, round(self.settings.finished_ttl_s * 1000)]
+        args += [part for k, v in record.model_dump().items() for part in (k, json.dumps(v))]
+        await self._put_record(keys=keys, args=args, client=pipe)  # queued: runs on execute
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
         async with self._call("get_stream"):
@@ -205,7 +233,7 @@ class RedisStore:
         async with self._call("restore_stream"):
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.key("answers", record.id))
-            self._queue_record(pipe, record)
+            await self._queue_record(pipe, record)
             for answer in answers:
                 await self._queue_answer(pipe, answer)
             await pipe.execute()
@@ -250,9 +278,8 @@ class RedisStore:
         if not ids:
             return []
         async with self._call("renew_leases"):
-            lost = await self._renew(
-                keys=[self.key("lease", i) for i in ids], args=[self.worker, self._lease_ms]
-            )
+            keys = [self.key("lease", i) for i in ids] + [self.key("stream", i) for i in ids]
+            lost = await self._renew(keys=keys, args=[self.worker, self._lease_ms])
         return [ids[index - 1] for index in lost]
 
     async def lease_holder(self, stream_id: str) -> str | None:

@@ -175,7 +175,7 @@ def create_app(
             registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
             app.state.registry = registry
             heartbeat = Heartbeat(
-                store, registry.active_counters, registry.lease_lost, settings.cluster.lease_ttl_s / 3
+                store, registry.active_streams, registry.lease_lost, settings.cluster.lease_ttl_s / 3
             )
             heartbeat.start()
             event("service.ready", model=model.model_id, device=str(model.device))

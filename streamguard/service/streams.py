@@ -446,11 +446,11 @@ class StreamRegistry:
         return sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
 
     def _has_room(self, owner: str) -> bool:
-        service = self.settings.service
-        return (
-            self._held_by(owner) < service.max_streams_per_token
-            and len(self._streams) + self._opening.total() < service.max_streams
-        )
+        try:
+            self._check_room(owner)
+        except ServiceError:
+            return False
+        return True
 
     def _check_room(self, owner: str) -> None:
         """The token's quota, then the worker's `max_streams` (streams being set up count)."""
@@ -468,8 +468,9 @@ class StreamRegistry:
         try:
             async with contextlib.aclosing(stream.source.chunks()) as chunks:
                 async for chunk in chunks:
+                    state = stream.state
                     stream.chunk_received(chunk)
-                    if stream.chunks_received == 1:  # now live
+                    if stream.state is not state:  # now live: other workers see it so
                         await self._save(stream)
         except Exception as exc:  # the source's failure, e.g. an RTSP camera given up
             stream.fail(str(exc) or type(exc).__name__)
@@ -491,9 +492,14 @@ class StreamRegistry:
         await self.store.put_stream(stream.record(self.worker))
         await self.store.put_counters(stream.id, stream.counters())
 
-    def active_counters(self) -> dict[str, Counters]:
-        """The counters of every stream this worker runs (the heartbeat renews their leases)."""
-        return {s.id: s.counters() for s in self._streams.values() if s.state in ACTIVE_STATES}
+    def active_streams(self) -> dict[str, tuple[StreamRecord, Counters]]:
+        """The record and counters of every stream this worker runs (the heartbeat renews their
+        leases and writes both)."""
+        return {
+            s.id: (s.record(self.worker), s.counters())
+            for s in self._streams.values()
+            if s.state in ACTIVE_STATES
+        }
 
     async def lease_lost(self, stream_id: str) -> None:
         """Another worker claimed the stream while this one could not renew its lease (a stall
@@ -507,8 +513,9 @@ class StreamRegistry:
 
     async def take_over_expired(self) -> None:
         """Continue the RTSP cameras of workers that died (their leases lapsed) under the same
-        stream ids, with a fresh cache; a dead worker's WebRTC and file streams cannot move, so
-        their records say they were lost."""
+        stream ids, with a fresh cache. A dead worker's WebRTC and file streams cannot move:
+        their records say so (should that worker come back, its lease and record are its own
+        again)."""
         for record in await self.store.expired_streams():
             if record.id in self._streams:
                 continue
@@ -518,54 +525,63 @@ class StreamRegistry:
             claimed = await self.store.claim_stream(record.id)
             if claimed is None:  # another worker was first
                 continue
-            if not movable:
-                lost = f"its worker {record.worker} stopped; a {record.kind} stream cannot move to another worker"
-                await self.store.put_stream(
-                    claimed.model_copy(update={"state": StreamState.ERROR.value, "error": lost})
-                )
-                await self.store.release_lease(record.id)
-                event(
-                    "stream.lost", logging.WARNING, stream=record.id, kind=record.kind, worker=record.worker
-                )
-                continue
-            await self._continue_camera(claimed, previous_worker=record.worker)
+            try:
+                if movable:
+                    await self._continue_camera(claimed)
+                else:
+                    await self._record_lost(claimed, record.worker)
+            except Exception:  # this stream only: the others of the round still get their turn
+                event("stream.take_over_failed", logging.WARNING, exc_info=True, stream=record.id)
+                await self._give_back(record)
 
-    async def _continue_camera(self, record: StreamRecord, previous_worker: str) -> None:
+    async def _continue_camera(self, record: StreamRecord) -> None:
         from streamguard.ingest.rtsp import RtspSource
 
-        assert record.reopen_url is not None and record.owner is not None  # checked by the caller
+        assert record.reopen_url is not None and record.owner is not None  # movable, checked above
+        service = self.settings.service
         source = RtspSource(
-            record.reopen_url,
-            self.settings.chunk,
-            max_pending_chunks=self.settings.service.max_pending_chunks,
+            record.reopen_url, self.settings.chunk, max_pending_chunks=service.max_pending_chunks
         )
-        try:
-            await self.open(
-                StreamKind.RTSP,
-                source,
-                record.source,
-                record.owner,
-                reopen_url=record.reopen_url,
-                taken_over=record,
-            )
-        except Exception:  # stays claimable once the lease lapses again
-            await self.store.release_lease(record.id)
-            raise
+        await self.open(
+            StreamKind.RTSP,
+            source,
+            record.source,
+            record.owner,
+            reopen_url=record.reopen_url,
+            taken_over=record,
+        )
         self.metrics.streams_taken_over.inc()
-        event(
-            "stream.taken_over",
-            logging.WARNING,
-            stream=record.id,
-            source=record.source,
-            worker=previous_worker,
+        event("stream.taken_over", logging.WARNING, stream=record.id, source=record.source)
+
+    async def _record_lost(self, claimed: StreamRecord, worker: str) -> None:
+        lost = f"its worker {worker} stopped; a {claimed.kind} stream cannot move to another worker"
+        await self._give_back(
+            claimed.model_copy(update={"state": StreamState.ERROR.value, "error": lost}), worker
         )
+        event("stream.lost", logging.WARNING, stream=claimed.id, kind=claimed.kind, worker=worker)
+
+    async def _give_back(self, record: StreamRecord, worker: str | None = None) -> None:
+        """The record as it was (or as given) naming `worker` (default: the record's) again, then
+        the claimed lease released: the stream is that worker's, or claimable, once more."""
+        await self.store.put_stream(record.model_copy(update={"worker": worker or record.worker}))
+        await self.store.release_lease(record.id)
 
     async def _take_over_forever(self, interval_s: float) -> None:
+        up_since: float | None = None
         while True:
             await asyncio.sleep(interval_s)
+            # After an outage of the store every worker's leases may have lapsed at once: give
+            # the live ones two lease periods to renew before taking anything over.
+            now = time.monotonic()
+            if not self.store.health().up:
+                up_since = None
+                continue
+            up_since = now if up_since is None else up_since
+            if now - up_since < 2 * self.settings.cluster.lease_ttl_s:
+                continue
             try:
                 await self.take_over_expired()
-            except Exception:  # one failed round (Redis away, a camera gone) must not end the next
+            except Exception:  # one failed round (Redis away) must not end the next
                 event("stream.take_over_failed", logging.ERROR, exc_info=True)
 
     def get(self, stream_id: str) -> Stream:
