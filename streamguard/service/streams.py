@@ -555,15 +555,14 @@ class StreamRegistry:
 
     async def _record_lost(self, claimed: StreamRecord, worker: str) -> None:
         lost = f"its worker {worker} stopped; a {claimed.kind} stream cannot move to another worker"
-        await self._give_back(
-            claimed.model_copy(update={"state": StreamState.ERROR.value, "error": lost}), worker
-        )
+        update = {"state": StreamState.ERROR.value, "error": lost, "worker": worker}
+        await self._give_back(claimed.model_copy(update=update))
         event("stream.lost", logging.WARNING, stream=claimed.id, kind=claimed.kind, worker=worker)
 
-    async def _give_back(self, record: StreamRecord, worker: str | None = None) -> None:
-        """The record as it was (or as given) naming `worker` (default: the record's) again, then
-        the claimed lease released: the stream is that worker's, or claimable, once more."""
-        await self.store.put_stream(record.model_copy(update={"worker": worker or record.worker}))
+    async def _give_back(self, record: StreamRecord) -> None:
+        """Write `record` (naming the worker the stream was claimed from), then release the
+        claimed lease: the stream is that worker's, or claimable, once more."""
+        await self.store.put_stream(record)
         await self.store.release_lease(record.id)
 
     async def _take_over_forever(self, interval_s: float) -> None:
