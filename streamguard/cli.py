@@ -11,9 +11,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamguard.config import load_settings
+
+if TYPE_CHECKING:
+    from streamguard_client import StreamGuard
 
 console = Console(stderr=True)
 out = Console()
@@ -349,66 +353,47 @@ def _client_target(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    return asyncio.run(_with_client(args, lambda client: _ask_remote(client, args)))
+
+
+async def _with_client(args: argparse.Namespace, work: Callable[[StreamGuard], Awaitable[int]]) -> int:
+    """Run `work` with a client of the service; a refusal or an unreachable service is one line."""
+    from streamguard_client import Backoff, ServiceError, StreamGuard, StreamGuardError
+
     url, token = _client_target(args)
-    from websockets.exceptions import WebSocketException
-
-    try:
-        return asyncio.run(_ask_remote(url, token, args.stream, args.question, args.max_tokens))
-    except (OSError, WebSocketException) as exc:
-        return _unreachable(url, exc)
-
-
-def _unreachable(url: str, exc: Exception) -> int:
-    console.print(f"[red]error:[/red] cannot reach the service at {url} ({exc})", highlight=False)
-    return 1
-
-
-async def _ask_remote(url: str, token: str, stream_id: str, question: str, max_tokens: int | None) -> int:
-    from websockets.asyncio.client import connect
-
-    ws_url = "ws" + url.removeprefix("http") + f"/v1/streams/{stream_id}/ws"
-    ask = {"type": "question.ask", "id": "cli", "text": question, "max_tokens": max_tokens}
-    async with connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        await ws.send(json.dumps({k: v for k, v in ask.items() if v is not None}))
+    # a command line fails fast: one retry, not a minute of them
+    async with StreamGuard(url, token, backoff=Backoff(attempts=1)) as client:
         try:
-            async for raw in ws:
-                event = json.loads(raw)
-                if event["type"] == "answer.delta":
-                    out.print(event["text"], end="", markup=False, highlight=False)
-                elif event["type"] == "answer.done":
-                    stats = event["stats"]
-                    first = stats["time_to_first_delta_ms"]
-                    first_text = "n/a" if first is None else f"{first:.0f} ms"
-                    out.print(
-                        f"\n[dim]{stats['generated_tokens']} tokens ({stats['finish_reason']}), first delta after "
-                        f"{first_text}, {stats['total_ms']:.0f} ms, context {stats['context_tokens']} tokens[/dim]"
-                    )
-                    return 0
-                elif event["type"] == "error":
-                    console.print(f"[red]error ({event['code']}):[/red] {event['message']}", highlight=False)
-                    return 1
-        except asyncio.CancelledError:  # Ctrl-C: stop the generation on the server too
-            await ws.send(json.dumps({"type": "question.cancel", "id": "cli"}))
-            raise
-    console.print("[red]error:[/red] the connection closed before the answer was done")
-    return 1
+            return await work(client)
+        except ServiceError as exc:
+            console.print(f"[red]error ({exc.code}):[/red] {escape(exc.message)}", highlight=False)
+        except StreamGuardError as exc:  # unreachable, or the connection dropped
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return 1
+
+
+async def _ask_remote(client: StreamGuard, args: argparse.Namespace) -> int:
+    answer = client.ask(args.stream, args.question, max_tokens=args.max_tokens)
+    async for delta in answer:
+        out.print(delta, end="", markup=False, highlight=False)
+    assert answer.stats is not None  # set when the iteration ends without an error
+    stats = answer.stats
+    first = stats["time_to_first_delta_ms"]
+    first_text = "n/a" if first is None else f"{first:.0f} ms"
+    out.print(
+        f"\n[dim]{stats['generated_tokens']} tokens ({stats['finish_reason']}), first delta after "
+        f"{first_text}, {stats['total_ms']:.0f} ms, context {stats['context_tokens']} tokens[/dim]"
+    )
+    return 0
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
-    import httpx
+    return asyncio.run(_with_client(args, lambda client: _list_streams(client, args)))
 
-    url, token = _client_target(args)
-    try:
-        response = httpx.get(f"{url}/v1/streams", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    except httpx.TransportError as exc:
-        return _unreachable(url, exc)
-    if response.is_error:
-        error = response.json().get("error", {})
-        console.print(
-            f"[red]error ({error.get('code', response.status_code)}):[/red] {error.get('message', response.text)}"
-        )
-        return 1
-    streams = response.json()["streams"]
+
+async def _list_streams(client: StreamGuard, args: argparse.Namespace) -> int:
+    url = client.url
+    streams = await client.streams()
     if args.json:
         out.print_json(data=streams)
         return 0
