@@ -78,6 +78,25 @@ class SessionSettings(BaseModel):
     position_limit: int | None = Field(None, gt=0)
 
 
+class MemorySettings(BaseModel):
+    """Long memory: chunks the token budget evicts keep their KV in host memory, then on disk,
+    and a question can recall them (`streamguard/memory/`)."""
+
+    enabled: bool = False
+    # Per stream: chunks older than this (stream seconds behind the newest) are forgotten.
+    retention_s: float = Field(3600.0, gt=0)
+    host_bytes: int = Field(16 * 2**30, ge=0)  # evicted KV kept in RAM; older chunks go to disk
+    disk_bytes: int = Field(64 * 2**30, ge=0)  # past it the oldest files are deleted
+    # Every stream of this worker together; past it the oldest file of any stream goes.
+    service_disk_bytes: int = Field(256 * 2**30, ge=0)
+    # Where chunk files go, one folder per stream; None: <STREAMGUARD_CACHE>/memory.
+    root: str | None = None
+    # Tokens an "auto" recall may load back beside the window.
+    recall_tokens: int = Field(8192, gt=0)
+    # Decoder layers whose queries score chunks ("auto"); None: three spread over the depth.
+    score_layers: list[int] | None = None
+
+
 class ServiceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -118,6 +137,7 @@ class Settings(BaseSettings):
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     pruning: PruningSettings = Field(default_factory=PruningSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 

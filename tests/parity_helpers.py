@@ -34,8 +34,10 @@ def official_inputs(backbone, frames, audio):
     )
 
 
-def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
-    """One forward of the thinker over the official sequence restricted to the kept tokens."""
+def offline_sequence(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
+    """The official sequence restricted to the kept tokens: (embeds (N, d), positions (3, 1, N),
+    segments (N,)), a token's segment being -1 before the stream, its chunk's number, or
+    len(encoded) after the stream (the question)."""
     thinker = backbone.model
     config = thinker.config
     ids = inputs["input_ids"]
@@ -49,13 +51,15 @@ def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
     )
     embeds = thinker.get_input_embeddings()(ids)[0].clone()
     keep_mask = torch.ones(ids.shape[1], dtype=torch.bool)
+    segments = torch.full((ids.shape[1],), -1, dtype=torch.long)
     video_slots = (ids[0] == config.video_token_index).nonzero().flatten()
     audio_slots = (ids[0] == config.audio_token_index).nonzero().flatten()
     v = a = 0
-    for chunk, keep, drop in zip(encoded, keeps, drops, strict=True):
+    for index, (chunk, keep, drop) in enumerate(zip(encoded, keeps, drops, strict=True)):
         flat = chunk.video_flat
         slots = video_slots[v : v + flat.shape[0]]
         embeds[slots] = flat
+        segments[slots] = index
         kept = torch.zeros(flat.shape[0], dtype=torch.bool)
         if not drop:
             kept[keep if keep is not None else slice(None)] = True
@@ -63,11 +67,21 @@ def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
         v += flat.shape[0]
         n_audio = chunk.audio.shape[0]
         embeds[audio_slots[a : a + n_audio]] = chunk.audio
+        segments[audio_slots[a : a + n_audio]] = index
         a += n_audio
     assert v == video_slots.numel() and a == audio_slots.numel()
+    segments[int(audio_slots[-1]) + 1 :] = len(encoded)
+    return embeds[keep_mask], positions[:, :, keep_mask], segments[keep_mask]
+
+
+def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops, attention_mask=None):
+    """One forward of the thinker over the official sequence restricted to the kept tokens;
+    `attention_mask` (1, 1, N, N) bool, True where a token may attend, replaces the causal mask."""
+    thinker = backbone.model
+    embeds, positions, _ = offline_sequence(backbone, inputs, encoded, keeps, drops)
     with torch.inference_mode():
         out = thinker.model.language_model(
-            inputs_embeds=embeds[keep_mask][None], position_ids=positions[:, :, keep_mask]
+            inputs_embeds=embeds[None], position_ids=positions, attention_mask=attention_mask
         )
         return thinker.lm_head(out.last_hidden_state[0])
 

@@ -197,7 +197,7 @@ def test_rebased_cache_equals_a_fresh_cache_at_shifted_positions(tiny_backbone, 
         assert (keys - layer.keys).abs().max() <= 1e-4 and (values - layer.values).abs().max() <= 1e-4
     ids = session.question_tokens(QUESTION)
     expected = backbone.forward(
-        backbone.embed_tokens(ids), session._question_positions(len(ids)), fresh, logits="all"
+        backbone.embed_tokens(ids), session.question_positions(len(ids)), fresh, logits="all"
     )
     assert (session.question_logits(QUESTION) - expected).abs().max().item() <= 1e-4
 
@@ -214,7 +214,7 @@ def test_long_stream_stays_in_range_and_answers_as_without_rebasing(tiny_backbon
     assert rebased.stats.chunks_evicted == plain.stats.chunks_evicted == 10
     assert [c.slot for c in rebased.chunks] == [10, 11]
     ids = rebased.question_tokens(QUESTION)
-    assert rebased._question_positions(len(ids)).max() < 400 <= plain._question_positions(len(ids)).max()
+    assert rebased.question_positions(len(ids)).max() < 400 <= plain.question_positions(len(ids)).max()
     assert rebased.cache_tokens == plain.cache_tokens
     difference = rebased.question_logits(QUESTION) - plain.question_logits(QUESTION)
     assert difference.abs().max().item() <= 1e-4

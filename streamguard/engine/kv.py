@@ -44,3 +44,23 @@ def cache_bytes(cache: Any) -> int:
 def snapshot(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Copies of every layer's keys and values (tests and debugging)."""
     return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
+
+def copy_span(
+    cache: Any, start: int, end: int, device: torch.device | str = "cpu"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of tokens [start, end) of every layer's keys and values, moved to `device`."""
+    return [
+        (
+            layer.keys[..., start:end, :].to(device, copy=True),
+            layer.values[..., start:end, :].to(device, copy=True),
+        )
+        for layer in cache.layers
+    ]
+
+
+def append_span(cache: Any, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put one span's keys and values (as `copy_span` gives them) after every layer's tokens."""
+    for layer, (keys, values) in zip(cache.layers, layers, strict=True):
+        layer.keys = torch.cat([layer.keys, keys.to(layer.keys.device, layer.keys.dtype)], dim=-2)
+        layer.values = torch.cat([layer.values, values.to(layer.values.device, layer.values.dtype)], dim=-2)

@@ -12,13 +12,19 @@ layout position. When the next chunk would climb past the model's range (less th
 question needs), the whole cache is rotated down (`Backbone.rotate_cache`) so the oldest retained
 chunk sits at the stream's base again; rotary attention only sees differences, so nothing else
 changes.
+
+Long memory (`streamguard/memory/`) hooks in at two points and nowhere else: `eviction_sink`
+receives each chunk `_make_room` evicts (its KV and the offset its keys were rotated at) before
+it leaves the cache, and `ask(recall=...)` lets a `Recall` put recalled KV after the window once
+the question's cache length is noted, so the `finally` that cuts the question off cuts them too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -45,10 +51,28 @@ class CachedChunk:
     video_tokens: int  # video tokens held (after pruning / dropping)
     audio_tokens: int
     video_tokens_in: int  # video tokens before pruning
+    appended_at: float = field(default_factory=time.time)  # unix seconds it entered the cache
 
     @property
     def length(self) -> int:
         return self.video_tokens + self.audio_tokens
+
+
+@dataclass
+class EvictedChunk:
+    """A chunk on its way out of the cache: its KV (on the host) with positions baked in."""
+
+    chunk: CachedChunk
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (keys, values) per layer, (1, heads, n, d)
+    position_offset: int  # the session's offset when the keys were last rotated
+
+
+class Recall(Protocol):
+    """What `ask` needs from a recall: put KV after the window, before the question goes in."""
+
+    def load(self, session: StreamSession, question_ids: list[int]) -> int:
+        """Append recalled chunks' KV to `session.cache`; return how many tokens it added."""
+        ...
 
 
 @dataclass
@@ -94,6 +118,8 @@ class StreamSession:
         self.next_slot = 0
         self.position_offset = 0
         self.stats = SessionStats()
+        # Receives every evicted chunk before its KV leaves the cache (long memory); None: dropped.
+        self.eviction_sink: Callable[[EvictedChunk], None] | None = None
         prefix = self.layout.prefix
         positions, self.base = backbone.prefix_positions(len(prefix))
         backbone.forward(backbone.embed_tokens(prefix), positions, self.cache, logits="none")
@@ -190,6 +216,9 @@ class StreamSession:
         """Evict the oldest whole chunks until the new one fits the token budget."""
         for _ in range(self.evictions_for(new_tokens)):
             oldest = self.chunks.pop(0)
+            if self.eviction_sink is not None:
+                span = kv.copy_span(self.cache, oldest.start, oldest.start + oldest.length)
+                self.eviction_sink(EvictedChunk(oldest, span, self.position_offset))
             kv.remove_span(self.cache, oldest.start, oldest.start + oldest.length)
             for chunk in self.chunks:
                 chunk.start -= oldest.length
@@ -232,23 +261,29 @@ class StreamSession:
             )
         return self.layout.close + self.backbone.tokenize(text) + self.layout.suffix
 
-    def question_logits(self, question: str) -> torch.Tensor:
+    def question_logits(self, question: str, recall: Recall | None = None) -> torch.Tensor:
         """Logits over the question's prompt tokens, cache left as it was (fidelity and tests)."""
         ids = self.question_tokens(question)
         context_length = kv.cache_length(self.cache)
         try:
+            if recall is not None:
+                recall.load(self, ids)
             return self.backbone.forward(
-                self.backbone.embed_tokens(ids), self._question_positions(len(ids)), self.cache, logits="all"
+                self.backbone.embed_tokens(ids), self.question_positions(len(ids)), self.cache, logits="all"
             )
         finally:
             kv.truncate(self.cache, context_length)
 
-    def _question_positions(self, num_tokens: int) -> torch.Tensor:
+    def question_positions(self, num_tokens: int) -> torch.Tensor:
+        """Where a question of `num_tokens` prompt tokens goes: right after the newest chunk's slot."""
         start = self.base + self.backbone.chunk_period() * self.next_slot - self.position_offset
         return self.backbone.question_positions(start, num_tokens)
 
-    def ask(self, question: str, params: SamplingParams | None = None) -> Iterator[str]:
-        """Yield the answer's text deltas as they decode; the stream's cache is left as it was."""
+    def ask(
+        self, question: str, params: SamplingParams | None = None, recall: Recall | None = None
+    ) -> Iterator[str]:
+        """Yield the answer's text deltas as they decode; the stream's cache is left as it was.
+        `recall` puts older chunks' KV beside the window for this answer only."""
         params = params or SamplingParams(
             self.settings.max_new_tokens, self.settings.temperature, self.settings.top_p
         )
@@ -256,10 +291,12 @@ class StreamSession:
         started = time.perf_counter()
         stats = AnswerStats(prompt_tokens=len(ids), context_tokens=self.context_tokens)
         context_length = kv.cache_length(self.cache)
-        positions = self._question_positions(len(ids))
+        positions = self.question_positions(len(ids))
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         generated: list[int] = []
         try:
+            if recall is not None:
+                stats.context_tokens += recall.load(self, ids)
             logits = self.backbone.forward(self.backbone.embed_tokens(ids), positions, self.cache)
             next_position = int(positions[0, -1]) + 1
             emitted = ""
