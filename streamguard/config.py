@@ -6,6 +6,7 @@ Environment variables use the prefix ``STREAMGUARD_`` and ``__`` between levels,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,10 +98,26 @@ class MemorySettings(BaseModel):
     score_layers: list[int] | None = None
 
 
+class Role(StrEnum):
+    """What a token may see: a user only the streams it opened, an admin every stream."""
+
+    USER = "user"
+    ADMIN = "admin"
+
+
+class TokenEntry(BaseModel):
+    """A token with its holder's name and role; a plain string in `service.tokens` is a user
+    token named after the start of its digest."""
+
+    token: str = Field(min_length=1)
+    name: str | None = None
+    role: Role = Role.USER
+
+
 class ServiceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
-    tokens: list[str] = Field(default_factory=lambda: ["streamguard-dev-token"])
+    tokens: list[str | TokenEntry] = Field(default_factory=lambda: ["streamguard-dev-token"])
     max_streams_per_token: int = 8
     # Streams this worker holds, all tokens together: each one holds a KV cache on the GPU.
     max_streams: int = Field(16, gt=0)

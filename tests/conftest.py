@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
+from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.ingest.synthetic import write_clip
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny real Qwen2.5-Omni thinker (`build_tiny_checkpoint`), built once per session."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

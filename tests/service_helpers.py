@@ -108,8 +108,8 @@ class LiveService:
             max_size=None,
         )
 
-    def stream(self, stream_id: str) -> dict:
-        response = self.http.get(f"/v1/streams/{stream_id}")
+    def stream(self, stream_id: str, token: str = TOKEN) -> dict:
+        response = self.http.get(f"/v1/streams/{stream_id}", headers={"Authorization": f"Bearer {token}"})
         response.raise_for_status()
         return response.json()
 

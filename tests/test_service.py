@@ -350,19 +350,22 @@ def test_stream_requests_are_validated_with_clear_messages(service, tmp_path):
 
 
 def test_each_token_holds_a_bounded_number_of_streams(service, clip):
-    first, second = (create_file_stream(service, clip, OTHER_TOKEN)["id"] for _ in range(2))
-    response = service.http.post(
-        "/v1/streams",
-        json={"source": "file", "path": str(clip), "realtime": False},
-        headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
-    )
-    assert response.status_code == 429 and error_of(response)["code"] == "too_many_streams"
-    third = create_file_stream(service, clip)["id"]  # another token has its own quota
-    for stream_id in (first, second, third):
-        assert service.http.delete(f"/v1/streams/{stream_id}").status_code == 200
-    create_file_stream(service, clip, OTHER_TOKEN)  # a deleted stream frees its slot
-    for stream in service.http.get("/v1/streams").json()["streams"]:
-        service.http.delete(f"/v1/streams/{stream['id']}")
+    other = {"Authorization": f"Bearer {OTHER_TOKEN}"}
+    # paced at real time: both still run when the third is asked for
+    first, second = (create_file_stream(service, clip, OTHER_TOKEN, realtime=True)["id"] for _ in range(2))
+    held = [first, second]
+    try:
+        response = service.http.post(
+            "/v1/streams", json={"source": "file", "path": str(clip), "realtime": False}, headers=other
+        )
+        assert response.status_code == 429 and error_of(response)["code"] == "too_many_streams"
+        third = create_file_stream(service, clip)["id"]  # another token has its own quota
+        assert service.http.delete(f"/v1/streams/{third}").status_code == 200
+        assert service.http.delete(f"/v1/streams/{first}", headers=other).status_code == 200
+        held.append(create_file_stream(service, clip, OTHER_TOKEN)["id"])  # a deleted stream frees its slot
+    finally:
+        for stream_id in held:
+            service.http.delete(f"/v1/streams/{stream_id}", headers=other)
 
 
 def test_the_worker_holds_a_bounded_number_of_streams_whatever_the_tokens(service, clip):
@@ -375,6 +378,7 @@ def test_the_worker_holds_a_bounded_number_of_streams_whatever_the_tokens(servic
     )
     assert response.status_code == 503 and error_of(response)["code"] == "service_full"
     assert "service.max_streams" in error_of(response)["message"]
+    service.http.delete(f"/v1/streams/{held.pop()}", headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
     for stream_id in held:
         service.http.delete(f"/v1/streams/{stream_id}")
 

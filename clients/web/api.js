@@ -60,8 +60,10 @@ export async function request(method, path, body) {
   return data;
 }
 
-export async function listStreams() {
-  return (await request("GET", "/v1/streams")).streams;
+/** `{streams, viewer}`: the streams this token may see, and who it is (`viewer.sees_all_streams`
+ * is false for a user token, which sees only the streams it opened). */
+export function listStreams() {
+  return request("GET", "/v1/streams");
 }
 
 export function addRtspStream(url) {

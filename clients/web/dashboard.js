@@ -1,4 +1,5 @@
-// The operator dashboard: every stream, polled once a second; add RTSP cameras, remove streams.
+// The operator dashboard: the streams the token sees (an admin token: every stream; a user token:
+// the ones it opened, as the page says), polled once a second; add RTSP cameras, remove streams.
 
 import { ApiError, UnreachableError, addRtspStream, listStreams, removeStream } from "./api.js";
 import { Backoff } from "./backoff.js";
@@ -17,6 +18,7 @@ const ui = {
   addMessage: byId("add-camera-message"),
   list: byId("streams"),
   empty: byId("no-streams"),
+  scope: byId("scope"),
 };
 const cards = new Map();
 const outage = new Backoff();
@@ -26,19 +28,30 @@ let signedIn = false;
 const gate = new TokenGate({
   form: byId("token-form"),
   changeButton: byId("change-token"),
-  onAccepted: (streams) => {
+  onAccepted: (list) => {
     signedIn = true;
     ui.addButton.disabled = false;
-    listed(streams);
+    listed(list);
   },
   onFailed: failed,
 });
 
 /** A fresh stream list: show it, and ask again in a second. */
-function listed(streams) {
+function listed({ streams, viewer }) {
   outage.reset();
+  showScope(viewer);
   show(streams);
   schedule(POLL_MS);
+}
+
+/** Say whose streams the list holds: a user token sees only the streams it opened. */
+function showScope(viewer) {
+  ui.scope.hidden = false;
+  ui.scope.dataset.scope = viewer.sees_all_streams ? "all" : "own";
+  ui.scope.textContent = viewer.sees_all_streams
+    ? `Signed in as ${viewer.name} (${viewer.role}): every stream of this worker.`
+    : `Signed in as ${viewer.name} (${viewer.role}): only the streams this token opened. ` +
+      "Other tokens' streams are not shown; an admin token sees them all.";
 }
 
 function failed(error) {

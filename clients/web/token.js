@@ -7,7 +7,8 @@ export class TokenGate {
    * @param {object} parts
    * @param {HTMLFormElement} parts.form  holds #token-input and #token-message
    * @param {HTMLButtonElement} parts.changeButton  shows the form again
-   * @param {(streams: object[]) => void} parts.onAccepted  the token works; the current streams
+   * @param {(list: {streams: object[], viewer: object}) => void} parts.onAccepted  the token
+   *   works; the stream list it sees
    * @param {(error: Error) => void} parts.onFailed  refused (ApiError) or unreachable
    */
   constructor({ form, changeButton, onAccepted, onFailed }) {
@@ -34,10 +35,10 @@ export class TokenGate {
   /** Any authenticated call proves the token; listing streams is the cheapest. */
   async check() {
     try {
-      const streams = await listStreams();
+      const list = await listStreams();
       this.form.hidden = true;
       this.changeButton.hidden = false;
-      this.onAccepted(streams);
+      this.onAccepted(list);
     } catch (error) {
       if (error instanceof ApiError && error.isBadToken) this.refuse(error);
       this.onFailed(error);

@@ -26,7 +26,7 @@ from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
-from streamguard.service.auth import authenticate, owner_of, presented_token, require_token
+from streamguard.service.auth import Caller, authenticate, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
@@ -39,10 +39,11 @@ from streamguard.service.protocol import (
     ServiceStats,
     StreamInfo,
     StreamList,
+    Viewer,
     describe_errors,
     validation_code,
 )
-from streamguard.service.streams import StreamRegistry, open_source, unknown_stream
+from streamguard.service.streams import Stream, StreamRegistry, open_source, unknown_stream
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
 
@@ -50,7 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ApiError} for status in (401, 403, 404, 422, 429, 503)
 }
 
-Token = Annotated[str, Depends(require_token)]
+Authenticated = Annotated[Caller, Depends(require_token)]
 
 
 def registry_of(request: Request) -> StreamRegistry:
@@ -59,50 +60,65 @@ def registry_of(request: Request) -> StreamRegistry:
 
 Registry = Annotated[StreamRegistry, Depends(registry_of)]
 
+
+def stream_seen_by(caller: Caller, registry: StreamRegistry, stream_id: str) -> Stream:
+    """The stream, if the caller may see it; another token's stream is as absent as no stream."""
+    stream = registry.get(stream_id)
+    if not caller.may_see(stream.owner):
+        raise unknown_stream(stream_id)
+    return stream
+
+
 api = APIRouter(prefix="/v1", tags=["streams"], responses=ERROR_RESPONSES)
 
 
 @api.post("/streams", status_code=201)
 async def create_stream(
-    body: Annotated[CreateStreamRequest, Body()], token: Token, registry: Registry
+    body: Annotated[CreateStreamRequest, Body()], caller: Authenticated, registry: Registry
 ) -> StreamInfo:
     """Start a stream from an RTSP camera, or from a file on the server when enabled."""
     source, kind, description = await open_source(body, registry.settings)
     # a camera's full URL lets another worker reopen it should this one die
     reopen_url = body.url if isinstance(body, RtspStreamRequest) else None
-    stream = await registry.open(kind, source, description, owner_of(token), reopen_url=reopen_url)
+    stream = await registry.open(kind, source, description, caller.owner, reopen_url=reopen_url)
     return stream.info()
 
 
 @api.get("/streams")
-async def list_streams(_: Token, registry: Registry) -> StreamList:
-    return StreamList(streams=[stream.info() for stream in registry.all()])
+async def list_streams(caller: Authenticated, registry: Registry) -> StreamList:
+    """The streams the token may see (a user token: those it opened; an admin token: all)."""
+    streams = [stream.info() for stream in registry.all() if caller.may_see(stream.owner)]
+    viewer = Viewer(name=caller.name, role=caller.role, sees_all_streams=caller.sees_all_streams)
+    return StreamList(streams=streams, viewer=viewer)
 
 
 @api.get("/streams/{stream_id}")
-async def get_stream(stream_id: str, _: Token, registry: Registry) -> StreamInfo:
-    return registry.get(stream_id).info()
+async def get_stream(stream_id: str, caller: Authenticated, registry: Registry) -> StreamInfo:
+    return stream_seen_by(caller, registry, stream_id).info()
 
 
 @api.delete("/streams/{stream_id}")
-async def delete_stream(stream_id: str, _: Token, registry: Registry) -> StreamInfo:
+async def delete_stream(stream_id: str, caller: Authenticated, registry: Registry) -> StreamInfo:
     """Stop the stream and free its cache; returns its final stats."""
-    return await registry.delete(stream_id)
+    return await registry.delete(stream_seen_by(caller, registry, stream_id).id)
 
 
 @api.get("/streams/{stream_id}/answers")
 async def stream_answers(
-    stream_id: str, _: Token, registry: Registry, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    stream_id: str,
+    caller: Authenticated,
+    registry: Registry,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> AnswerLog:
     """The stream's latest questions and answers, oldest first (also after it was deleted)."""
     record = await registry.store.get_stream(stream_id)
-    if record is None:
+    if record is None or not caller.may_see(record.owner):
         raise unknown_stream(stream_id)
     return AnswerLog(stream=record, answers=await registry.store.answers(stream_id, limit))
 
 
 @api.get("/stats")
-async def service_stats(_: Token, registry: Registry) -> ServiceStats:
+async def service_stats(_: Authenticated, registry: Registry) -> ServiceStats:
     """This worker's totals: every stream it has run, deleted ones included (the queue depth
     and KV cache figures are of the streams it holds now)."""
     return registry.totals()
@@ -116,11 +132,11 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     await websocket.accept()
     state = websocket.app.state
     try:
-        authenticate(
+        caller = authenticate(
             state.settings.service,
             presented_token(websocket.headers.get("authorization"), websocket.query_params.get("token")),
         )
-        stream = state.registry.get(stream_id)
+        stream = stream_seen_by(caller, state.registry, stream_id)
     except ServiceError as error:
         await refuse(websocket, error)
         return
@@ -131,7 +147,7 @@ ops = APIRouter(tags=["operations"])
 
 
 @ops.get("/metrics", responses=ERROR_RESPONSES)
-async def metrics(request: Request, _: Token) -> Response:
+async def metrics(request: Request, _: Authenticated) -> Response:
     """Prometheus text exposition (scrape it with the bearer token)."""
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,13 +1,20 @@
-"""Who may use the service: bearer tokens, and the limits each token works under."""
+"""Who may use the service: bearer tokens, what each one sees, and the limits it works under.
+
+A token opens streams as their owner. A user token (`Role.USER`, also any plain string in
+`service.tokens`) sees, asks on, reads the answer log of and deletes only the streams it opened:
+another token's stream is `unknown_stream` (404), as if it did not exist, so stream ids leak
+nothing. An admin token (`Role.ADMIN`) sees every stream (the operator's dashboard).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from fastapi import Request
 
-from streamguard.config import ServiceSettings
+from streamguard.config import Role, ServiceSettings, TokenEntry
 from streamguard.service.protocol import ServiceError
 
 # Websocket close codes: 4000 + the HTTP status the same refusal gets over REST.
@@ -24,19 +31,41 @@ def presented_token(authorization: str | None, query_token: str | None = None) -
     return query_token or None
 
 
-def authenticate(settings: ServiceSettings, token: str | None) -> str:
-    """The caller's token if it is one of the service's: missing → 401, wrong → 403."""
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated token: its holder's name and role, and `owner`, the digest its streams
+    are recorded under (in Redis too, so it holds on every worker)."""
+
+    name: str
+    role: Role
+    owner: str
+
+    @property
+    def sees_all_streams(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def may_see(self, owner: str | None) -> bool:
+        """Whether a stream opened by `owner` exists for this caller."""
+        return self.sees_all_streams or owner == self.owner
+
+
+def authenticate(settings: ServiceSettings, token: str | None) -> Caller:
+    """Who holds the token, if it is one of the service's: missing → 401, wrong → 403."""
     if not token:
         raise ServiceError(
             "missing_token",
             "a bearer token is required: send 'Authorization: Bearer <token>' (or ?token= on a websocket)",
             status=401,
         )
+    entries = [TokenEntry(token=e) if isinstance(e, str) else e for e in settings.tokens]
     # compare against every token in constant time, so timing tells nothing about a near miss
-    matches = [hmac.compare_digest(token.encode(), known.encode()) for known in settings.tokens]
+    presented = token.encode(errors="replace")
+    matches = [hmac.compare_digest(presented, entry.token.encode()) for entry in entries]
     if not any(matches):
         raise ServiceError("invalid_token", "the token is not valid for this service", status=403)
-    return token
+    entry = entries[matches.index(True)]
+    owner = owner_of(entry.token)
+    return Caller(name=entry.name or f"token {owner[:8]}", role=entry.role, owner=owner)
 
 
 def owner_of(token: str) -> str:
@@ -45,15 +74,15 @@ def owner_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
-def require_token(request: Request) -> str:
+def require_token(request: Request) -> Caller:
     """FastAPI dependency for REST endpoints."""
     settings: ServiceSettings = request.app.state.settings.service
     return authenticate(settings, presented_token(request.headers.get("authorization")))
 
 
 def check_stream_quota(settings: ServiceSettings, streams_held: int) -> None:
-    """A token holds at most `max_streams_per_token` streams (ended ones count until deleted or
-    expired: they still hold their cache for questions)."""
+    """A token runs at most `max_streams_per_token` streams at once (starting, live or
+    reconnecting; ended ones do not count)."""
     if streams_held >= settings.max_streams_per_token:
         raise ServiceError(
             "too_many_streams",

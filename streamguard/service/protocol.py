@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamSummary
-from streamguard.config import ReferenceMode
+from streamguard.config import ReferenceMode, Role
 
 ErrorCode = Literal[
     # websocket messages
@@ -216,8 +216,17 @@ class WebRtcAnswer(BaseModel):
     stream: StreamInfo
 
 
+class Viewer(BaseModel):
+    """Who asked: a user token sees only the streams it opened, an admin token every stream."""
+
+    name: str
+    role: Role
+    sees_all_streams: bool
+
+
 class StreamList(BaseModel):
     streams: list[StreamInfo]
+    viewer: Viewer
 
 
 class AnswerLog(BaseModel):

@@ -442,8 +442,17 @@ class StreamRegistry:
         event("stream.created", stream=stream.id, kind=kind.value, source=description)
         return stream
 
-    def _held_by(self, owner: str) -> int:
-        return sum(stream.owner == owner for stream in self._streams.values()) + self._opening[owner]
+    def _running_for(self, owner: str) -> int:
+        """The owner's streams that run (or are being set up): what its quota counts."""
+        running = (s for s in self._streams.values() if s.state in ACTIVE_STATES)
+        return sum(stream.owner == owner for stream in running) + self._opening[owner]
+
+    def _holding_room(self) -> int:
+        """Streams that take a worker slot: running ones, and ended ones that hold media in
+        their cache (a stream that ended before any chunk came, such as a WebRTC peer that
+        never sent media, holds nothing)."""
+        holding = (s for s in self._streams.values() if s.state in ACTIVE_STATES or s.chunks_received)
+        return sum(1 for _ in holding) + self._opening.total()
 
     def _has_room(self, owner: str) -> bool:
         try:
@@ -454,9 +463,9 @@ class StreamRegistry:
 
     def _check_room(self, owner: str) -> None:
         """The token's quota, then the worker's `max_streams` (streams being set up count)."""
-        check_stream_quota(self.settings.service, self._held_by(owner))
+        check_stream_quota(self.settings.service, self._running_for(owner))
         limit = self.settings.service.max_streams
-        if len(self._streams) + self._opening.total() >= limit:
+        if self._holding_room() >= limit:
             raise ServiceError(
                 "service_full",
                 f"this worker holds its limit of {limit} streams (service.max_streams); "

@@ -12,8 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 
 from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
-from streamguard.service.app import ERROR_RESPONSES, Registry, Token
-from streamguard.service.auth import owner_of
+from streamguard.service.app import ERROR_RESPONSES, Authenticated, Registry
 from streamguard.service.protocol import ApiError, ServiceError, StreamKind, WebRtcAnswer, WebRtcOffer
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES, 400: {"model": ApiError}})
@@ -21,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES,
 
 @router.post("/streams/webrtc", status_code=201)
 async def create_webrtc_stream(
-    body: Annotated[WebRtcOffer, Body()], token: Token, registry: Registry, request: Request
+    body: Annotated[WebRtcOffer, Body()], caller: Authenticated, registry: Registry, request: Request
 ) -> WebRtcAnswer:
     """Start a stream from a WebRTC peer sending one audio and/or one video track. Send the
     offer once ICE gathering is complete; a malformed or unanswerable offer is `invalid_sdp`."""
@@ -35,7 +34,7 @@ async def create_webrtc_stream(
     try:
         answer = await source.accept(body.sdp)
         stream = await registry.open(
-            StreamKind.WEBRTC, source, f"webrtc {offer.describe()} from {peer}", owner_of(token)
+            StreamKind.WEBRTC, source, f"webrtc {offer.describe()} from {peer}", caller.owner
         )
     except InvalidOffer as exc:
         await source.close()
