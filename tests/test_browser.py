@@ -139,6 +139,8 @@ def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
         sign_in(page)
         expect(state_of(page)).to_have_attribute("data-state", "live")
         expect(page.locator("#no-streams")).to_be_visible()
+        # the test token is a user token: the page says it sees only its own streams
+        expect(page.locator("#scope")).to_contain_text("only the streams this token opened")
 
         url_box = page.get_by_label("Add an RTSP camera")
         url_box.fill(NOT_RTSP)
