@@ -14,7 +14,9 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ ships inside the package (streamguard/configs links to it), so `--config NAME` works
+# from an installed wheel as from a checkout.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ModelSettings(BaseModel):

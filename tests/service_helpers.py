@@ -166,14 +166,17 @@ class ServeProcess:
 
 
 @contextmanager
-def serve_process(folder: Path, args: list[str], env: dict[str, str]) -> Iterator[ServeProcess]:
-    """Start `streamguard serve ARGS --port <free>` with `env` over this environment, wait until
-    it answers /healthz, and on the way out stop it with Ctrl-C (SIGINT), killing it if it hangs."""
+def serve_process(
+    folder: Path, args: list[str], env: dict[str, str], command: list[str] | None = None
+) -> Iterator[ServeProcess]:
+    """Start `streamguard serve ARGS --port <free>` (`command`: another `streamguard` than this
+    environment's) with `env` over this environment, wait until it answers /healthz, and on the
+    way out stop it with Ctrl-C (SIGINT), killing it if it hangs."""
     port = free_port()
     log = folder / f"serve-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [*streamguard_command(), "serve", *args, "--port", str(port)],
+            [*(command or streamguard_command()), "serve", *args, "--port", str(port)],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -45,7 +45,7 @@ from streamguard.service.protocol import (
 )
 from streamguard.service.streams import Stream, StreamRegistry, open_source, unknown_stream
 
-WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
+WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web"  # clients/web, shipped as package data
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ApiError} for status in (401, 403, 404, 422, 429, 503)
