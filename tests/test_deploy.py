@@ -16,7 +16,6 @@ import pytest
 import yaml
 from service_helpers import TOKEN, serve, serve_process, tiny_settings, wait_until
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.service import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +47,12 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
-def test_the_dashboard_and_the_alert_rules_use_only_series_a_live_service_exports(tmp_path, clip):
+def test_the_dashboard_and_the_alert_rules_use_only_series_a_live_service_exports(checkpoint, clip):
     queries = dashboard_queries() + [rule["expr"] for rule in alert_rules()]
     used = {name for query in queries for name in METRIC_NAME.findall(query)}
     assert {"streamguard_chunks_dropped_total", "streamguard_store_up"} <= used
 
-    settings = tiny_settings(build_tiny_checkpoint(tmp_path / "tiny"), allow_file_sources=True)
+    settings = tiny_settings(checkpoint, allow_file_sources=True)
     with serve(create_app(settings)) as service:
         created = service.http.post(
             "/v1/streams", json={"source": "file", "path": str(clip("deploy.mp4", 4.0))}
@@ -124,7 +123,7 @@ def test_the_compose_file_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_an_installed_wheel_serves_the_pages_and_finds_its_configs(tmp_path):
+def test_an_installed_wheel_serves_the_pages_and_finds_its_configs(tmp_path, checkpoint):
     """A non-editable install (as the compose image makes) carries the web client and the configs."""
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -179,7 +178,7 @@ def test_an_installed_wheel_serves_the_pages_and_finds_its_configs(tmp_path):
 
     env = {
         "PYTHONPATH": "",  # the installed wheel, never a checkout on the path
-        "STREAMGUARD_MODEL__PATH": str(build_tiny_checkpoint(tmp_path / "tiny")),
+        "STREAMGUARD_MODEL__PATH": str(checkpoint),
         "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
     }
     with serve_process(
