@@ -20,7 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ModelSettings(BaseModel):
-    backbone: Literal["qwen2.5-omni", "video-salmonn2+"] = "qwen2.5-omni"
+    backbone: Literal["qwen2.5-omni", "qwen3-omni", "video-salmonn2+"] = "qwen2.5-omni"
     # A hub id, a local checkpoint folder, or `tiny:<backbone>` for the tiny random test model.
     path: str = "Qwen/Qwen2.5-Omni-7B"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

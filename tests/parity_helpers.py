@@ -1,6 +1,7 @@
-"""The offline-forward parity oracle shared by the session tests: transformers' own processor and
-`get_rope_index(use_audio_in_video=True)` lay out a whole clip, the pruned tokens are dropped
-from that sequence, and one forward of the thinker gives the logits a streamed session must match.
+"""The offline-forward parity oracle shared by the session tests (Qwen2.5-Omni and Qwen3-Omni):
+transformers' own processor and `get_rope_index(use_audio_in_video=True)` lay out a whole clip,
+the pruned tokens are dropped from that sequence, and one forward of the thinker gives the logits
+a streamed session must match.
 """
 
 from __future__ import annotations
@@ -34,26 +35,35 @@ def official_inputs(backbone, frames, audio):
     )
 
 
-def offline_sequence(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
-    """The official sequence restricted to the kept tokens: (embeds (N, d), positions (3, 1, N),
-    segments (N,)), a token's segment being -1 before the stream, its chunk's number, or
-    len(encoded) after the stream (the question)."""
-    thinker = backbone.model
-    config = thinker.config
-    ids = inputs["input_ids"]
-    positions, _ = thinker.model.get_rope_index(
-        ids,
+def official_positions(backbone, inputs) -> torch.Tensor:
+    """(3, 1, N) positions of the official prompt by the thinker's own get_rope_index."""
+    positions, _ = backbone.model.model.get_rope_index(
+        inputs["input_ids"],
         video_grid_thw=inputs["video_grid_thw"],
         attention_mask=inputs["attention_mask"],
         use_audio_in_video=True,
         audio_seqlens=inputs["feature_attention_mask"].sum(-1),
         second_per_grids=inputs["video_second_per_grid"],
     )
+    return positions
+
+
+def offline_sequence(backbone, inputs, encoded: list[EncodedChunk], keeps, drops):
+    """The official sequence restricted to the kept tokens: (embeds (N, d), positions (3, 1, N),
+    segments (N,), deepstack), a token's segment being -1 before the stream, its chunk's number, or
+    len(encoded) after the stream (the question); `deepstack` the language model's arguments for
+    the kept video tokens' deepstack features (Qwen3-Omni; empty for a model without)."""
+    thinker = backbone.model
+    config = thinker.config
+    ids = inputs["input_ids"]
+    positions = official_positions(backbone, inputs)
     embeds = thinker.get_input_embeddings()(ids)[0].clone()
     keep_mask = torch.ones(ids.shape[1], dtype=torch.bool)
     segments = torch.full((ids.shape[1],), -1, dtype=torch.long)
-    video_slots = (ids[0] == config.video_token_index).nonzero().flatten()
-    audio_slots = (ids[0] == config.audio_token_index).nonzero().flatten()
+    video_mask = ids[0] == config.video_token_id
+    video_slots = video_mask.nonzero().flatten()
+    audio_slots = (ids[0] == config.audio_token_id).nonzero().flatten()
+    features = []
     v = a = 0
     for index, (chunk, keep, drop) in enumerate(zip(encoded, keeps, drops, strict=True)):
         flat = chunk.video_flat
@@ -64,6 +74,8 @@ def offline_sequence(backbone, inputs, encoded: list[EncodedChunk], keeps, drops
         if not drop:
             kept[keep if keep is not None else slice(None)] = True
         keep_mask[slots] = kept
+        if chunk.deepstack is not None:
+            features.append(chunk.deepstack_flat[:, kept])
         v += flat.shape[0]
         n_audio = chunk.audio.shape[0]
         embeds[audio_slots[a : a + n_audio]] = chunk.audio
@@ -71,17 +83,24 @@ def offline_sequence(backbone, inputs, encoded: list[EncodedChunk], keeps, drops
         a += n_audio
     assert v == video_slots.numel() and a == audio_slots.numel()
     segments[int(audio_slots[-1]) + 1 :] = len(encoded)
-    return embeds[keep_mask], positions[:, :, keep_mask], segments[keep_mask]
+    deepstack = {}
+    if features:
+        deepstack = {
+            "visual_pos_masks": video_mask[keep_mask][None],
+            "deepstack_visual_embeds": list(torch.cat(features, dim=1)),
+        }
+    return embeds[keep_mask], positions[:, :, keep_mask], segments[keep_mask], deepstack
 
 
 def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops, attention_mask=None):
-    """One forward of the thinker over the official sequence restricted to the kept tokens;
+    """One forward of the thinker over the official sequence restricted to the kept tokens, the
+    kept video tokens' deepstack features (Qwen3-Omni) added as the thinker's forward adds them;
     `attention_mask` (1, 1, N, N) bool, True where a token may attend, replaces the causal mask."""
     thinker = backbone.model
-    embeds, positions, _ = offline_sequence(backbone, inputs, encoded, keeps, drops)
+    embeds, positions, _, deepstack = offline_sequence(backbone, inputs, encoded, keeps, drops)
     with torch.inference_mode():
         out = thinker.model.language_model(
-            inputs_embeds=embeds[None], position_ids=positions, attention_mask=attention_mask
+            inputs_embeds=embeds[None], position_ids=positions, attention_mask=attention_mask, **deepstack
         )
         return thinker.lm_head(out.last_hidden_state[0])
 

@@ -103,7 +103,7 @@ def windows(clip) -> tuple[list[list[int]], list[int]]:
 
 def oracle_logits(backbone, clip, recalled: list[int]) -> torch.Tensor:
     encoded, keeps, drops, inputs = clip
-    _, _, segments = offline_sequence(backbone, inputs, encoded, keeps, drops)
+    _, _, segments, _ = offline_sequence(backbone, inputs, encoded, keeps, drops)
     seen, final = windows(clip)
     visible = torch.zeros(CHUNKS + 2, CHUNKS + 2, dtype=torch.bool)  # [query segment+1, key segment+1]
     visible[:, 0] = True  # everything sees the prefix

@@ -266,7 +266,7 @@ def test_tiny_video_salmonn_builds_once_in_the_cache(tmp_path, monkeypatch):
     first = load("tiny:video-salmonn")
     assert (tmp_path / "tiny-video-salmonn" / "streamguard-tiny.json").is_file()
     assert first.model_id == "tiny:video-salmonn"
-    with pytest.raises(ValueError, match=r"known: qwen2\.5-omni, video-salmonn"):
+    with pytest.raises(ValueError, match=r"known: qwen2\.5-omni, qwen3-omni, video-salmonn"):
         load("tiny:nothing")
 
 
@@ -284,8 +284,9 @@ def test_tiny_video_salmonn_builds_once_in_the_cache(tmp_path, monkeypatch):
             "video-salmonn2+",
             "holds a 'qwen2_5_vl' model; the video-salmonn2\\+ backbone needs",
         ),
+        ({"model_type": "qwen3_omni_moe"}, "qwen2.5-omni", "set model.backbone to qwen3-omni"),
     ],
-    ids=["omni-as-salmonn", "salmonn-as-omni", "plain-qwen2.5-vl"],
+    ids=["omni-as-salmonn", "salmonn-as-omni", "plain-qwen2.5-vl", "qwen3-omni-as-qwen2.5-omni"],
 )
 def test_a_checkpoint_of_another_family_is_refused_with_the_setting_that_loads_it(
     tmp_path, config, backbone_name, message

@@ -15,8 +15,14 @@ def load_backbone(model: ModelSettings, chunk: ChunkSettings) -> Backbone:
         from streamguard.backbones.qwen_omni import QwenOmniBackbone
 
         return QwenOmniBackbone.from_settings(model, chunk)
+    if model.backbone == "qwen3-omni":
+        from streamguard.backbones.qwen3_omni import Qwen3OmniBackbone
+
+        return Qwen3OmniBackbone.from_settings(model, chunk)
     if model.backbone == "video-salmonn2+":
         from streamguard.backbones.salmonn import SalmonnBackbone
 
         return SalmonnBackbone.from_settings(model, chunk)
-    raise BackboneError(f"backbone {model.backbone!r} is not available; known: qwen2.5-omni, video-salmonn2+")
+    raise BackboneError(
+        f"backbone {model.backbone!r} is not available; known: qwen2.5-omni, qwen3-omni, video-salmonn2+"
+    )

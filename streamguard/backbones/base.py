@@ -32,20 +32,38 @@ class EncodedChunk:
 
     `video` is (F, H, W, d): F temporal patches, H×W the merged grid; its flat order
     f*H*W + h*W + w is the order the backbone lays the tokens into the sequence.
+    `deepstack` (Qwen3-Omni) is (K, F, H, W, d): what the vision tower's K deepstack mergers add to
+    each video token's hidden state after the first K decoder layers; None for other models.
     """
 
     video: torch.Tensor | None
     audio: torch.Tensor  # (L, d)
+    deepstack: torch.Tensor | None = None
 
     @property
     def video_flat(self) -> torch.Tensor | None:
         return None if self.video is None else self.video.reshape(-1, self.video.shape[-1])
 
     @property
+    def deepstack_flat(self) -> torch.Tensor | None:
+        """(K, F*H*W, d), in `video_flat`'s token order."""
+        if self.deepstack is None:
+            return None
+        return self.deepstack.reshape(self.deepstack.shape[0], -1, self.deepstack.shape[-1])
+
+    @property
     def num_video_tokens(self) -> int:
         return (
             0 if self.video is None else int(self.video.shape[0] * self.video.shape[1] * self.video.shape[2])
         )
+
+
+@dataclass
+class DeepstackFeatures:
+    """The deepstack features of the video tokens in one forward's input, in sequence order."""
+
+    mask: torch.Tensor  # (N,) bool: which of the forward's N tokens are video tokens
+    features: torch.Tensor  # (K, mask.sum(), d): added to them after decoder layers 0…K-1
 
 
 @dataclass
@@ -82,6 +100,11 @@ class Backbone(Protocol):
 
     def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
         """(F, H, W, d) video tokens in the LLM space, None for a chunk without frames."""
+        ...
+
+    def encode_vision(self, inputs: ChunkInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The video tokens and, from one run of the vision tower, their (K, F, H, W, d) deepstack
+        features (None for a model without deepstack)."""
         ...
 
     def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
@@ -122,10 +145,16 @@ class Backbone(Protocol):
     def new_cache(self) -> Any: ...
 
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, logits: str = "last"
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        logits: str = "last",
+        deepstack: DeepstackFeatures | None = None,
     ) -> torch.Tensor | None:
         """Run the language model over (N, d) embeds at (3, N) positions, appending to `cache`;
-        return the logits of the last token ("last"), of every token ("all") or none ("none")."""
+        return the logits of the last token ("last"), of every token ("all") or none ("none").
+        `deepstack` carries the video tokens' deepstack features on a model that has them."""
         ...
 
     def rotate_cache(self, cache: Any, delta: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from streamguard.backbones.base import ChunkInputs, EncodedChunk
+from streamguard.backbones.base import ChunkInputs, DeepstackFeatures, EncodedChunk
 from streamguard.config import ChunkSettings, ModelSettings
 
 
@@ -45,20 +45,29 @@ class QwenDecoderBackbone(ABC):
     def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
         """(L, d) audio tokens in the LLM space."""
 
-    @torch.inference_mode()
     def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
+        return self.encode_vision(inputs)[0]
+
+    @torch.inference_mode()
+    def encode_vision(self, inputs: ChunkInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(F, H, W, d) video tokens and, where the vision tower has deepstack mergers (Qwen3-Omni),
+        their (K, F, H, W, d) deepstack features."""
         if inputs.pixel_values_videos is None:
-            return None
+            return None, None
         pixels = inputs.pixel_values_videos.to(self.device)
-        flat = self.model.model.get_video_features(
-            pixels, inputs.video_grid_thw.to(self.device)
-        ).pooler_output[0]
+        out = self.model.model.get_video_features(pixels, inputs.video_grid_thw.to(self.device))
         t, h, w = (int(x) for x in inputs.video_grid_thw[0])
         merge = int(self.model.model.visual.spatial_merge_size)
-        return flat.reshape(t, h // merge, w // merge, -1)
+        grid = (t, h // merge, w // merge, -1)
+        video = out.pooler_output[0].reshape(grid)
+        layers = getattr(out, "deepstack_features", None)
+        if not layers:
+            return video, None
+        return video, torch.stack([layer[0] for layer in layers]).reshape(len(layers), *grid)
 
     def encode(self, inputs: ChunkInputs) -> EncodedChunk:
-        return EncodedChunk(video=self.encode_video(inputs), audio=self.encode_audio(inputs))
+        video, deepstack = self.encode_vision(inputs)
+        return EncodedChunk(video=video, audio=self.encode_audio(inputs), deepstack=deepstack)
 
     # -- text ------------------------------------------------------------------------------
 
@@ -82,15 +91,29 @@ class QwenDecoderBackbone(ABC):
 
     @torch.inference_mode()
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, logits: str = "last"
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        logits: str = "last",
+        deepstack: DeepstackFeatures | None = None,
     ) -> torch.Tensor | None:
         """Append (N, d) embeds at (3, N) positions to `cache`; logits of the last token, all
-        tokens, or none (a prefill that only fills the cache skips the LM head)."""
+        tokens, or none (a prefill that only fills the cache skips the LM head). The video
+        tokens' deepstack features, if any, are added after the first decoder layers as the
+        thinker's own forward adds them."""
+        injection = {}
+        if deepstack is not None:
+            injection = {
+                "visual_pos_masks": deepstack.mask[None].to(self.device),
+                "deepstack_visual_embeds": list(deepstack.features.to(self.device, self.dtype)),
+            }
         out = self.model.model.language_model(
             inputs_embeds=embeds[None].to(self.device, self.dtype),
             position_ids=positions[:, None, :].to(self.device),
             past_key_values=cache,
             use_cache=True,
+            **injection,
         )
         hidden = out.last_hidden_state[0]
         if logits == "none":
@@ -104,8 +127,10 @@ class QwenDecoderBackbone(ABC):
         """Move every cached key from position p to p - delta, on all three rotary axes.
 
         RoPE rotates each frequency band by an angle proportional to the position, and a uniform
-        shift of all three mRoPE axes rotates every band by -delta times its frequency, so this is
-        exactly the cache a prefill at the shifted positions would have built.
+        shift of all three mRoPE axes rotates every band by -delta times its frequency, whichever
+        axis the band follows — in contiguous sections (Qwen2.5) or interleaved (Qwen3-Omni, whose
+        rotary module lays the bands itself) — so this is exactly the cache a prefill at the
+        shifted positions would have built.
         """
         for layer in cache.layers:
             keys = layer.keys
@@ -115,6 +140,11 @@ class QwenDecoderBackbone(ABC):
             half = keys.shape[-1] // 2
             rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
             layer.keys = keys * cos + rotated_half * sin
+
+
+def text_positions(start: int, num_tokens: int) -> torch.Tensor:
+    """(3, num_tokens) positions counting up from `start` on all three axes, as text is laid."""
+    return (start + torch.arange(num_tokens)).expand(3, -1)
 
 
 def video_grid_positions(

@@ -11,6 +11,13 @@ import torch
 from streamguard.backbones.base import BackboneError
 from streamguard.backbones.tiny import TINY_PREFIX, resolve_tiny
 
+# Omni thinker checkpoints by config.json model type (a whole Omni model's or its thinker's alone).
+THINKER_FAMILIES = {
+    "qwen2_5_omni": "qwen2.5-omni",
+    "qwen2_5_omni_thinker": "qwen2.5-omni",
+    "qwen3_omni_moe": "qwen3-omni",
+    "qwen3_omni_moe_thinker": "qwen3-omni",
+}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,8 +60,8 @@ def checkpoint_family(config: dict[str, Any]) -> str | None:
     (its Whisper encoder and window Q-Former); a plain Qwen2.5-VL has none.
     """
     model_type = config.get("model_type")
-    if model_type in ("qwen2_5_omni", "qwen2_5_omni_thinker"):
-        return "qwen2.5-omni"
+    if model_type in THINKER_FAMILIES:
+        return THINKER_FAMILIES[model_type]
     if model_type == "qwen2_5_vl" and isinstance(config.get("audio_config"), dict):
         return "video-salmonn2+"
     return None

@@ -1,4 +1,5 @@
-"""Qwen2.5-Omni's thinker (`Qwen2_5OmniThinkerForConditionalGeneration`) as a streaming backbone.
+"""Qwen2.5-Omni's thinker (`Qwen2_5OmniThinkerForConditionalGeneration`) as a streaming backbone,
+on the half every Qwen Omni thinker shares (`OmniThinkerBackbone`; Qwen3-Omni: qwen3_omni.py).
 
 The talker is never loaded. Preprocessing goes through the checkpoint's own processor
 components (its video processor and Whisper feature extractor), so a chunk is exactly what
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch
 from streamguard.backbones.base import BackboneError, ChunkInputs, EncodedChunk, PromptLayout
 from streamguard.backbones.decoder import QwenDecoderBackbone, video_grid_positions
 from streamguard.backbones.loading import (
+    THINKER_FAMILIES,
     check_family,
     checkpoint_path,
     local_config,
@@ -33,38 +35,24 @@ from streamguard.config import ChunkSettings, ModelSettings
 
 log = logging.getLogger("streamguard.backbones")
 
-OMNI_MODEL_TYPES = {"qwen2_5_omni", "qwen2_5_omni_thinker"}
 _QUESTION_SENTINEL = "\u2063QUESTION\u2063"
 
 
-def check_omni_checkpoint(path: str) -> None:
-    """Fail early, and clearly, on a local path that is missing or holds another kind of model."""
-    config = local_config(path)
-    if config is not None:
-        check_family(
-            path,
-            config,
-            "qwen2.5-omni",
-            f"a Qwen2.5-Omni checkpoint (model_type one of {sorted(OMNI_MODEL_TYPES)})",
-        )
+class OmniThinkerBackbone(QwenDecoderBackbone):
+    """What the Qwen Omni thinkers share: loading the thinker alone with the checkpoint's own
+    processor, preprocessing through its video processor and feature extractor, the audio
+    encoder, and the chat template's split around the stream. A subclass names its transformers
+    class and family and lays a chunk's tokens out."""
 
-
-class QwenOmniBackbone(QwenDecoderBackbone):
-    """The Qwen2.5-Omni thinker behind the `Backbone` protocol."""
+    thinker_class: str  # the transformers class of the thinker
+    family: str  # the `model.backbone` setting
 
     def __init__(
         self, model: Any, processor: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
     ):
         super().__init__(model, processor.tokenizer, model_id, settings, chunk)
         self.processor = processor
-        config = model.config
-        self.position_id_per_seconds = int(config.position_id_per_seconds)
-        self.seconds_per_chunk = float(config.seconds_per_chunk)
-        if abs(self.seconds_per_chunk - chunk.seconds) > 1e-9:
-            raise BackboneError(
-                f"the checkpoint interleaves audio and video every {self.seconds_per_chunk} s but the "
-                f"chunker cuts {chunk.seconds} s chunks; set chunk.seconds to {self.seconds_per_chunk}"
-            )
+        self.position_id_per_seconds = int(model.config.position_id_per_seconds)
         video_processor = processor.video_processor
         self.temporal_patch_size = int(video_processor.temporal_patch_size)
         self.seconds_per_grid = self.temporal_patch_size / chunk.fps
@@ -73,21 +61,29 @@ class QwenOmniBackbone(QwenDecoderBackbone):
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings, chunk: ChunkSettings) -> QwenOmniBackbone:
-        from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+    def check_checkpoint(cls, path: str) -> None:
+        """Fail early, and clearly, on a local path that is missing or holds another kind of model."""
+        config = local_config(path)
+        if config is not None:
+            types = sorted(t for t, family in THINKER_FAMILIES.items() if family == cls.family)
+            check_family(path, config, cls.family, f"a {cls.family} checkpoint (model_type one of {types})")
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, chunk: ChunkSettings) -> Self:
+        import transformers
 
         path = checkpoint_path(settings.path)
-        check_omni_checkpoint(path)
+        cls.check_checkpoint(path)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         try:
-            processor = AutoProcessor.from_pretrained(path)
-            model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            processor = transformers.AutoProcessor.from_pretrained(path)
+            model = getattr(transformers, cls.thinker_class).from_pretrained(
                 path, dtype=dtype, attn_implementation=settings.attn_implementation
             )
         except OSError as exc:
             raise BackboneError(
-                f"cannot load a Qwen2.5-Omni checkpoint from {settings.path!r}: {exc}"
+                f"cannot load a {cls.family} checkpoint from {settings.path!r}: {exc}"
             ) from exc
         model.to(device).eval()
         log.info("loaded %s on %s as %s", settings.path, device, dtype)
@@ -125,6 +121,45 @@ class QwenOmniBackbone(QwenDecoderBackbone):
         return self.model.model.get_audio_features(
             features[None], feature_attention_mask=mask
         ).last_hidden_state
+
+    # -- text ------------------------------------------------------------------------------
+
+    def prompt_layout(self, system_prompt: str) -> PromptLayout:
+        """Split the checkpoint's own chat template around the stream and the question."""
+        tok = self.tokenizer
+        messages = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": _QUESTION_SENTINEL}]},
+        ]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        video_block = tok.vision_bos_token + tok.video_token + tok.vision_eos_token
+        if text.count(video_block) != 1 or text.count(_QUESTION_SENTINEL) != 1:
+            raise BackboneError("the checkpoint's chat template does not lay a video before the question")
+        before_video, after_video = text.split(video_block)
+        between, suffix = after_video.split(_QUESTION_SENTINEL)
+        return PromptLayout(
+            prefix=self.tokenize(before_video + tok.vision_bos_token + tok.audio_bos_token),
+            close=self.tokenize(tok.audio_eos_token + tok.vision_eos_token + between),
+            suffix=self.tokenize(suffix),
+        )
+
+
+class QwenOmniBackbone(OmniThinkerBackbone):
+    """The Qwen2.5-Omni thinker behind the `Backbone` protocol."""
+
+    thinker_class = "Qwen2_5OmniThinkerForConditionalGeneration"
+    family = "qwen2.5-omni"
+
+    def __init__(
+        self, model: Any, processor: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+    ):
+        super().__init__(model, processor, model_id, settings, chunk)
+        self.seconds_per_chunk = float(model.config.seconds_per_chunk)
+        if abs(self.seconds_per_chunk - chunk.seconds) > 1e-9:
+            raise BackboneError(
+                f"the checkpoint interleaves audio and video every {self.seconds_per_chunk} s but the "
+                f"chunker cuts {chunk.seconds} s chunks; set chunk.seconds to {self.seconds_per_chunk}"
+            )
 
     # -- positions -------------------------------------------------------------------------
 
@@ -165,24 +200,3 @@ class QwenOmniBackbone(QwenDecoderBackbone):
         question and the assistant's opening follow one by one."""
         flat = torch.cat([torch.tensor([start]), start + torch.arange(num_tokens - 1)])
         return flat.expand(3, -1)
-
-    # -- text ------------------------------------------------------------------------------
-
-    def prompt_layout(self, system_prompt: str) -> PromptLayout:
-        """Split the checkpoint's own chat template around the stream and the question."""
-        tok = self.tokenizer
-        messages = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": _QUESTION_SENTINEL}]},
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        video_block = tok.vision_bos_token + tok.video_token + tok.vision_eos_token
-        if text.count(video_block) != 1 or text.count(_QUESTION_SENTINEL) != 1:
-            raise BackboneError("the checkpoint's chat template does not lay a video before the question")
-        before_video, after_video = text.split(video_block)
-        between, suffix = after_video.split(_QUESTION_SENTINEL)
-        return PromptLayout(
-            prefix=self.tokenize(before_video + tok.vision_bos_token + tok.audio_bos_token),
-            close=self.tokenize(tok.audio_eos_token + tok.vision_eos_token + between),
-            suffix=self.tokenize(suffix),
-        )

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from streamguard.backbones.base import BackboneError, ChunkInputs, EncodedChunk, PromptLayout
-from streamguard.backbones.decoder import QwenDecoderBackbone, video_grid_positions
+from streamguard.backbones.decoder import QwenDecoderBackbone, text_positions, video_grid_positions
 from streamguard.backbones.loading import (
     check_family,
     checkpoint_path,
@@ -206,12 +206,12 @@ class SalmonnBackbone(QwenDecoderBackbone):
         """Text positions one by one; the stream starts right after `<|vision_start|>`."""
         if num_tokens < 1:
             raise ValueError("the prefix must end with the stream's start marker")
-        return torch.arange(num_tokens).expand(3, -1), num_tokens
+        return text_positions(0, num_tokens), num_tokens
 
     def question_positions(self, start: int, num_tokens: int) -> torch.Tensor:
         """`<|vision_end|>` at `start` (one past the stream's last temporal position), the rest
         one by one."""
-        return (start + torch.arange(num_tokens)).expand(3, -1)
+        return text_positions(start, num_tokens)
 
     # -- text ------------------------------------------------------------------------------
 

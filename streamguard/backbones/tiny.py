@@ -316,11 +316,22 @@ def build_tiny_salmonn_checkpoint(
     return folder
 
 
-TINY_BUILDERS = {"qwen2.5-omni": build_tiny_checkpoint, "video-salmonn": build_tiny_salmonn_checkpoint}
+def build_tiny_qwen3_omni_checkpoint(folder: str | Path) -> Path:
+    from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
+
+    return build_tiny_qwen3_checkpoint(folder)
+
+
+TINY_BUILDERS = {
+    "qwen2.5-omni": build_tiny_checkpoint,
+    "qwen3-omni": build_tiny_qwen3_omni_checkpoint,
+    "video-salmonn": build_tiny_salmonn_checkpoint,
+}
 
 
 def resolve_tiny(path: str) -> str:
-    """Map `tiny:qwen2.5-omni` or `tiny:video-salmonn` to a cached folder, building it on first use."""
+    """Map `tiny:qwen2.5-omni`, `tiny:qwen3-omni` or `tiny:video-salmonn` to a cached folder,
+    building it on first use."""
     backbone = path[len(TINY_PREFIX) :] or "qwen2.5-omni"
     if backbone not in TINY_BUILDERS:
         raise ValueError(f"no tiny build for backbone {backbone!r}; known: {', '.join(TINY_BUILDERS)}")

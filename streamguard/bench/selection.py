@@ -151,7 +151,7 @@ def loaded_chunk_cost(
     for _ in range(reps + 1):
         session = StreamSession(backbone, settings.session, settings.model.system_prompt)
         started = time.perf_counter()
-        encoded = EncodedChunk(video=backbone.encode_video(inputs), audio=backbone.encode_audio(inputs))
+        encoded = backbone.encode(inputs)
         _synchronize(backbone.device)
         encoded_at = time.perf_counter()
         session.append_chunk(encoded, keep=keep.cpu())

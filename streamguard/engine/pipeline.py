@@ -68,9 +68,10 @@ def encode_chunk(backbone: Backbone, chunk: AVChunk) -> EncodedAVChunk:
     """Preprocess a chunk and run both encoders, timing each stage."""
     timings: dict[str, float] = {}
     inputs = _timed(backbone, timings, "preprocess", lambda: backbone.preprocess(chunk.frames, chunk.audio))
-    video = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_video(inputs))
+    video, deepstack = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_vision(inputs))
     audio = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audio(inputs))
-    return EncodedAVChunk(chunk, EncodedChunk(video=video, audio=audio), inputs.resized_hw, timings)
+    encoded = EncodedChunk(video=video, audio=audio, deepstack=deepstack)
+    return EncodedAVChunk(chunk, encoded, inputs.resized_hw, timings)
 
 
 def _timed(backbone: Backbone, timings: dict[str, float], stage: str, work: Callable[[], T]) -> T:

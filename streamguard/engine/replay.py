@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from streamguard.backbones.base import EncodedChunk
 from streamguard.engine.pipeline import ChunkReport
 from streamguard.engine.session import StreamSession
@@ -47,6 +49,7 @@ def pruned_pct(kept: int, total: int) -> float:
 def append_offline_plan(session: StreamSession, encoded: Sequence[EncodedChunk], plan: OfflinePlan) -> None:
     """Append a whole video planned by `offline_contextguard`: each merged group's averaged tokens
     at its first chunk's positions (the later chunks of the group add no video), every chunk's audio.
+    A merged token's deepstack features (Qwen3-Omni) are the group's average at its index too.
     """
     first_of_group = {group.chunks[0]: group for group in plan.groups}
     for t, chunk in enumerate(encoded):
@@ -56,5 +59,11 @@ def append_offline_plan(session: StreamSession, encoded: Sequence[EncodedChunk],
             continue
         flat = chunk.video_flat.clone()
         flat[group.indices] = group.video.to(flat)
-        merged = EncodedChunk(video=flat.reshape(chunk.video.shape), audio=chunk.audio)
+        deepstack = chunk.deepstack
+        if deepstack is not None:
+            members = torch.stack([encoded[c].deepstack_flat[:, group.indices] for c in group.chunks])
+            layers = chunk.deepstack_flat.clone()
+            layers[:, group.indices] = members.float().mean(dim=0).to(layers)
+            deepstack = layers.reshape(deepstack.shape)
+        merged = EncodedChunk(video=flat.reshape(chunk.video.shape), audio=chunk.audio, deepstack=deepstack)
         session.append_chunk(merged, keep=group.indices)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from streamguard.backbones.base import Backbone, EncodedChunk
+from streamguard.backbones.base import Backbone, DeepstackFeatures, EncodedChunk
 from streamguard.config import SessionSettings
 from streamguard.engine import kv
 
@@ -150,6 +150,7 @@ class StreamSession:
         positions = (
             torch.cat([video_positions[:, keep], audio_positions], dim=1)[:, order] - self.position_offset
         )
+        deepstack = _kept_deepstack(encoded, keep, order)
         chunk = CachedChunk(
             index=self.stats.chunks_appended if index is None else index,
             slot=slot,
@@ -158,7 +159,7 @@ class StreamSession:
             audio_tokens=int(encoded.audio.shape[0]),
             video_tokens_in=video_in,
         )
-        self.backbone.forward(embeds, positions, self.cache, logits="none")
+        self.backbone.forward(embeds, positions, self.cache, logits="none", deepstack=deepstack)
         self.chunks.append(chunk)
         self.next_slot += 1
         self.stats.chunks_appended += 1
@@ -342,6 +343,19 @@ class StreamSession:
     @property
     def cache_bytes(self) -> int:
         return kv.cache_bytes(self.cache)
+
+
+def _kept_deepstack(
+    encoded: EncodedChunk, keep: torch.Tensor, order: torch.Tensor
+) -> DeepstackFeatures | None:
+    """The kept video tokens' deepstack features, marked where those tokens fall in the chunk's
+    sequence (`order` sorts [kept video, audio] into it); a pruned token's go with it."""
+    features = encoded.deepstack_flat
+    if features is None or keep.numel() == 0:
+        return None
+    is_video = torch.zeros(order.numel(), dtype=torch.bool)
+    is_video[: keep.numel()] = True
+    return DeepstackFeatures(mask=is_video[order], features=features[:, keep.to(features.device)])
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

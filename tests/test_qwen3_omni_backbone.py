@@ -1,0 +1,258 @@
+"""Qwen3-Omni on the tiny real thinker: streaming appends against transformers' own oracle.
+
+The oracle is transformers' own: `Qwen3OmniMoeProcessor` (load_audio_from_video) lays out the
+whole clip's token ids, the thinker's `get_rope_index(use_audio_in_video=True)` its positions,
+`get_video_features` its video tokens and deepstack features, and the thinker's own forward (or,
+with tokens pruned, one forward of its language model over the kept tokens with their deepstack
+features) gives the logits a streamed session must match within 1e-4 in fp32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cpu_helpers import one_torch_thread
+from parity_helpers import QUESTION, SYSTEM, official_inputs, official_positions, offline_logits
+
+import streamguard.engine.session as session_module
+from streamguard.backbones import BackboneError, load_backbone
+from streamguard.backbones.qwen3_omni import Qwen3OmniBackbone
+from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
+from streamguard.config import SessionSettings, load_settings
+from streamguard.engine.session import StreamSession
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+def load(path: str, **chunk):
+    settings = load_settings("tiny-qwen3-omni", model={"path": path}, chunk=chunk)
+    return load_backbone(settings.model, settings.chunk)
+
+
+@pytest.fixture(scope="module")
+def backbone(folder) -> Qwen3OmniBackbone:
+    return load(str(folder))
+
+
+@pytest.fixture(scope="module")
+def clip(backbone):
+    rng = np.random.default_rng(7)
+    frames = [[rng.integers(0, 256, (84, 112, 3), dtype=np.uint8) for _ in range(4)] for _ in range(3)]
+    audio = [(rng.standard_normal(32000) * 0.1).astype(np.float32) for _ in range(3)]
+    encoded = [backbone.encode(backbone.preprocess(f, a)) for f, a in zip(frames, audio, strict=True)]
+    return encoded, official_inputs(backbone, frames, audio)
+
+
+def stream(backbone, encoded, keeps=None, drops=None, settings=None):
+    session = StreamSession(backbone, settings or SessionSettings(), SYSTEM)
+    keeps = keeps or [None] * len(encoded)
+    drops = drops or [False] * len(encoded)
+    for chunk, keep, drop in zip(encoded, keeps, drops, strict=True):
+        session.append_chunk(chunk, keep=keep, drop_video=drop)
+    return session
+
+
+def random_keeps(encoded, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    keeps = []
+    for chunk in encoded:
+        n = chunk.num_video_tokens
+        count = int(torch.randint(1, n, (1,), generator=generator))
+        keeps.append(torch.randperm(n, generator=generator)[:count].sort().values)
+    return keeps
+
+
+def largest_difference(session, offline) -> float:
+    streaming = session.question_logits(QUESTION)
+    return (streaming - offline[-streaming.shape[0] :]).abs().max().item()
+
+
+# -- layout ----------------------------------------------------------------------------------
+
+
+def test_qwen3_parity_token_ids_and_positions_equal_the_official_processor(backbone, clip):
+    """Prefix, each chunk's video groups and audio in the backbone's order, and the question,
+    token for token and position for position as the processor and get_rope_index lay the clip."""
+    encoded, inputs = clip
+    config = backbone.model.config
+    layout = backbone.prompt_layout(SYSTEM)
+    ids = list(layout.prefix)
+    prefix_positions, base = backbone.prefix_positions(len(layout.prefix))
+    positions = [prefix_positions]
+    for slot, chunk in enumerate(encoded):
+        video_pos, audio_pos = backbone.chunk_positions(chunk, slot, base)
+        video_rank, audio_rank = backbone.chunk_order(chunk)
+        order = torch.argsort(torch.cat([video_rank, audio_rank]))
+        tokens = torch.tensor(
+            [config.video_token_id] * chunk.num_video_tokens + [config.audio_token_id] * chunk.audio.shape[0]
+        )
+        ids += tokens[order].tolist()
+        positions.append(torch.cat([video_pos, audio_pos], dim=1)[:, order])
+    question = layout.close + backbone.tokenize(QUESTION) + layout.suffix
+    ids += question
+    positions.append(
+        backbone.question_positions(base + backbone.chunk_period() * len(encoded), len(question))
+    )
+    assert ids == inputs["input_ids"][0].tolist()
+    assert torch.equal(torch.cat(positions, dim=1).float(), official_positions(backbone, inputs)[:, 0])
+    # the interleaving itself: group, 13 audio tokens, group, 13 audio tokens
+    video_rank, audio_rank = backbone.chunk_order(encoded[0])
+    per_group = encoded[0].video.shape[1] * encoded[0].video.shape[2]
+    assert audio_rank[:13].tolist() == list(range(per_group, per_group + 13))
+    assert video_rank[per_group:].tolist() == list(range(per_group + 13, 2 * per_group + 13))
+
+
+def test_qwen3_parity_chunk_encoder_equals_the_thinkers_own_video_features(backbone, clip):
+    """Each chunk's video tokens and deepstack features are the whole clip's, cut at the chunk."""
+    encoded, inputs = clip
+    with torch.inference_mode():
+        out = backbone.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    assert len(out.deepstack_features) == encoded[0].deepstack.shape[0] == 2
+    video = torch.cat([chunk.video_flat for chunk in encoded])
+    assert (video - out.pooler_output[0]).abs().max().item() <= TOLERANCE
+    for layer, features in enumerate(out.deepstack_features):
+        streamed = torch.cat([chunk.deepstack_flat[layer] for chunk in encoded])
+        assert (streamed - features[0]).abs().max().item() <= TOLERANCE
+
+
+# -- logits ----------------------------------------------------------------------------------
+
+
+def test_qwen3_parity_unpruned_stream_equals_the_thinkers_own_forward(backbone, clip):
+    """The thinker's own forward over the processor's output — its video tower, deepstack
+    injection and get_rope_index — with the chunks' audio tokens in the audio slots."""
+    encoded, inputs = clip
+    thinker = backbone.model
+    ids = inputs["input_ids"]
+    embeds = thinker.get_input_embeddings()(ids).detach().clone()
+    embeds[0, ids[0] == thinker.config.audio_token_id] = torch.cat([chunk.audio for chunk in encoded])
+    with torch.inference_mode():
+        offline = thinker(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_grid_thw=inputs["video_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+            feature_attention_mask=inputs["feature_attention_mask"],
+            video_second_per_grid=inputs["video_second_per_grid"],
+            use_audio_in_video=True,
+        ).logits[0]
+    assert largest_difference(stream(backbone, encoded), offline) <= TOLERANCE
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_qwen3_parity_pruned_stream_equals_one_offline_forward(backbone, clip, seed):
+    encoded, inputs = clip
+    keeps = random_keeps(encoded, seed)
+    drops = [i == seed for i in range(len(encoded))]
+    offline = offline_logits(backbone, inputs, encoded, keeps, drops)
+    assert largest_difference(stream(backbone, encoded, keeps, drops), offline) <= TOLERANCE
+
+
+def test_qwen3_parity_previous_policy_eviction(backbone, clip):
+    encoded, inputs = clip
+    session = StreamSession(backbone, SessionSettings(), SYSTEM)
+    session.append_chunk(encoded[0])
+    last = session.append_chunk(encoded[1])
+    session.evict_video(last, encoded[1])
+    session.append_chunk(encoded[2])
+    offline = offline_logits(backbone, inputs, encoded, [None] * 3, [False, True, False])
+    assert largest_difference(session, offline) <= TOLERANCE
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_qwen3_parity_breaks_when_one_position_is_off(backbone, clip, monkeypatch, axis):
+    """The check is sharp: one video token one step off on any one axis shows up."""
+    encoded, inputs = clip
+    original = backbone.chunk_positions
+
+    def off_by_one(chunk, slot, base):
+        video, audio = original(chunk, slot, base)
+        if slot == 1:
+            video = video.clone()
+            video[axis, 5] += 1
+        return video, audio
+
+    monkeypatch.setattr(backbone, "chunk_positions", off_by_one)
+    session = stream(backbone, encoded)
+    monkeypatch.undo()
+    offline = offline_logits(backbone, inputs, encoded, [None] * 3, [False] * 3)
+    assert largest_difference(session, offline) > TOLERANCE
+
+
+@pytest.mark.parametrize("fault", ["unpruned_index", "no_deepstack"])
+def test_qwen3_parity_breaks_when_deepstack_is_not_pruned_with_the_tokens(backbone, clip, monkeypatch, fault):
+    """Deepstack features that are not the kept tokens' own — one pruned token's left in place of
+    a kept one's, or none at all — break parity."""
+    encoded, inputs = clip
+    keeps = random_keeps(encoded, 0)
+    original = session_module._kept_deepstack
+
+    def faulty(chunk, keep, order):
+        if fault == "no_deepstack":
+            return None
+        pruned = sorted(set(range(chunk.num_video_tokens)) - set(keep.tolist()))
+        wrong = keep.clone()
+        wrong[-1] = pruned[-1]  # the last kept token gets a pruned token's deepstack features
+        return original(chunk, wrong, order)
+
+    monkeypatch.setattr(session_module, "_kept_deepstack", faulty)
+    session = stream(backbone, encoded, keeps)
+    monkeypatch.undo()
+    offline = offline_logits(backbone, inputs, encoded, keeps, [False] * 3)
+    assert largest_difference(session, offline) > TOLERANCE
+    assert largest_difference(stream(backbone, encoded, keeps), offline) <= TOLERANCE
+
+
+def test_qwen3_parity_rebased_cache_answers_as_before(backbone, clip):
+    """rotate_cache on the interleaved mRoPE: a cache shifted down by any delta answers as the
+    unshifted one (rotary attention sees only differences)."""
+    encoded, _ = clip
+    plain = stream(backbone, encoded)
+    rebased = stream(backbone, encoded)
+    rebased.rebase(2 * backbone.chunk_period() + 5)
+    difference = rebased.question_logits(QUESTION) - plain.question_logits(QUESTION)
+    assert difference.abs().max().item() <= TOLERANCE
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def test_qwen3_chunks_must_be_whole_groups_and_whole_audio_windows(folder):
+    with pytest.raises(BackboneError, match=r"chunk\.seconds"):
+        load(str(folder), seconds=1.5, fps=2.0)
+    with pytest.raises(BackboneError, match="whole groups"):
+        load(str(folder), seconds=2.0, fps=1.5)
+
+
+def test_qwen3_checkpoint_without_vision_start_token_id_is_refused(folder, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "no-vision-start"
+    shutil.copytree(folder, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["vision_start_token_id"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BackboneError, match="vision_start_token_id"):
+        load(str(broken))
+
+
+def test_qwen3_backbone_refuses_a_qwen25_checkpoint_naming_the_setting(tmp_path):
+    from streamguard.backbones.tiny import build_tiny_checkpoint
+
+    folder = build_tiny_checkpoint(tmp_path / "qwen25")
+    with pytest.raises(BackboneError, match=r"set model\.backbone to qwen2\.5-omni"):
+        load(str(folder))
