@@ -105,6 +105,20 @@ def offline_logits(backbone, inputs, encoded: list[EncodedChunk], keeps, drops, 
         return thinker.lm_head(out.last_hidden_state[0])
 
 
+def put_one_video_token_off(monkeypatch, backbone, axis: int) -> None:
+    """A deliberate break: the 6th video token of the stream's second chunk one step off on `axis`."""
+    original = backbone.chunk_positions
+
+    def off_by_one(chunk, slot, base):
+        video, audio = original(chunk, slot, base)
+        if slot == 1:
+            video = video.clone()
+            video[axis, 5] += 1
+        return video, audio
+
+    monkeypatch.setattr(backbone, "chunk_positions", off_by_one)
+
+
 def load_tiny_backbone(folder):
     """The tiny checkpoint in `folder` through the same loading path a real checkpoint takes."""
     from streamguard.backbones.qwen_omni import QwenOmniBackbone

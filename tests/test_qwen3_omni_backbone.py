@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 from cpu_helpers import one_torch_thread
-from parity_helpers import QUESTION, SYSTEM, official_inputs, official_positions, offline_logits
+from parity_helpers import (
+    QUESTION,
+    SYSTEM,
+    official_inputs,
+    official_positions,
+    offline_logits,
+    put_one_video_token_off,
+)
 
 import streamguard.engine.session as session_module
 from streamguard.backbones import BackboneError, load_backbone
@@ -176,16 +183,7 @@ def test_qwen3_parity_previous_policy_eviction(backbone, clip):
 def test_qwen3_parity_breaks_when_one_position_is_off(backbone, clip, monkeypatch, axis):
     """The check is sharp: one video token one step off on any one axis shows up."""
     encoded, inputs = clip
-    original = backbone.chunk_positions
-
-    def off_by_one(chunk, slot, base):
-        video, audio = original(chunk, slot, base)
-        if slot == 1:
-            video = video.clone()
-            video[axis, 5] += 1
-        return video, audio
-
-    monkeypatch.setattr(backbone, "chunk_positions", off_by_one)
+    put_one_video_token_off(monkeypatch, backbone, axis)
     session = stream(backbone, encoded)
     monkeypatch.undo()
     offline = offline_logits(backbone, inputs, encoded, [None] * 3, [False] * 3)

@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity_helpers import QUESTION, SYSTEM, load_tiny_backbone, official_inputs, offline_logits
+from parity_helpers import (
+    QUESTION,
+    SYSTEM,
+    load_tiny_backbone,
+    official_inputs,
+    offline_logits,
+    put_one_video_token_off,
+)
 
 from streamguard.config import SessionSettings
 from streamguard.engine import kv
@@ -97,16 +104,7 @@ def test_streaming_logits_equal_offline_forward_with_random_pruning(tiny_backbon
 def test_parity_breaks_when_one_position_is_off(tiny_backbone, clip, monkeypatch, axis):
     """The parity check is sharp: one video token one step off on any one axis shows up."""
     _, _, encoded, inputs = clip
-    original = tiny_backbone.chunk_positions
-
-    def off_by_one(chunk, slot, base):
-        video, audio = original(chunk, slot, base)
-        if slot == 1:
-            video = video.clone()
-            video[axis, 5] += 1
-        return video, audio
-
-    monkeypatch.setattr(tiny_backbone, "chunk_positions", off_by_one)
+    put_one_video_token_off(monkeypatch, tiny_backbone, axis)
     keeps = [None] * len(encoded)
     drops = [False] * len(encoded)
     session = stream(tiny_backbone, encoded, keeps, drops)
