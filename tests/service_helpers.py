@@ -146,10 +146,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def console_script(name: str, module: str) -> list[str]:
+    """The installed console script `name`, else its `module` run by this interpreter."""
+    script = shutil.which(name)
+    return [script] if script else [sys.executable, "-m", module]
+
+
 def streamguard_command() -> list[str]:
-    """The installed `streamguard` script, else the same CLI through this interpreter."""
-    script = shutil.which("streamguard")
-    return [script] if script else [sys.executable, "-m", "streamguard.cli"]
+    return console_script("streamguard", "streamguard.cli")
 
 
 class ServeProcess:

@@ -4,13 +4,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import pytest
 from proxy_helpers import tcp_proxy
-from service_helpers import TIMEOUT_S, TOKEN, serve, tiny_settings, wait_until
+from rtsp_helpers import rtsp_camera
+from service_helpers import (
+    TIMEOUT_S,
+    TOKEN,
+    console_script,
+    serve,
+    serve_process,
+    tiny_settings,
+    wait_until,
+)
 from streamguard_client import ERRORS, Backoff, Client, ConnectionLostError, ServiceError, StreamGuard
 from streamguard_client.errors import (
     EmptyQuestionError,
@@ -24,6 +44,8 @@ from streamguard.service import create_app
 from streamguard.service.protocol import ErrorCode
 
 QUESTION = "What is happening?"
+CLIENT_PACKAGE = Path(__file__).resolve().parents[1] / "clients" / "python"
+INSTALL_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +170,151 @@ def test_the_sync_client_is_the_same_client_blocking(service, moving):
         watch.close()
         client.delete(stream_id)
         assert stream_id not in {stream["id"] for stream in client.streams()}
+
+
+# -- streamguard-publish ----------------------------------------------------------------------
+
+
+class Publishing:
+    """`streamguard-publish` running: `line(pattern)` waits for a line of its output."""
+
+    def __init__(self, process: subprocess.Popen[str]):
+        self.process = process
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line(self, pattern: str) -> re.Match[str]:
+        while True:
+            try:
+                line = self.lines.get(timeout=TIMEOUT_S)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in: {self.seen}") from None
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+
+@contextmanager
+def publishing(args: list[str], env: dict[str, str]) -> Iterator[Publishing]:
+    process = subprocess.Popen(
+        [*console_script("streamguard-publish", "streamguard_client.publish"), *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield Publishing(process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(TIMEOUT_S)
+
+
+def test_publish_sends_a_looped_file_over_webrtc_and_publishes_again_when_its_stream_goes(service, clip):
+    looped = clip("loop.mp4", 3, motion="moving")  # shorter than the stream: it loops
+    args = [str(looped), "--loop", "--url", service.url, "--interval", "0.5"]
+    with publishing(args, {"STREAMGUARD_TOKEN": TOKEN}) as publisher:
+        first = publisher.line(r"^stream (\S+) webrtc audio\+video")[1]
+
+        def chunks(stream_id: str, count: int) -> dict[str, Any] | None:
+            stream = service.stream(stream_id)
+            return stream if stream["stats"]["chunks_processed"] >= count else None
+
+        stream = wait_until(lambda: chunks(first, 3), "three chunks of the looped file")
+        # the timeline ran on across the loop: no chunk was cut short or shed
+        assert stream["state"] == "live" and stream["stats"]["last_chunk"]["start"] >= 4.0
+        assert stream["stats"]["chunks_shed"] == 0 and not stream["stats"]["last_chunk"]["audio_missing"]
+        publisher.line(rf"^{first} live: chunks [1-9]")  # its live stats
+
+        assert service.http.delete(f"/v1/streams/{first}").status_code == 200
+        publisher.line(r"publishing again in")
+        second = publisher.line(r"^stream (\S+) webrtc")[1]
+        assert second != first
+        wait_until(lambda: chunks(second, 1), "a chunk of the new stream")
+        publisher.process.send_signal(signal.SIGINT)
+        assert publisher.process.wait(TIMEOUT_S) == 0
+    ended = wait_until(lambda: (s := service.stream(second))["state"] == "ended" and s, "the stream to end")
+    service.http.delete(f"/v1/streams/{ended['id']}")
+
+
+def test_publish_ends_with_a_file_that_is_not_looped(service, clip):
+    once = clip("once.mp4", 2, motion="moving")
+    with publishing([str(once)], {"STREAMGUARD_URL": service.url, "STREAMGUARD_TOKEN": TOKEN}) as publisher:
+        stream_id = publisher.line(r"^stream (\S+) webrtc")[1]
+        assert publisher.process.wait(TIMEOUT_S) == 0, publisher.seen
+    ended = wait_until(
+        lambda: (s := service.stream(stream_id))["state"] == "ended" and s, "the stream to end"
+    )
+    assert ended["stats"]["chunks_received"] >= 1
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+# -- the standalone package ----------------------------------------------------------------
+
+
+@pytest.mark.rtsp
+def test_the_client_package_installs_without_torch_and_drives_a_real_serve(tmp_path):
+    with rtsp_camera() as camera:  # skips here, before the install, where the camera cannot run
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=INSTALL_TIMEOUT_S)
+        python = str(venv / "bin" / "python")
+        # nothing of this checkout on the path: the venv sees only what it installed
+        clean = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        # built from a copy: a build leaves build/ and egg-info beside the sources
+        package = shutil.copytree(
+            CLIENT_PACKAGE,
+            tmp_path / "package",
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+        )
+        installed = subprocess.run(
+            [python, "-m", "pip", "install", "-q", str(package)],
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        listed = subprocess.run(
+            [python, "-m", "pip", "list", "--format=json"],
+            env=clean,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        packages = {package["name"].lower() for package in json.loads(listed.stdout)}
+        assert {"streamguard-client", "httpx", "websockets"} <= packages
+        assert not packages & {"torch", "transformers", "streamguard", "aiortc", "av"}, sorted(packages)
+
+        env = {
+            "STREAMGUARD_CACHE": str(tmp_path / "cache"),  # the tiny model is built here on first use
+            "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
+        }
+        with serve_process(tmp_path, ["--config", "tiny"], env) as serving:
+            script = Path(__file__).with_name("client_in_venv.py")
+            ran = subprocess.run(
+                [python, str(script), serving.service.url, TOKEN, camera.url],
+                env=clean,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+            )
+            assert ran.returncode == 0, ran.stdout + ran.stderr + serving.output()
+    report = json.loads(ran.stdout)
+    assert report["modules"] == {"torch": False, "streamguard": False}
+    assert report["deltas"] and "".join(report["deltas"]) == report["answer"]["text"]
+    assert report["answer"]["type"] == "answer.done" and report["answer"]["stats"]["generated_tokens"] == 4
+    assert report["stats"]["chunks_processed"] >= 1 and report["stats"]["questions_answered"] == 1
+    assert report["stream_id"] in report["listed"] and report["deleted"] == report["stream_id"]
+    assert report["after_delete"] == "unknown_stream"
