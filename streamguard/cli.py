@@ -95,7 +95,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out.print(
         f"compression: {summary['input_tokens_pruned_pct']:.1f}% of input tokens pruned "
         f"({summary['video_tokens_pruned_pct']:.1f}% of video tokens); "
-        f"{summary['chunks_video_dropped']} chunk(s) with video dropped as redundant; "
+        f"{summary['chunks_video_dropped']} chunk(s) with video dropped as redundant, "
+        f"{summary['chunks_encoder_skipped']} of them skipped before encoding; "
         f"KV cache {summary['kv_tokens']} tokens, {summary['kv_bytes'] / 2**20:.2f} MiB; "
         f"real-time factor {summary['real_time_factor']:.2f}"
     )
@@ -130,17 +131,20 @@ def _ask(session, question: str, at_seconds: float) -> None:
 
 
 def _chunk_table(reports) -> Table:
+    from streamguard.engine.pipeline import STAGES
+
     table = Table(title="chunks")
     for name in ("#", "start s", "video in", "video kept", "audio", "note"):
         table.add_column(name, justify="right")
-    for stage in ("preprocess", "vision_encode", "audio_encode", "select", "prefill"):
+    for stage in STAGES:
         table.add_column(f"{stage} ms", justify="right")
     for r in reports:
-        note = (
-            "video dropped"
-            if r.video_dropped
-            else ("prev. video evicted" if r.previous_video_evicted else "")
-        )
+        if r.encoder_skipped:
+            note = "skipped before encoding"
+        elif r.video_dropped:
+            note = "video dropped"
+        else:
+            note = "prev. video evicted" if r.previous_video_evicted else ""
         if r.audio_missing:
             note = (note + " no audio").strip()
         table.add_row(
@@ -150,10 +154,7 @@ def _chunk_table(reports) -> Table:
             str(r.video_tokens_kept),
             str(r.audio_tokens),
             note,
-            *(
-                f"{r.timings_ms.get(stage, 0.0):.1f}"
-                for stage in ("preprocess", "vision_encode", "audio_encode", "select", "prefill")
-            ),
+            *(f"{r.timings_ms.get(stage, 0.0):.1f}" for stage in STAGES),
         )
     return table
 

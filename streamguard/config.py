@@ -54,6 +54,44 @@ class ChunkSettings(BaseModel):
 ReferenceMode = Literal["a2v", "mean_audio", "none"]
 
 
+class PrefilterSettings(BaseModel):
+    """The pixel pre-filter (pruning/prefilter.py) that skips the vision encoder on a chunk that
+    repeats the kept scene. The defaults were calibrated by `streamguard bench` (section
+    `prefilter`) on 640x360 H.264 clips with σ=3 sensor noise; levels are of 0..255."""
+
+    # Off, or with the drop rule off (`drop_policy: off`, method `none`), every chunk is encoded.
+    enabled: bool = True
+    # Cells per frame: 16x9, one cell 40x40 px at 640x360, so a 2% object fills most of one.
+    rows: int = Field(9, gt=0)
+    cols: int = Field(16, gt=0)
+    # Thumbnail pixels per cell side: 4 gives a 64x36 thumbnail, each pixel the mean of 100
+    # sensor pixels at 640x360 (σ=3 noise becomes 0.3 levels).
+    cell_pixels: int = Field(4, gt=0)
+    # A cell changed: its mean |difference| over its thumbnail values (after the exposure fit)
+    # is over this. Noise and H.264 keyframes stay under ~2 levels; an object of 2% of the frame
+    # moves its cells by about its contrast with the background (tens of levels).
+    change_threshold: float = Field(6.0, gt=0)
+    # A cell that changed against the previous chunk in `mask_after` of the last `mask_window`
+    # chunks always changes (a clock overlay) and is ignored, while at most
+    # `max_masked_fraction` of the cells are so (a 20%x5% clock spans up to 8 cells of 144).
+    mask_after: int = Field(3, gt=0)
+    mask_window: int = Field(15, gt=0)
+    max_masked_fraction: float = Field(0.08, ge=0.0, le=1.0)
+    # Up to this share of cells changed is something entering (the video is kept whatever the
+    # embedding rule says); more is a global change (a pan, lights), for the embedding rule.
+    max_local_fraction: float = Field(0.15, ge=0.0, le=1.0)
+    # Global gain moved more than this since the previous chunk: encode. Auto-exposure drifts
+    # ~1-3% per chunk; an IR switch or a light jumps by tens of percent.
+    max_exposure_step: float = Field(0.1, gt=0)
+    # Channels differing by under this on average: a grey (IR) picture; colour <-> grey keeps
+    # the video. A colour scene differs by tens of levels, a grey one by H.264's rounding.
+    grey_below: float = Field(2.0, ge=0)
+    # After this many chunks skipped in a row one is encoded (the embedding rule checks the
+    # scene): 30 chunks of 2 s keep the pixel test's blind spots under a minute, for <4% of
+    # the encoder time of a static camera.
+    max_skip_run: int = Field(30, gt=0)
+
+
 class PruningSettings(BaseModel):
     method: Literal["none", "contextguard", "random", "high", "mean_audio"] = "contextguard"
     rho_sem: float = Field(0.5, ge=0.0, le=1.0)
@@ -64,6 +102,7 @@ class PruningSettings(BaseModel):
     depth_threshold: float = 0.5
     predictor_path: str | None = None
     seed: int = 0
+    prefilter: PrefilterSettings = Field(default_factory=PrefilterSettings)
 
 
 class SessionSettings(BaseModel):

@@ -63,7 +63,10 @@ def oracle_inputs(backbone, clip):
     return official_inputs(backbone, *clip)
 
 
-def run_pipeline(backbone, folder, clip, **pruning):
+def run_pipeline(backbone, folder, clip, prefilter: bool = False, **pruning):
+    """The clip through a fresh pipeline; the pixel pre-filter off unless asked for, so the drop
+    rule sees every chunk."""
+    pruning = {"prefilter": {"enabled": prefilter}, **pruning}
     settings = load_settings("tiny", model={"path": str(folder)}, pruning=pruning)
     pipeline = create_pipeline(backbone, settings)
     frames, audio = clip
@@ -127,6 +130,25 @@ def test_policy_current_leaves_the_redundant_chunks_video_out_and_keeps_their_au
     assert_parity(backbone, session, oracle_inputs, encoded, keeps, REDUNDANT)
 
 
+def test_the_prefilter_skips_the_encoder_on_the_repeated_chunks_and_the_cache_is_the_same(
+    backbone, folder, clip, encoded, oracle_inputs
+):
+    """Chunks 2 and 3 repeat chunk 1's pixels: the pre-filter leaves their video unencoded and
+    the cache is exactly the one the drop rule alone builds (parity with the offline forward)."""
+    session, reports = run_pipeline(backbone, folder, clip, prefilter=True, drop_policy="current")
+    assert [r.encoder_skipped for r in reports] == REDUNDANT
+    assert [r.video_dropped for r in reports] == REDUNDANT
+    assert [r.prefilter == "unchanged" for r in reports] == REDUNDANT
+    assert all("vision_encode" not in r.timings_ms for r in reports if r.encoder_skipped)
+    assert all(r.similarity is None and r.video_tokens_in == reports[1].video_tokens_in for r in reports[2:4])
+    keeps = [kept_indices(r) for r in reports]
+    assert_cache_layout(
+        session, [0 if drop else len(keep) for keep, drop in zip(keeps, REDUNDANT, strict=True)]
+    )
+    assert session.stats.video_tokens_in == sum(r.video_tokens_in for r in reports)
+    assert_parity(backbone, session, oracle_inputs, encoded, keeps, REDUNDANT)
+
+
 def test_policy_previous_evicts_each_predecessors_video_span(backbone, folder, clip, encoded, oracle_inputs):
     session, reports = run_pipeline(backbone, folder, clip, drop_policy="previous")
     assert [r.previous_video_evicted for r in reports] == REDUNDANT
@@ -170,17 +192,19 @@ def test_contextguard_keeps_the_union_of_its_two_branches_with_parity(
     assert_parity(backbone, session, oracle_inputs, encoded, keeps, [False] * len(keeps))
 
 
+@pytest.mark.parametrize("prefilter", [False, True])
 def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_compares_with(
-    backbone, folder, clip
+    backbone, folder, clip, prefilter
 ):
     """A camera on one still scene for 8 chunks, a budget that holds three: under `current` every
     chunk after the first repeats it, but when the kept chunk is about to leave the cache the next
-    chunk keeps its video, so the cache never holds the stream's audio alone."""
+    chunk keeps its video, so the cache never holds the stream's audio alone. With the pixel
+    pre-filter the repeats skip the encoder, and it lets go of its reference at the same chunks."""
     frames, audio = clip
     settings = load_settings(
         "tiny",
         model={"path": str(folder)},
-        pruning={"drop_policy": "current"},
+        pruning={"drop_policy": "current", "prefilter": {"enabled": prefilter}},
         session={"token_budget": 200},  # 3 chunks of 50 audio tokens and one chunk's kept video
     )
     pipeline = create_pipeline(backbone, settings)
@@ -190,6 +214,7 @@ def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_co
             AVChunk(index=i, start=2.0 * i, frames=frames[1], audio=audio[i % len(audio)])
         )
         assert report.video_dropped == (report.video_tokens_kept == 0)
+        assert report.encoder_skipped == (prefilter and report.video_dropped)
         held_video.append(sum(chunk.video_tokens for chunk in pipeline.session.chunks))
     session = pipeline.session
     assert session.stats.chunks_evicted > 0

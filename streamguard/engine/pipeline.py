@@ -1,10 +1,13 @@
-"""One chunk through the model path: preprocess → encoders → selection → session append.
+"""One chunk through the model path: pre-filter → preprocess → encoders → selection → append.
 
+The pixel pre-filter (`ChunkPipeline.screen`) comes first: a chunk it finds unchanged goes
+through the audio encoder only (`encode_chunk(..., screening)`) and is appended without video.
 Blocking and GPU-bound: callers on an event loop run it in the model's worker thread.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ import torch
 from streamguard.backbones.base import Backbone, EncodedChunk
 from streamguard.config import ReferenceMode, Settings
 from streamguard.engine.session import CachedChunk, StreamSession
+from streamguard.pruning.prefilter import Screening
 from streamguard.pruning.pruner import PruneDecision, Pruner
 
 if TYPE_CHECKING:
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STAGES = ("preprocess", "vision_encode", "audio_encode", "select", "prefill")
+STAGES = ("prefilter", "preprocess", "vision_encode", "audio_encode", "select", "prefill")
 
 
 @dataclass
@@ -35,6 +39,8 @@ class ChunkReport:
     video_tokens_kept: int
     audio_tokens: int
     video_dropped: bool  # this chunk's video was redundant and never entered the cache
+    encoder_skipped: bool  # the pre-filter found it unchanged: its video was never encoded
+    prefilter: str | None  # the pre-filter's reason (`Screening.reason`); None: not screened
     previous_video_evicted: bool  # the previous chunk's video was evicted for this one
     audio_missing: bool
     similarity: float | None
@@ -62,16 +68,28 @@ class EncodedAVChunk:
     encoded: EncodedChunk
     resized_hw: tuple[int, int] | None
     timings_ms: dict[str, float]  # preprocess, vision_encode, audio_encode
+    screening: Screening | None = None  # the pre-filter's verdict, None when it did not run
+
+    @property
+    def encoder_skipped(self) -> bool:
+        return self.screening is not None and self.screening.skip
 
 
-def encode_chunk(backbone: Backbone, chunk: AVChunk) -> EncodedAVChunk:
-    """Preprocess a chunk and run both encoders, timing each stage."""
+def encode_chunk(backbone: Backbone, chunk: AVChunk, screening: Screening | None = None) -> EncodedAVChunk:
+    """Preprocess a chunk and run its encoders, timing each stage; a chunk the pre-filter
+    skips (`screening.skip`) has its frames neither preprocessed nor encoded."""
+    skip = screening is not None and screening.skip
+    frames = [] if skip else chunk.frames
     timings: dict[str, float] = {}
-    inputs = _timed(backbone, timings, "preprocess", lambda: backbone.preprocess(chunk.frames, chunk.audio))
-    video, deepstack = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_vision(inputs))
+    inputs = _timed(backbone, timings, "preprocess", lambda: backbone.preprocess(frames, chunk.audio))
+    video, deepstack = (
+        (None, None)
+        if skip
+        else _timed(backbone, timings, "vision_encode", lambda: backbone.encode_vision(inputs))
+    )
     audio = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audio(inputs))
     encoded = EncodedChunk(video=video, audio=audio, deepstack=deepstack)
-    return EncodedAVChunk(chunk, encoded, inputs.resized_hw, timings)
+    return EncodedAVChunk(chunk, encoded, inputs.resized_hw, timings, screening)
 
 
 def _timed(backbone: Backbone, timings: dict[str, float], stage: str, work: Callable[[], T]) -> T:
@@ -92,42 +110,89 @@ class ChunkPipeline:
         self.pruner = pruner
         # The newest appended chunk and its features: the `previous` drop policy may evict its video.
         self._last: tuple[CachedChunk, EncodedChunk] | None = None
+        # The token grid and resized frame size of the last chunk whose video was kept: a chunk
+        # the pre-filter skips has the same frames' size, so it would have had the same tokens.
+        self._kept_grid: tuple[tuple[int, int, int], tuple[int, int] | None] | None = None
 
     def process(self, chunk: AVChunk) -> ChunkReport:
-        return self.process_encoded(encode_chunk(self.backbone, chunk))
+        return self.process_encoded(encode_chunk(self.backbone, chunk, self.screen(chunk)))
+
+    def screen(self, chunk: AVChunk) -> Screening | None:
+        """The pre-filter's verdict on a chunk, before any encoder: pass it to `encode_chunk`
+        (a skip spares the vision encoder), then `process_encoded`. None: no pre-filter here
+        (disabled, or the drop rule is off) or no frames; the chunk is encoded."""
+        prefilter = self.pruner.prefilter
+        if prefilter is None or not chunk.frames:
+            return None
+        if self.session.chunks:  # a skip must not be the append that evicts the reference
+            largest = max(cached.video_tokens_in + cached.audio_tokens for cached in self.session.chunks)
+            self._forget_references_leaving_the_cache(largest)
+        return prefilter.screen(chunk.frames)
 
     def process_encoded(self, prepared: EncodedAVChunk) -> ChunkReport:
         """Select, then append, a chunk already through the encoders (one encoding can feed the
-        pipelines of several methods: `eval` replays every method off the same features)."""
-        chunk, encoded = prepared.chunk, prepared.encoded
+        pipelines of several methods: `eval` replays every method off the same features, unscreened)."""
+        chunk, encoded, screening = prepared.chunk, prepared.encoded, prepared.screening
         timings = dict(prepared.timings_ms)
-        self._forget_reference_leaving_the_cache(encoded)
-        decision = self.pruner.plan(encoded, chunk.index)
+        if screening is not None:
+            timings["prefilter"] = screening.ms
+        self._forget_references_leaving_the_cache(encoded.num_video_tokens + int(encoded.audio.shape[0]))
+        decision = self.pruner.plan(encoded, chunk.index, screening)
         timings["select"] = decision.select_ms
         evicted = self._evict_previous(decision)
+        skipped_grid = self._kept_grid if prepared.encoder_skipped else None
         cached = _timed(
             self.backbone,
             timings,
             "prefill",
             lambda: self.session.append_chunk(
-                encoded, keep=decision.keep, drop_video=decision.drop_video, index=chunk.index
+                encoded,
+                keep=decision.keep,
+                drop_video=decision.drop_video,
+                index=chunk.index,
+                video_tokens_in=None if skipped_grid is None else math.prod(skipped_grid[0]),
             ),
         )
         self._last = (cached, encoded)
-        return self._report(chunk, encoded, cached, decision, evicted, prepared.resized_hw, timings)
+        video_kept = encoded.video is not None and not decision.drop_video
+        if video_kept:
+            self._kept_grid = (tuple(encoded.video.shape[:3]), prepared.resized_hw)
+        if screening is not None:
+            self.pruner.prefilter.record(screening, chunk.index, video_kept)
+        grid, resized_hw = skipped_grid or (_grid(encoded), prepared.resized_hw)
+        selection = decision.selection
+        return ChunkReport(
+            index=chunk.index,
+            start=chunk.start,
+            video_tokens_in=cached.video_tokens_in,
+            video_tokens_kept=cached.video_tokens,
+            audio_tokens=cached.audio_tokens,
+            video_dropped=decision.drop_video,
+            encoder_skipped=prepared.encoder_skipped,
+            prefilter=None if screening is None else screening.reason,
+            previous_video_evicted=evicted,
+            audio_missing=chunk.audio_missing,
+            similarity=decision.similarity,
+            reference_mode=decision.reference_mode,
+            grid=grid,
+            resized_hw=resized_hw,
+            semantic=[] if selection is None else selection.semantic.nonzero().flatten().tolist(),
+            spatial=[] if selection is None else selection.spatial.nonzero().flatten().tolist(),
+            timings_ms=timings,
+        )
 
-    def _forget_reference_leaving_the_cache(self, encoded: EncodedChunk) -> None:
-        # The drop rule compares with the last chunk whose video it kept. Once the token budget
-        # evicts that chunk the cache holds nothing of its scene, so a static stream would be left
-        # with audio only. The rule starts afresh when this append, at its largest (all its video),
-        # would push the reference out: this chunk then keeps its video and becomes the reference.
-        reference = self.pruner.drop_rule.reference_chunk
-        if reference is None:
-            return
-        largest = encoded.num_video_tokens + int(encoded.audio.shape[0])
+    def _forget_references_leaving_the_cache(self, largest: int) -> None:
+        # The drop rule and the pre-filter compare with the last chunk whose video was kept. Once
+        # the token budget evicts that chunk the cache holds nothing of its scene, so a static
+        # stream would be left with audio only. Both start afresh when an append of `largest`
+        # tokens (a chunk at its largest: all its video) would push the reference out: this chunk
+        # then keeps its video and becomes the reference. The pre-filter asks before encoding,
+        # with the largest chunk the cache holds, so a skipped chunk is never that append.
         survivors = self.session.chunks[self.session.evictions_for(largest) :]
-        if not survivors or reference < survivors[0].index:  # chunks leave oldest first
-            self.pruner.drop_rule.reset()
+        for rule in (self.pruner.drop_rule, self.pruner.prefilter):
+            reference = None if rule is None else rule.reference_chunk
+            if reference is not None and (not survivors or reference < survivors[0].index):
+                rule.reset()  # chunks leave oldest first
 
     def _evict_previous(self, decision: PruneDecision) -> bool:
         if not decision.evict_previous or self._last is None:
@@ -138,34 +203,9 @@ class ChunkPipeline:
         self.session.evict_video(cached, encoded)
         return True
 
-    @staticmethod
-    def _report(
-        chunk: AVChunk,
-        encoded: EncodedChunk,
-        cached: CachedChunk,
-        decision: PruneDecision,
-        evicted: bool,
-        resized_hw: tuple[int, int] | None,
-        timings: dict[str, float],
-    ) -> ChunkReport:
-        selection = decision.selection
-        return ChunkReport(
-            index=chunk.index,
-            start=chunk.start,
-            video_tokens_in=encoded.num_video_tokens,
-            video_tokens_kept=cached.video_tokens,
-            audio_tokens=cached.audio_tokens,
-            video_dropped=decision.drop_video,
-            previous_video_evicted=evicted,
-            audio_missing=chunk.audio_missing,
-            similarity=decision.similarity,
-            reference_mode=decision.reference_mode,
-            grid=None if encoded.video is None else tuple(encoded.video.shape[:3]),
-            resized_hw=resized_hw,
-            semantic=[] if selection is None else selection.semantic.nonzero().flatten().tolist(),
-            spatial=[] if selection is None else selection.spatial.nonzero().flatten().tolist(),
-            timings_ms=timings,
-        )
+
+def _grid(encoded: EncodedChunk) -> tuple[int, int, int] | None:
+    return None if encoded.video is None else tuple(encoded.video.shape[:3])
 
 
 def create_pipeline(backbone: Backbone, settings: Settings) -> ChunkPipeline:

@@ -35,6 +35,7 @@ def summarize_replay(
         "video_tokens_pruned_pct": pruned_pct(video_kept, video_in),
         "input_tokens_pruned_pct": pruned_pct(tokens_kept, tokens_in),
         "chunks_video_dropped": sum(r.video_dropped or r.previous_video_evicted for r in reports),
+        "chunks_encoder_skipped": sum(r.encoder_skipped for r in reports),
         "kv_tokens": session.cache_tokens,
         "kv_bytes": session.cache_bytes,
         "real_time_factor": elapsed / (len(reports) * seconds_per_chunk) if reports else 0.0,

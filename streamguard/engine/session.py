@@ -133,10 +133,12 @@ class StreamSession:
         keep: torch.Tensor | None = None,
         drop_video: bool = False,
         index: int | None = None,
+        video_tokens_in: int | None = None,
     ) -> CachedChunk:
         """Append a chunk: the video tokens at `keep` (flat indices, sorted; None keeps all, an
-        empty tensor none) unless `drop_video`, then all its audio tokens."""
-        video_in = encoded.num_video_tokens
+        empty tensor none) unless `drop_video`, then all its audio tokens. `video_tokens_in`: the
+        video tokens of a chunk whose video was never encoded (the pre-filter skipped it)."""
+        video_in = encoded.num_video_tokens if video_tokens_in is None else video_tokens_in
         video_embeds, keep = self._kept_video(encoded, keep, drop_video)
         new_tokens = int(keep.numel()) + encoded.audio.shape[0]
         self._make_room(new_tokens)

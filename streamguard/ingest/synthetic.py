@@ -18,7 +18,7 @@ import numpy as np
 from av.container import OutputContainer
 from av.stream import Stream
 
-Motion = Literal["static", "moving", "pan"]
+Motion = Literal["static", "moving", "pan", "drift", "clock", "enter", "ir"]
 Sound = Literal["tone", "noise", "silence"]
 
 # One pitch per 2-second stretch of a tone, so neighbouring chunks sound different.
@@ -28,6 +28,12 @@ AMPLITUDE = 0.3
 AUDIO_BLOCK = 1024  # samples per encoded audio frame: an AAC frame
 PAN_SPEED = 0.1  # of the frame width per second: a slow pan
 PAN_WORLD = 3  # the panned image is this many frame widths wide (and wraps around)
+DRIFT_GAIN = 0.2  # "drift": auto-exposure gain swings ±20% ...
+DRIFT_PERIOD_S = 120.0  # ... over two minutes (~2% per 2-s chunk at most)
+ENTER_AREA = 0.02  # "enter": the object covers 2% of the frame (a person at 20 m)
+ENTER_COLOUR = (70, 80, 95)  # dark clothing: ~50 levels of luma under the scene around it
+CLOCK_AREA = (0.2, 0.05)  # "clock": the overlay's share of the width and the height, top left
+IR_GAIN, IR_OFFSET = 1.4, 12.0  # "ir": grey from the switch on, brighter, as IR night mode is
 
 
 def video_codec() -> str:
@@ -42,16 +48,22 @@ def generate_frames(
     fps: float = 15,
     motion: Motion = "static",
     seed: int = 0,
+    noise: float = 0.0,
+    event_at: float | None = None,
 ) -> Iterator[np.ndarray]:
     """RGB uint8 (height, width, 3) frames at `fps` for `seconds`.
 
     "static" repeats one textured scene; "moving" draws squares that cross the frame in about a
-    second; "pan" slides a window slowly over a scene `PAN_WORLD` frames wide.
+    second; "pan" slides a window slowly over a scene `PAN_WORLD` frames wide. What a fixed camera
+    shows over the static scene: "drift", its exposure swinging slowly; "clock", an MM:SS overlay; "enter", an object of `ENTER_AREA` of the frame that appears at
+    `event_at` (default: half way) and stays; "ir", the switch to grey night mode at `event_at`.
+    `noise`: σ of fresh Gaussian sensor noise on every frame, in levels of 0..255.
     """
     world = _scene(width * PAN_WORLD if motion == "pan" else width, height, seed)
     rng = np.random.default_rng(seed + 1)
     squares = [(rng.uniform(0, 10), rng.uniform(0.6, 1.2), rng.integers(0, 256, 3)) for _ in range(3)]
     size = max(2, height // 4)
+    event_at = seconds / 2 if event_at is None else event_at
     for i in range(round(seconds * fps)):
         t = i / fps
         if motion == "pan":
@@ -64,7 +76,63 @@ def generate_frames(
                 x = _bounce(phase + t * speed * 1.7, width - size)
                 y = _bounce(phase * 0.7 + t * speed, height - size)
                 frame[y : y + size, x : x + size] = colour
-        yield frame
+        picture = frame.astype(np.float32)
+        if motion == "drift":
+            picture *= 1 + DRIFT_GAIN * np.sin(2 * np.pi * t / DRIFT_PERIOD_S)
+        elif motion == "clock":
+            _draw_clock(picture, int(t))
+        elif motion == "enter" and t >= event_at:
+            top, left, bottom, right = enter_box(width, height)
+            picture[top:bottom, left:right] = ENTER_COLOUR
+        elif motion == "ir" and t >= event_at:
+            luma = picture @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            picture = np.repeat((IR_GAIN * luma + IR_OFFSET)[..., None], 3, axis=-1)
+        if noise:
+            picture += rng.normal(0.0, noise, picture.shape).astype(np.float32)
+        yield np.clip(picture, 0, 255).round().astype(np.uint8)
+
+
+def enter_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the "enter" object: upright, twice as tall as wide, right
+    of the centre, covering `ENTER_AREA` of the frame."""
+    box_w = max(1, round((ENTER_AREA * width * height / 2) ** 0.5))
+    box_h = min(height, 2 * box_w)
+    top, left = round(height * 0.45), round(width * 0.6)
+    return top, left, min(height, top + box_h), min(width, left + box_w)
+
+
+# Seven-segment digits: which of the segments a (top), b (top right), c (bottom right),
+# d (bottom), e (bottom left), f (top left), g (middle) each digit lights.
+_DIGITS = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", "abcdefg", "abcdfg")
+
+
+def _draw_clock(picture: np.ndarray, second: int) -> None:
+    """MM:SS in bright seven-segment digits on a dark box, top left, as a camera's overlay."""
+    height, width = picture.shape[:2]
+    box_w, box_h = round(width * CLOCK_AREA[0]), max(7, round(height * CLOCK_AREA[1]))
+    picture[:box_h, :box_w] = 16
+    text = f"{second // 60 % 60:02d}{second % 60:02d}"
+    slot = box_w // 5  # four digits and the colon
+    stroke = max(1, box_h // 8)
+    top, bottom, middle = 1, box_h - 1 - stroke, (box_h - stroke) // 2
+    for k, digit in enumerate(text):
+        left = (k + (k >= 2)) * slot + 1
+        right = left + slot - 2 - stroke
+        spans = {
+            "a": (top, top + stroke, left, right + stroke),
+            "d": (bottom, bottom + stroke, left, right + stroke),
+            "g": (middle, middle + stroke, left, right + stroke),
+            "f": (top, middle + stroke, left, left + stroke),
+            "e": (middle, bottom + stroke, left, left + stroke),
+            "b": (top, middle + stroke, right, right + stroke),
+            "c": (middle, bottom + stroke, right, right + stroke),
+        }
+        for segment in _DIGITS[int(digit)]:
+            y0, y1, x0, x1 = spans[segment]
+            picture[y0:y1, x0:x1] = 235
+    colon = 2 * slot + slot // 2
+    for y in (box_h // 3, 2 * box_h // 3):
+        picture[y : y + stroke, colon : colon + stroke] = 235
 
 
 def generate_audio(
@@ -99,11 +167,16 @@ def write_clip(
     video: bool = True,
     sample_rate: int = 16000,
     channels: int = 1,
+    noise: float = 0.0,
+    event_at: float | None = None,
+    keyframe_s: float | None = None,
 ) -> Path:
     """An H.264 (or MPEG-4) + AAC clip; the container follows the suffix (.mp4, .mkv, …).
 
     MP4s are written with `movflags=faststart` (index first), as streamed files are, so a
-    truncated one still opens and fails where its data ends.
+    truncated one still opens and fails where its data ends. `keyframe_s`: a keyframe every so
+    many seconds, as cameras send them (their quality pulses with it); None: the encoder's choice.
+    `noise` and `event_at` as in `generate_frames`.
     """
     if not video and audio == "none":
         raise ValueError("a clip needs video, audio or both")
@@ -114,7 +187,9 @@ def write_clip(
         if video:
             codec = video_codec()
             encoder_options = {"preset": "veryfast", "crf": "26"} if codec == "libx264" else {}
-            frames = generate_frames(seconds, width, height, fps, motion, seed)
+            if keyframe_s is not None:
+                encoder_options["g"] = str(max(1, round(keyframe_s * fps)))
+            frames = generate_frames(seconds, width, height, fps, motion, seed, noise, event_at)
             tracks.append(_video_track(container, codec, fps, width, height, frames, encoder_options))
         if audio != "none":
             samples = generate_audio(seconds, sample_rate, audio, seed, channels)

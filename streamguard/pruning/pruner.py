@@ -1,4 +1,5 @@
-"""The per-chunk pruning plug-in the stream pipeline calls: selection plus the online drop rule."""
+"""The per-chunk pruning plug-in the stream pipeline calls: the pixel pre-filter, selection and
+the online drop rule, with one stream's state for each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from streamguard.backbones.base import Backbone, EncodedChunk
 from streamguard.config import PruningSettings, ReferenceMode
 from streamguard.pruning.a2v import SemanticReference, load_predictor
 from streamguard.pruning.baselines import select_for_method
+from streamguard.pruning.prefilter import Prefilter, Screening
 from streamguard.pruning.select import Selection
 from streamguard.pruning.temporal import OnlineDropRule
 
@@ -52,6 +54,9 @@ class Pruner:
         self.reference = SemanticReference(predictor)
         policy = "off" if settings.method == "none" else settings.drop_policy
         self.drop_rule = OnlineDropRule(settings.tau_drop, policy)
+        # The pre-filter drops video as the drop rule does, so it runs only where the rule does.
+        enabled = settings.prefilter.enabled and policy != "off"
+        self.prefilter = Prefilter(settings.prefilter) if enabled else None
         self.generator = torch.Generator().manual_seed(settings.seed)
 
     @property
@@ -63,10 +68,13 @@ class Pruner:
         return "mean_audio" if method == "mean_audio" else self.reference.mode
 
     @torch.inference_mode()
-    def plan(self, encoded: EncodedChunk, index: int) -> PruneDecision:
-        """Chunk number `index`: the video tokens to keep and the drop rule's verdict."""
+    def plan(self, encoded: EncodedChunk, index: int, screening: Screening | None = None) -> PruneDecision:
+        """Chunk number `index`: the video tokens to keep and the drop rule's verdict, given the
+        pre-filter's: a skipped chunk's video is dropped unseen, a "keep" one is kept."""
         started = time.perf_counter()
         method, mode = self.settings.method, self.reference_mode
+        if screening is not None and screening.skip:
+            return PruneDecision(None, True, False, None, mode, 0.0)
         if encoded.video is None:
             return PruneDecision(None, False, False, None, mode, 0.0)
         # "mean_audio" scores against the chunk's own audio and "none" scores nothing: neither needs ĥ_t.
@@ -79,7 +87,8 @@ class Pruner:
             self.settings.rho_spa,
             generator=self.generator,
         )
-        decision = self.drop_rule.decide(encoded.video_flat.mean(dim=0), index)
+        keep = screening is not None and screening.action == "keep"
+        decision = self.drop_rule.decide(encoded.video_flat.mean(dim=0), index, keep=keep)
         if encoded.video.is_cuda:
             torch.cuda.synchronize(encoded.video.device)
         return PruneDecision(

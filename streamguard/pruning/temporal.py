@@ -42,7 +42,8 @@ class OnlineDropRule:
     - "current": compare with the last chunk whose video was KEPT and drop the NEW chunk's video when
       they match, so a slow pan accumulates change until a chunk is kept;
     - "off": never drop.
-    The first chunk, and the first after `reset`, is never dropped. Audio is never touched by this rule.
+    The first chunk, and the first after `reset`, is never dropped, nor one decided with `keep`.
+    Audio is never touched by this rule.
     """
 
     def __init__(self, tau: float = 0.99, policy: DropPolicy = "current") -> None:
@@ -62,8 +63,9 @@ class OnlineDropRule:
         """Forget the reference: the next chunk is kept and compared with nothing."""
         self._reference, self._reference_chunk = None, None
 
-    def decide(self, mean_video: torch.Tensor, chunk: int) -> DropDecision:
-        """Decide for chunk number `chunk`, given its mean video embedding (d,)."""
+    def decide(self, mean_video: torch.Tensor, chunk: int, keep: bool = False) -> DropDecision:
+        """Decide for chunk number `chunk`, given its mean video embedding (d,). `keep`: the
+        chunk is known to differ (the pixel pre-filter saw something enter), whatever the cosine."""
         if self.policy == "off":
             return DropDecision(False, False, None, None)
         current = mean_video.detach().float()
@@ -72,7 +74,7 @@ class OnlineDropRule:
             return DropDecision(False, False, None, None)
         similarity = float(F.cosine_similarity(current, self._reference.to(current.device), dim=0))
         compared_with = self._reference_chunk
-        redundant = similarity > self.tau
+        redundant = similarity > self.tau and not keep
         keep_current_as_reference = self.policy == "previous" or not redundant
         if keep_current_as_reference:
             self._reference, self._reference_chunk = current, chunk
