@@ -127,7 +127,7 @@ class MemorySettings(BaseModel):
     enabled: bool = False
     # Per stream: chunks older than this (stream seconds behind the newest) are forgotten.
     retention_s: float = Field(3600.0, gt=0)
-    host_bytes: int = Field(16 * 2**30, ge=0)  # evicted KV kept in RAM; older chunks go to disk
+    host_bytes: int = Field(4 * 2**30, ge=0)  # evicted KV kept in RAM; older chunks go to disk
     disk_bytes: int = Field(64 * 2**30, ge=0)  # past it the oldest files are deleted
     # Every stream of this worker together; past it the oldest file of any stream goes.
     service_disk_bytes: int = Field(256 * 2**30, ge=0)

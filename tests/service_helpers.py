@@ -35,11 +35,20 @@ TOKEN = "test-token"
 TIMEOUT_S = 60.0
 
 
-def tiny_settings(checkpoint: Path, session: dict[str, Any] | None = None, **service: Any) -> Settings:
+def tiny_settings(
+    checkpoint: Path,
+    session: dict[str, Any] | None = None,
+    memory: dict[str, Any] | None = None,
+    **service: Any,
+) -> Settings:
     """configs/tiny.yaml on a checkpoint built by `build_tiny_checkpoint`, one known token;
-    keyword arguments override `service:` settings, `session` the `session:` ones."""
+    keyword arguments override `service:` settings, `session` and `memory` those sections."""
     return load_settings(
-        "tiny", model={"path": str(checkpoint)}, service={"tokens": [TOKEN], **service}, session=session or {}
+        "tiny",
+        model={"path": str(checkpoint)},
+        service={"tokens": [TOKEN], **service},
+        session=session or {},
+        memory=memory or {},
     )
 
 
@@ -67,6 +76,18 @@ def wait_until(check: Callable[[], T | None], what: str, timeout_s: float = TIME
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def processed_stream(service, stream_id: str) -> dict:
+    """The stream once its source has ended and every chunk it sent was processed or shed."""
+
+    def settled():
+        stream = service.stream(stream_id)
+        stats = stream["stats"]
+        done = stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
+        return stream if stream["state"] == "ended" and done else None
+
+    return wait_until(settled, "the file stream to be processed")
 
 
 class LiveService:

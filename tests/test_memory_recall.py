@@ -9,6 +9,8 @@ was appended to and shows the question the prefix, the recalled chunks and the f
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,7 @@ from streamguard.memory.manager import MemoryManager
 from streamguard.memory.spec import SpanRecall
 
 CHUNKS = 8
+WALL_START = 1_800_000_000.0  # unix seconds of the stream's start
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,8 @@ def tiered_session(backbone, clip, memory: MemoryManager, limited_positions: boo
     session = StreamSession(backbone, settings, SYSTEM)
     stream_memory = memory.open(f"s{id(session)}", session)
     for i, (chunk, keep, drop) in enumerate(zip(encoded, keeps, drops, strict=True)):
-        session.append_chunk(chunk, keep=keep, drop_video=drop, index=i)
+        cached = session.append_chunk(chunk, keep=keep, drop_video=drop, index=i)
+        cached.appended_at = WALL_START + 2.0 * (i + 1)  # a camera's pace: one chunk every 2 s
     return session, stream_memory
 
 
@@ -166,6 +170,13 @@ def test_span_recall_equals_the_masked_offline_forward(
 
     recall = stream_memory.recall(SpanRecall(0.0, 2.0))  # chunk 0 alone, and a gap to chunk 2
     assert max_difference(session, recall, tiny_backbone, clip, [0]) <= 1e-4
+
+    wall = [datetime.fromtimestamp(WALL_START + t, UTC) for t in (4.5, 9.5)]  # chunks 2, 3 and 4
+    recall = stream_memory.recall(SpanRecall(*wall))
+    assert max_difference(session, recall, tiny_backbone, clip, [2, 3, 4]) <= 1e-4
+    assert [(s.from_s, s.to_s, s.from_wall.timestamp()) for s in recall.spans] == [
+        (4.0, 10.0, WALL_START + 4)
+    ]
 
     after = kv.snapshot(session.cache)  # the live cache is as it was
     assert all(

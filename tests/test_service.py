@@ -10,7 +10,7 @@ import re
 
 import httpx
 import pytest
-from service_helpers import TOKEN, receive, receive_until, serve, tiny_settings, wait_until
+from service_helpers import TOKEN, processed_stream, receive, receive_until, serve, tiny_settings, wait_until
 from websockets.exceptions import ConnectionClosed
 
 from streamguard.backbones import load_backbone
@@ -70,18 +70,6 @@ def create_file_stream(service, clip, token: str = TOKEN, realtime: bool = False
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def processed_stream(service, stream_id: str) -> dict:
-    """The stream once its source has ended and every chunk it sent was processed or shed."""
-
-    def settled():
-        stream = service.stream(stream_id)
-        stats = stream["stats"]
-        done = stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
-        return stream if stream["state"] == "ended" and done else None
-
-    return wait_until(settled, "the file stream to be processed")
 
 
 def error_of(response) -> dict:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamguard.engine.session import SamplingParams, SessionStats, StreamSession
+from streamguard.engine.session import Recall, SamplingParams, SessionStats, StreamSession
 
 if TYPE_CHECKING:
     from streamguard.engine.pipeline import ChunkPipeline, ChunkReport
@@ -164,6 +164,7 @@ class _Question:
     session: StreamSession
     text: str
     params: SamplingParams
+    recall: Recall | None = None
     submitted: float = field(default_factory=time.perf_counter)
     generator: Iterator[str] | None = None
     parts: list[str] = field(default_factory=list)
@@ -291,8 +292,11 @@ class Scheduler:
 
     # -- questions and calls ---------------------------------------------------------------
 
-    def ask(self, stream_id: str, text: str, max_tokens: int | None = None) -> Answer:
-        """Queue a question; `max_tokens` is capped at the session's `max_new_tokens`.
+    def ask(
+        self, stream_id: str, text: str, max_tokens: int | None = None, recall: Recall | None = None
+    ) -> Answer:
+        """Queue a question; `max_tokens` is capped at the session's `max_new_tokens`; `recall`
+        (long memory) loads older chunks beside the window for this answer.
 
         The session validates the question on the worker (the tokenizer is not shared across
         threads): `QuestionTooLongError` / `EmptyQuestionError` come out of the iteration. A
@@ -314,7 +318,7 @@ class Scheduler:
                 temperature=limits.temperature,
                 top_p=limits.top_p,
             )
-            stream.questions.append(_Question(answer, session, text, params))
+            stream.questions.append(_Question(answer, session, text, params, recall))
             self._cond.notify()
         return answer
 
@@ -432,7 +436,7 @@ class Scheduler:
             return
         try:
             if question.generator is None:
-                question.generator = question.session.ask(question.text, question.params)
+                question.generator = question.session.ask(question.text, question.params, question.recall)
             delta = next(question.generator)
         except StopIteration:
             self._end(question)

@@ -19,22 +19,16 @@ import torch
 from streamguard.engine import kv
 from streamguard.engine.session import StreamSession
 from streamguard.memory.records import ChunkPlace
-from streamguard.memory.spec import InvalidRecallError, RecallSpec, RecallTooLargeError, SpanRecall
+from streamguard.memory.spec import (
+    InvalidRecallError,
+    RecalledSpan,
+    RecallSpec,
+    RecallTooLargeError,
+    SpanRecall,
+)
 
 if TYPE_CHECKING:
     from streamguard.memory.stream import StreamMemory
-
-
-@dataclass(frozen=True)
-class RecalledSpan:
-    """A run of consecutive recalled chunks."""
-
-    from_s: float
-    to_s: float
-    from_wall: datetime
-    to_wall: datetime
-    chunks: int
-    tokens: int
 
 
 @dataclass
@@ -46,6 +40,11 @@ class ChunkRecall:
     spans: list[RecalledSpan] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0  # choosing and loading, the question's extra latency
+    loaded: bool = False  # the answer got as far as loading it
+
+    @property
+    def mode(self) -> str:
+        return "span" if isinstance(self.spec, SpanRecall) else self.spec
 
     def load(self, session: StreamSession, question_ids: list[int]) -> int:
         started = time.perf_counter()
@@ -65,7 +64,9 @@ class ChunkRecall:
         self.tokens = sum(place.tokens for place in places)
         self.spans = merge_spans(places)
         self.seconds = time.perf_counter() - started
-        self.memory.recalled(self)
+        self.loaded = True
+        if self.spec != "recent":
+            self.memory.recalled(self)
         return self.tokens
 
     def _choose(self, session: StreamSession, ids: list[int]) -> list[ChunkPlace]:

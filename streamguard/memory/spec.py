@@ -50,6 +50,18 @@ class SpanRecall:
 RecallSpec = RecallMode | SpanRecall
 
 
+@dataclass(frozen=True)
+class RecalledSpan:
+    """A run of consecutive recalled chunks: stream seconds, and wall-clock times (UTC)."""
+
+    from_s: float
+    to_s: float
+    from_wall: datetime
+    to_wall: datetime
+    chunks: int
+    tokens: int
+
+
 def parse_recall(value: object) -> RecallSpec:
     """A client's `recall` value as a spec; `InvalidRecallError` says what is wrong with it."""
     if value in ("auto", "recent"):

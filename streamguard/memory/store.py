@@ -41,6 +41,7 @@ class TieredStore:
         self.disk_bytes = 0
         self.chunks_offloaded = 0  # chunks received from the device cache, ever
         self.chunks_forgotten = 0  # by retention or a disk limit
+        self.closed = False  # the stream is gone: a chunk still on its way out is not kept
         folder.mkdir(parents=True, exist_ok=True)
         quota.register(self)
 
@@ -50,6 +51,8 @@ class TieredStore:
         """Keep an evicted chunk in host memory, then apply every limit (`now_s`: the stream
         seconds of the newest chunk the session holds)."""
         with self.quota.lock:
+            if self.closed:
+                return
             nbytes = layers_nbytes(layers)
             self._entries[place.index] = _Entry(place, summary, layers, None, nbytes)
             self.host_bytes += nbytes
@@ -112,6 +115,7 @@ class TieredStore:
         """Forget everything and delete the stream's folder."""
         self.quota.unregister(self)
         with self.quota.lock:
+            self.closed = True
             self._entries.clear()
             self.host_bytes = self.disk_bytes = 0
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -113,7 +113,7 @@ class StreamMemory:
         self.last_recall_s = recall.seconds
         log.info(
             "recall %s: %d chunks, %d tokens in %.3f s",
-            recall.spec if isinstance(recall.spec, str) else "span",
+            recall.mode,
             sum(span.chunks for span in recall.spans),
             recall.tokens,
             recall.seconds,

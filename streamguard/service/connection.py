@@ -23,6 +23,8 @@ from streamguard.cluster.store import AnswerRecord, Store
 from streamguard.config import ServiceSettings
 from streamguard.engine.scheduler import Answer, StreamEndedError
 from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
+from streamguard.memory.recall import ChunkRecall
+from streamguard.memory.spec import InvalidRecallError, RecallTooLargeError
 from streamguard.service.auth import WS_CLOSE_OFFSET
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
@@ -35,6 +37,7 @@ from streamguard.service.protocol import (
     ErrorEvent,
     QuestionAsk,
     QuestionCancel,
+    RecallSummary,
     ServiceError,
     StatsSubscribe,
     StreamStatsEvent,
@@ -47,6 +50,8 @@ _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
     QuestionTooLongError: "question_too_long",
     EmptyQuestionError: "empty_question",
     StreamEndedError: "stream_ended",
+    InvalidRecallError: "invalid_recall",  # a span that is empty at the moment it is resolved
+    RecallTooLargeError: "recall_too_large",
 }
 
 WS_CLOSE_STREAM_ENDED = WS_CLOSE_OFFSET + 410
@@ -197,14 +202,14 @@ class Connection:
                 f"{MAX_OPEN_QUESTIONS} questions are already running on this connection; wait for one to finish",
                 id=message.id,
             )
-        answer = self.stream.ask(message.id, message.text, message.max_tokens)
+        answer, recall = self.stream.ask(message.id, message.text, message.max_tokens, message.recall)
         self._answers[message.id] = answer
         event("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
-        task = asyncio.create_task(self._answer(message, answer))
+        task = asyncio.create_task(self._answer(message, answer, recall))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, question: QuestionAsk, answer: Answer) -> None:
+    async def _answer(self, question: QuestionAsk, answer: Answer, recall: ChunkRecall | None) -> None:
         question_id = question.id
         try:
             async for delta in answer:
@@ -224,7 +229,7 @@ class Connection:
             self._answers.pop(question_id, None)
         result = answer.result
         assert result is not None  # set when the iteration ends without an error
-        self.stream.record_answer(result)
+        self.stream.record_answer(result, recall)
         stats = AnswerDoneStats(
             generated_tokens=result.generated_tokens,
             time_to_first_delta_ms=None
@@ -234,7 +239,8 @@ class Connection:
             finish_reason=result.finish_reason,
             context_tokens=result.context_tokens,
         )
-        self._send(AnswerDone(id=question_id, text=result.text, stats=stats))
+        summary = None if recall is None else _recall_summary(recall)
+        self._send(AnswerDone(id=question_id, text=result.text, stats=stats, recall=summary))
         await self.store.log_answer(
             AnswerRecord(
                 stream_id=self.stream.id,
@@ -267,3 +273,13 @@ class Connection:
         if self._stats is not None:
             self._stats.cancel()
             self._stats = None
+
+
+def _recall_summary(recall: ChunkRecall) -> RecallSummary:
+    """What an answer recalled (set on the worker before its first token, read once it is done)."""
+    return RecallSummary(
+        mode=recall.mode,  # type: ignore[arg-type]
+        spans=recall.spans,
+        tokens=recall.tokens,
+        latency_ms=recall.seconds * 1000,
+    )

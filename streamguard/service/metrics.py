@@ -8,6 +8,12 @@ Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"sh
 `redundant` chunks lost their video to the temporal rule (their audio stayed), `shed` chunks
 never reached the model because the pipeline fell behind real time (the worker's queue shed
 them, or the source dropped them before the stream could take them).
+
+Long memory: a stream's device KV is `streamguard_kv_cache_bytes`; what it evicted lives on in
+`streamguard_memory_host_bytes` and `streamguard_memory_disk_bytes`
+(`streamguard_service_memory_*_bytes` for all streams); `streamguard_memory_chunks_offloaded_total`
+counts evictions kept, `streamguard_recalls_total{mode="auto"|"span"}` the answers that loaded
+chunks back and `streamguard_recall_seconds` how long choosing and loading took.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from streamguard.cluster.store import StoreHealth
 from streamguard.service.protocol import ServiceStats, StreamState
 
 DROP_REASONS = ("redundant", "shed")
+RECALL_MODES = ("auto", "span")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -72,6 +79,8 @@ class _ServiceGauges(Collector):
             ("queue_depth", "Chunks waiting for the model, all streams", totals.queue_depth),
             ("kv_cache_tokens", "Tokens in the KV caches of all streams", totals.kv_tokens),
             ("kv_cache_bytes", "Bytes of the KV caches of all streams", totals.kv_bytes),
+            ("memory_host_bytes", "Evicted KV in host memory, all streams", totals.memory.host_bytes),
+            ("memory_disk_bytes", "Evicted KV in files, all streams", totals.memory.disk_bytes),
         ):
             yield GaugeMetricFamily(f"streamguard_service_{name}", doc, value=value)
 
@@ -112,6 +121,22 @@ class ServiceMetrics:
         self.kv_bytes = Gauge(
             "streamguard_kv_cache_bytes", "Bytes of the stream's KV cache", ["stream"], registry=r
         )
+        self.memory_host_bytes = Gauge(
+            "streamguard_memory_host_bytes", "The stream's evicted KV in host memory", ["stream"], registry=r
+        )
+        self.memory_disk_bytes = Gauge(
+            "streamguard_memory_disk_bytes", "The stream's evicted KV in files", ["stream"], registry=r
+        )
+        self.chunks_offloaded = _StreamCounter(
+            r, "memory_chunks_offloaded", "Chunks evicted from the device cache into long memory"
+        )
+        self.recalls = _StreamCounter(r, "recalls", "Answers that loaded offloaded chunks back", ("mode",))
+        self.recall_seconds = Histogram(
+            "streamguard_recall_seconds",
+            "Choosing and loading a question's recalled chunks",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.streams_taken_over = Counter(
             "streamguard_streams_taken_over",
             "RTSP streams this worker continued after their worker died (their lease lapsed)",
@@ -140,6 +165,9 @@ class ServiceMetrics:
             self.queue_depth,
             self.kv_tokens,
             self.kv_bytes,
+            self.memory_host_bytes,
+            self.memory_disk_bytes,
+            self.chunks_offloaded.per_stream,
         ]
 
     def watch_streams(
@@ -185,6 +213,8 @@ class ServiceMetrics:
             _remove(family, stream)
         for reason in DROP_REASONS:
             _remove(self.chunks_dropped.per_stream, stream, reason)
+        for mode in RECALL_MODES:
+            _remove(self.recalls.per_stream, stream, mode)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

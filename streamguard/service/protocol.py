@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamSummary
 from streamguard.config import ReferenceMode, Role
+from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec, parse_recall
 
 ErrorCode = Literal[
     # websocket messages
@@ -25,6 +26,9 @@ ErrorCode = Literal[
     "unknown_question",
     "duplicate_question",
     "too_many_questions",
+    "invalid_recall",
+    "memory_disabled",
+    "recall_too_large",
     "stream_ended",
     "internal_error",
     # REST and auth
@@ -43,7 +47,7 @@ ErrorCode = Literal[
 
 # Request validation failures with a code of their own: a validator raises
 # `PydanticCustomError(code, message)` and the error response carries that code.
-VALIDATION_CODES: frozenset[ErrorCode] = frozenset({"unsupported_scheme"})
+VALIDATION_CODES: frozenset[ErrorCode] = frozenset({"unsupported_scheme", "invalid_recall"})
 
 
 class _Message(BaseModel):
@@ -132,6 +136,20 @@ class ChunkOverlay(BaseModel):
     similarity: float | None
 
 
+class MemoryStatsBody(BaseModel):
+    """Long memory (`memory:` settings): where a stream's KV lives, and its recalls."""
+
+    enabled: bool
+    device_bytes: int  # the live cache (prefix and window)
+    host_bytes: int  # evicted chunks in host memory
+    disk_bytes: int  # evicted chunks in files
+    chunks_offloaded: int  # evicted from the device cache into memory, ever
+    chunks_held: int  # offloaded and still recallable
+    chunks_forgotten: int  # past retention_s or a disk limit
+    recalls: int  # answers that loaded chunks back ("auto" or a span)
+    recall_latency: LatencySummary  # choosing and loading chunks, per recall
+
+
 class StreamStatsBody(BaseModel):
     chunks_received: int
     chunks_processed: int
@@ -149,6 +167,7 @@ class StreamStatsBody(BaseModel):
     questions_answered: int
     reconnects: int  # times the source lost its camera and got it back
     answer_latency: LatencySummary  # time to the first delta
+    memory: MemoryStatsBody
     last_chunk: ChunkOverlay | None
 
 
@@ -170,6 +189,7 @@ class ServiceStats(BaseModel):
     questions_answered: int
     reconnects: int
     answer_latency: LatencySummary  # time to the first delta, the latest answers of every stream
+    memory: MemoryStatsBody  # every stream held now (recall latency: the latest recalls of all)
 
 
 class ChunkTiming(BaseModel):
@@ -244,6 +264,19 @@ class QuestionAsk(_Message):
     id: str = Field(min_length=1, max_length=128)
     text: str  # its length is the session's to judge (`question_too_long`)
     max_tokens: int | None = Field(None, gt=0)
+    # "auto", "recent" or {"from": T0, "to": T1} (`memory.spec`); None: "auto" on a stream with
+    # memory, "recent" without
+    recall: Any = None
+
+    @field_validator("recall")
+    @classmethod
+    def _recall(cls, value: Any) -> RecallSpec | None:
+        if value is None:
+            return None
+        try:
+            return parse_recall(value)
+        except InvalidRecallError as exc:
+            raise PydanticCustomError("invalid_recall", "{message}", {"message": str(exc)}) from None
 
 
 class QuestionCancel(_Message):
@@ -304,7 +337,11 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
     try:
         return _client_message.validate_python(data)
     except ValidationError as exc:
-        raise ServiceError("invalid_message", describe_errors(exc.errors()), id=question_id) from None
+        errors = exc.errors()
+        code = validation_code(errors)
+        raise ServiceError(
+            "invalid_message" if code == "invalid_request" else code, describe_errors(errors), id=question_id
+        ) from None
 
 
 # Location items that name a union's tag or the request body, not a field.
@@ -344,11 +381,19 @@ class AnswerDoneStats(BaseModel):
     context_tokens: int
 
 
+class RecallSummary(BaseModel):
+    mode: Literal["auto", "recent", "span"]
+    spans: list[RecalledSpan]  # in stream order; empty for "recent" or nothing offloaded
+    tokens: int
+    latency_ms: float  # choosing and loading the chunks
+
+
 class AnswerDone(BaseModel):
     type: Literal["answer.done"] = "answer.done"
     id: str
     text: str
     stats: AnswerDoneStats
+    recall: RecallSummary | None = None  # None: the stream has no memory
 
 
 class StreamStatsEvent(BaseModel):

@@ -34,6 +34,10 @@ from streamguard.engine.scheduler import (
     TooManyQuestionsError,
     UnknownStreamError,
 )
+from streamguard.memory.manager import MemoryManager
+from streamguard.memory.recall import ChunkRecall
+from streamguard.memory.spec import MemoryDisabledError, RecallSpec
+from streamguard.memory.stream import StreamMemory
 from streamguard.service.auth import check_stream_quota
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
@@ -43,6 +47,7 @@ from streamguard.service.protocol import (
     CreateStreamRequest,
     FileStreamRequest,
     LatencySummary,
+    MemoryStatsBody,
     PruningInfo,
     ServiceError,
     ServiceStats,
@@ -72,6 +77,18 @@ COUNTED_STATS = (
     "questions_answered",
     "reconnects",
 )
+
+# What a stream's memory reports (`StreamMemory.stats`), and what the totals add up over the
+# streams held now.
+MEMORY_FIGURES = (
+    "host_bytes",
+    "disk_bytes",
+    "chunks_offloaded",
+    "chunks_held",
+    "chunks_forgotten",
+    "recalls",
+)
+MEMORY_SUMS = ("device_bytes", *MEMORY_FIGURES)
 
 
 class ChunkSource(Protocol):
@@ -127,11 +144,13 @@ class Stream:
         chunk: ChunkTiming,
         pruning: PruningInfo,
         service_latency: LatencyWindow,
+        service_recall_latency: LatencyWindow,
         *,
         reopen_url: str | None = None,
         taken_over: StreamRecord | None = None,
     ):
-        """`service_latency` is the window of every stream's answers (the service's totals);
+        """`service_latency` and `service_recall_latency` are the windows of every stream's
+        answers and recalls (the service's totals);
         `reopen_url` is what another worker needs to reopen the camera (RTSP); `taken_over` the
         record of a stream a dead worker ran, which this one continues under the same id."""
         self.id = taken_over.id if taken_over else uuid.uuid4().hex
@@ -167,6 +186,10 @@ class Stream:
         self._latency = LatencyWindow()
         self._service_latency = service_latency
         self.last_report: ChunkReport | None = None
+        self.memory: StreamMemory | None = None  # long memory, when the service has it on
+        self._offloaded = 0  # the memory's chunks_offloaded already counted in the metrics
+        self._recall_latency = LatencyWindow()
+        self._service_recall_latency = service_recall_latency
         if isinstance(source, ReconnectingSource):
             source.on_state = self.source_state
 
@@ -256,6 +279,12 @@ class Stream:
         m.queue_depth.labels(self.id).set(self.queue().depth)
         m.kv_tokens.labels(self.id).set(self.kv_tokens)
         m.kv_bytes.labels(self.id).set(self.kv_bytes)
+        if self.memory is not None:
+            memory = self.memory.stats()
+            m.memory_host_bytes.labels(self.id).set(memory.host_bytes)
+            m.memory_disk_bytes.labels(self.id).set(memory.disk_bytes)
+            m.chunks_offloaded.inc(self.id, memory.chunks_offloaded - self._offloaded)
+            self._offloaded = memory.chunks_offloaded
 
     def chunk_failed(self, index: int, error: Exception) -> None:
         if self.removed.is_set():
@@ -272,15 +301,25 @@ class Stream:
 
     # -- questions -------------------------------------------------------------------------
 
-    def ask(self, question_id: str, text: str, max_tokens: int | None) -> Answer:
+    def ask(
+        self, question_id: str, text: str, max_tokens: int | None, recall: RecallSpec | None = None
+    ) -> tuple[Answer, ChunkRecall | None]:
+        """Queue a question; with memory, also the recall it answers over (default "auto"),
+        whose spans are known once the answer is done."""
         if self.removed.is_set():
             raise ServiceError("stream_ended", f"stream {self.id} was deleted", id=question_id)
+        if self.memory is None and recall not in (None, "recent"):
+            error = MemoryDisabledError(
+                'this stream has no long memory (memory.enabled is off): ask with recall "recent" or none'
+            )
+            raise ServiceError(error.code, str(error), id=question_id)
+        chunk_recall = None if self.memory is None else self.memory.recall(recall or "auto")
         try:
-            return self._scheduler.ask(self.id, text, max_tokens)
+            return self._scheduler.ask(self.id, text, max_tokens, chunk_recall), chunk_recall
         except TooManyQuestionsError as exc:
             raise ServiceError("too_many_questions", str(exc), id=question_id) from None
 
-    def record_answer(self, result: AnswerResult) -> None:
+    def record_answer(self, result: AnswerResult, recall: ChunkRecall | None = None) -> None:
         if self.removed.is_set():
             return
         self.questions_answered += 1
@@ -289,6 +328,11 @@ class Stream:
             self._latency.add(result.time_to_first_delta_s)
             self._service_latency.add(result.time_to_first_delta_s)
             self._metrics.first_delta.observe(result.time_to_first_delta_s)
+        if recall is not None and recall.loaded and recall.spec != "recent":
+            self._recall_latency.add(recall.seconds)
+            self._service_recall_latency.add(recall.seconds)
+            self._metrics.recalls.inc(self.id, mode=recall.mode)
+            self._metrics.recall_seconds.observe(recall.seconds)
 
     # -- stats -----------------------------------------------------------------------------
 
@@ -351,8 +395,18 @@ class Stream:
                 questions_answered=self.questions_answered,
                 reconnects=self.reconnects,
                 answer_latency=self._latency.summary(),
+                memory=self.memory_stats(),
                 last_chunk=None if self.last_report is None else _overlay(self.last_report),
             ),
+        )
+
+    def memory_stats(self) -> MemoryStatsBody:
+        held = None if self.memory is None else self.memory.stats()
+        return MemoryStatsBody(
+            enabled=held is not None,
+            device_bytes=self.kv_bytes,
+            **{name: 0 if held is None else getattr(held, name) for name in MEMORY_FIGURES},
+            recall_latency=self._recall_latency.summary(),
         )
 
 
@@ -377,6 +431,12 @@ class StreamRegistry:
         self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
         self._deleted: Counter[str] = Counter()  # the `COUNTED_STATS` of deleted streams
         self._latency = LatencyWindow()  # every stream's answers
+        self._recall_latency = LatencyWindow()  # every stream's recalls
+        self.memory = (
+            MemoryManager(backbone, settings.memory, settings.chunk.seconds)
+            if settings.memory.enabled
+            else None
+        )
         metrics.watch_streams(self.count_by_state, self.totals)
         metrics.watch_store(store.health)
         ttl = settings.service.ended_stream_ttl_s
@@ -422,9 +482,12 @@ class StreamRegistry:
                 semantic_reference=pipeline.pruner.reference_mode,
             ),
             self._latency,
+            self._recall_latency,
             reopen_url=reopen_url,
             taken_over=taken_over,
         )
+        if self.memory is not None:  # before the worker sees the session: it evicts from chunk one
+            stream.memory = self.memory.open(stream.id, pipeline.session)
         self._streams[stream.id] = stream
         self.scheduler.register(stream.id, pipeline, stream)
         self.metrics.add_stream(stream.id)
@@ -620,6 +683,11 @@ class StreamRegistry:
             kv_tokens=sum(stats.kv_tokens for stats in held),
             kv_bytes=sum(stats.kv_bytes for stats in held),
             answer_latency=self._latency.summary(),
+            memory=MemoryStatsBody(
+                enabled=self.memory is not None,
+                **{name: sum(getattr(s.memory, name) for s in held) for name in MEMORY_SUMS},
+                recall_latency=self._recall_latency.summary(),
+            ),
         )
 
     async def delete(self, stream_id: str) -> StreamInfo:
@@ -654,6 +722,8 @@ class StreamRegistry:
         """Free what the stream holds in the scheduler (its cache) and in the metrics."""
         self.scheduler.unregister(stream.id)
         self.metrics.forget(stream.id)
+        if self.memory is not None:  # its files go with it
+            self.memory.close(stream.id)
 
     async def _expire(self, ttl_s: float) -> None:
         """Delete the streams that ended and have had no websocket client for `ttl_s`."""
@@ -675,6 +745,8 @@ class StreamRegistry:
                 await chore
         for stream_id in list(self._streams):
             await self.delete(stream_id)
+        if self.memory is not None:
+            self.memory.close_all()
 
 
 def unknown_stream(stream_id: str) -> ServiceError:

@@ -97,6 +97,24 @@ class TooManyQuestionsError(ServiceError):
     code = "too_many_questions"
 
 
+class InvalidRecallError(ServiceError):
+    """A question's `recall` is not "auto", "recent" or a span the stream can resolve."""
+
+    code = "invalid_recall"
+
+
+class MemoryDisabledError(ServiceError):
+    """A recall other than "recent" on a stream without long memory."""
+
+    code = "memory_disabled"
+
+
+class RecallTooLargeError(ServiceError):
+    """A recall span holds more tokens than the service's `memory.recall_tokens`."""
+
+    code = "recall_too_large"
+
+
 class StreamEndedError(ServiceError):
     """The stream was deleted or expired (the socket then closes with 4410)."""
 
