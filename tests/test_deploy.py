@@ -16,6 +16,7 @@ import pytest
 import yaml
 from service_helpers import TOKEN, serve, serve_process, tiny_settings, wait_until
 
+from streamguard.config import load_settings
 from streamguard.service import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,26 @@ def test_alert_rules_page_for_shed_chunks_a_worker_down_and_redis_down():
     assert 'reason="shed"' in shed["expr"] and "> 0.05" in shed["expr"] and shed["for"] == "5m"
     assert 'up{job="streamguard"} == 0' in rules["StreamGuardWorkerDown"]["expr"]
     assert "streamguard_store_up == 0" in rules["StreamGuardRedisDown"]["expr"]
+
+
+def compose_workers(compose: dict) -> dict[str, dict]:
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("image") == "streamguard:local"
+    }
+
+
+def test_the_compose_workers_run_the_cluster_config_against_its_redis():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    workers = compose_workers(compose)
+    assert len(workers) == 2
+    for worker in workers.values():
+        assert worker["command"][-2:] == ["--config", "cluster"]
+        assert worker["environment"]["STREAMGUARD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    settings = load_settings("cluster")
+    assert settings.cluster.redis_url == "redis://redis:6379/0" and settings.service.host == "0.0.0.0"
 
 
 def test_prometheus_scrapes_every_worker_with_the_token_compose_mounts():

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from redis_helpers import redis_server
 from service_helpers import free_port, receive_until, serve, tiny_settings, wait_until
 
@@ -21,7 +20,7 @@ from streamguard.cli import main
 from streamguard.cluster import AnswerRecord, StoreUnavailableError, StreamRecord, open_store
 from streamguard.cluster.fallback import FallbackStore
 from streamguard.cluster.redis_store import RedisStore
-from streamguard.config import ClusterSettings, load_settings
+from streamguard.config import ClusterSettings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.files import FileSource
 from streamguard.service import create_app
@@ -310,18 +309,6 @@ def test_serve_refuses_an_unreachable_redis_before_loading_a_model(monkeypatch, 
     assert main(["serve", "--config", "tiny", "--model", "/nonexistent/checkpoint"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach Redis" in err and "STREAMGUARD_CLUSTER__REDIS_URL" in err
-
-
-def test_the_compose_workers_run_the_cluster_config_against_its_redis():
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    workers = {name: service for name, service in compose["services"].items() if name != "redis"}
-    assert len(workers) == 2
-    for worker in workers.values():
-        assert worker["command"][-2:] == ["--config", "configs/cluster.yaml"]
-        assert worker["environment"]["STREAMGUARD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
-        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
-    settings = load_settings("cluster")
-    assert settings.cluster.redis_url == "redis://redis:6379/0" and settings.service.host == "0.0.0.0"
 
 
 # -- the service riding out an outage ------------------------------------------------------------
