@@ -318,3 +318,40 @@ def test_a_deleted_stream_and_a_stopped_service_show_as_such(checkpoint, browser
         expect(state_of(page)).to_have_attribute("data-state", "unreachable")
         page.wait_for_function(COUNTED_DOWN)
         save_screenshot(page, "webcam-service-stopped")
+
+
+def test_the_webcam_page_asks_about_the_last_minutes_and_shows_what_was_recalled(
+    checkpoint, browser, tmp_path
+):
+    settings = tiny_settings(
+        checkpoint, session={"token_budget": 250}, memory={"enabled": True, "root": str(tmp_path / "memory")}
+    )
+    with open_page(browser, DESKTOP) as page, serve(create_app(settings)) as live:
+        connect_webcam(page, live.url)
+        in_memory = page.locator("dd[data-stat=chunks_offloaded]")
+        page.wait_for_function(
+            "Number(document.querySelector('dd[data-stat=chunks_offloaded]')?.textContent) > 0"
+        )
+        expect(page.locator("#recall-hint")).to_contain_text("older chunks in memory")
+        assert int(in_memory.text_content() or 0) > 0
+
+        recall = page.get_by_label("Answer over")
+        recall.select_option("minutes")
+        page.get_by_label("Minutes").fill("1")
+        page.get_by_label("Question", exact=True).fill(QUESTION)
+        page.keyboard.press("Enter")
+        answer = page.locator("#history li.qa").first
+        expect(answer).to_have_attribute("data-status", "done")
+        expect(answer.locator(".recall-note")).to_contain_text("last 1 min")
+        expect(answer.locator(".recall-timeline .recall-span")).not_to_have_count(0)
+        expect(answer.locator(".recall-timeline")).to_have_attribute(
+            "aria-label", re.compile("^Recalled from the stream")
+        )
+
+        recall.select_option("auto")
+        page.get_by_label("Question", exact=True).fill("When did it change?")
+        page.keyboard.press("Enter")
+        auto = page.locator("#history li.qa").first
+        expect(auto).to_have_attribute("data-status", "done")
+        expect(auto.locator(".recall-note")).to_contain_text("auto")
+        save_screenshot(page, "webcam-recall")

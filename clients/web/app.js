@@ -4,6 +4,7 @@ import { ApiError, UnreachableError, removeStream, removeStreamOnUnload, service
 import { Backoff } from "./backoff.js";
 import { FrameHistory, clearOverlay, drawOverlay } from "./overlay.js";
 import { QuestionLog } from "./questions.js";
+import { recallValue } from "./recall.js";
 import { StreamSocket } from "./socket.js";
 import { showCountdown, showState } from "./state.js";
 import { describePruning, renderStats } from "./stats.js";
@@ -19,6 +20,7 @@ const PAGE_STATS = [
   "compression",
   "real_time_factor",
   "kv_tokens",
+  "chunks_offloaded",
   "questions_answered",
   "answer_latency",
 ];
@@ -44,6 +46,10 @@ const ui = {
   pruning: byId("pruning"),
   overlay: byId("overlay"),
   caption: byId("overlay-caption"),
+  recall: byId("recall"),
+  recallMode: byId("recall-mode"),
+  recallMinutes: byId("recall-minutes"),
+  recallHint: byId("recall-hint"),
 };
 
 // the overlay before a stream's first chunk, as the page was served
@@ -65,6 +71,8 @@ let socket = null;
 let streamId = null;
 let timing = null; // the stream's chunk length and sampling rate (StreamInfo.chunk)
 let lastChunk = null; // the ChunkOverlay on show
+let streamSeconds = 0; // how far the stream has come (the end of its last processed chunk)
+let hasMemory = false; // the stream keeps evicted chunks (stats.memory.enabled): recall works
 let questionCount = 0;
 let signedIn = false;
 let sourceEnded = false; // the stream's media stopped; its context still answers questions
@@ -75,6 +83,7 @@ function updateControls() {
   ui.connect.disabled = !(signedIn && media && !streamId);
   ui.disconnect.disabled = !streamId;
   ui.ask.disabled = !socket?.isOpen;
+  ui.recall.disabled = !(socket?.isOpen && hasMemory);
 }
 
 const gate = new TokenGate({
@@ -157,7 +166,7 @@ async function connect() {
   });
   socket.addEventListener("stats", (event) => showStream(event.detail));
   socket.addEventListener("delta", (event) => questions.delta(event.detail));
-  socket.addEventListener("done", (event) => questions.done(event.detail));
+  socket.addEventListener("done", (event) => questions.done(event.detail, streamSeconds));
   socket.addEventListener("error", (event) => {
     const error = event.detail;
     if (error.id) questions.fail(error.id, `${error.code}: ${error.message}`);
@@ -171,6 +180,9 @@ async function connect() {
 /** A new stream starts with a blank overlay and no stats: nothing of the last one lingers. */
 function clearStreamView() {
   lastChunk = null;
+  streamSeconds = 0;
+  hasMemory = false;
+  ui.recallHint.textContent = "Connect to see whether the stream has long memory.";
   clearOverlay(ui.overlay, NO_CHUNK);
   ui.caption.textContent = NO_CHUNK.caption;
   ui.stats.replaceChildren();
@@ -223,7 +235,9 @@ function showStream(stream) {
   ui.pruning.hidden = false;
   ui.pruning.textContent = describePruning(stream.pruning);
   renderStats(ui.stats, PAGE_STATS, stream.stats);
+  showMemory(stream.stats.memory);
   const chunk = stream.stats.last_chunk;
+  if (chunk) streamSeconds = chunk.start + timing.seconds;
   if (chunk && chunk.index !== lastChunk?.index) {
     lastChunk = chunk;
     ui.caption.textContent = drawOverlay(ui.overlay, chunk, frames, timing.seconds);
@@ -231,6 +245,18 @@ function showStream(stream) {
   const stopped = stream.state === "ended" || stream.state === "error";
   if (stopped && !sourceEnded) sourceStopped(stream.error ?? "the camera stopped sending");
 }
+
+/** The recall picker works on a stream with long memory; it says what memory holds. */
+function showMemory(memory) {
+  hasMemory = Boolean(memory?.enabled);
+  updateControls();
+  ui.recallHint.textContent = hasMemory
+    ? `${memory.chunks_held} older chunks in memory (${size(memory.host_bytes)} RAM, ${size(memory.disk_bytes)} disk)`
+    : "This stream has no long memory: answers use the recent window.";
+}
+
+const size = (bytes) =>
+  bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 
 /** The media stopped, but the service keeps the stream's context: questions still work until
  * Disconnect deletes it. */
@@ -294,8 +320,15 @@ function ask(event) {
   if (!text || !socket?.isOpen) return;
   questionCount += 1;
   const id = `q${questionCount}-${Date.now().toString(36)}`;
-  questions.add(id, text);
-  socket.ask(id, text);
+  const mode = ui.recallMode.value;
+  const minutes = Number(ui.recallMinutes.value) || 5;
+  if (hasMemory) {
+    questions.add(id, text, { mode, minutes });
+    socket.ask(id, text, recallValue(mode, minutes));
+  } else {
+    questions.add(id, text);
+    socket.ask(id, text);
+  }
   ui.question.value = "";
 }
 
@@ -303,6 +336,9 @@ ui.connect.addEventListener("click", connect);
 ui.disconnect.addEventListener("click", disconnect);
 ui.retryCamera.addEventListener("click", startCamera);
 ui.questionForm.addEventListener("submit", ask);
+ui.recallMode.addEventListener("change", () => {
+  ui.recallMinutes.hidden = ui.recallMode.value !== "minutes";
+});
 // the overlay's layout follows its width (side by side or stacked); its height is its own doing
 let overlayWidth = ui.overlay.clientWidth;
 new ResizeObserver(() => {

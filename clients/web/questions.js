@@ -1,5 +1,7 @@
 // The history of this stream's questions, each answer filled in as its deltas arrive.
 
+import { describeRecall, recallTimeline } from "./recall.js";
+
 const ms = (x) => (x == null ? "–" : `${Math.round(x)} ms`);
 
 export class QuestionLog {
@@ -15,7 +17,8 @@ export class QuestionLog {
     this.#updateBusy();
   }
 
-  add(id, text) {
+  /** @param {{mode: string, minutes: number} | null} recall  what the question asked to recall */
+  add(id, text, recall = null) {
     const item = document.createElement("li");
     item.className = "qa";
     item.dataset.questionId = id;
@@ -38,7 +41,7 @@ export class QuestionLog {
     meta.append(" ", cancel);
     item.append(question, answer, meta);
     this.list.prepend(item); // newest first: the answer being written stays in view
-    this.#items.set(id, { item, answer, meta });
+    this.#items.set(id, { item, answer, meta, recall });
     this.#updateBusy();
   }
 
@@ -49,7 +52,8 @@ export class QuestionLog {
     entry.item.dataset.deltas = String(Number(entry.item.dataset.deltas) + 1);
   }
 
-  done(message) {
+  /** @param {number} streamSeconds  how far the stream has come (the recall timeline's end) */
+  done(message, streamSeconds = 0) {
     const entry = this.#finish(message.id, message.stats.finish_reason === "cancelled" ? "cancelled" : "done");
     if (!entry) return;
     const { stats } = message;
@@ -57,6 +61,13 @@ export class QuestionLog {
     entry.meta.textContent =
       `${stats.generated_tokens} tokens · first delta ${ms(stats.time_to_first_delta_ms)} · ` +
       `total ${ms(stats.total_ms)} · ${stats.finish_reason} · ${stats.context_tokens} context tokens`;
+    if (message.recall && entry.recall) {
+      const note = document.createElement("p");
+      note.className = "meta recall-note";
+      note.textContent = describeRecall(message.recall, entry.recall.mode, entry.recall.minutes);
+      entry.item.append(note);
+      if (message.recall.mode !== "recent") entry.item.append(recallTimeline(message.recall.spans, streamSeconds));
+    }
   }
 
   fail(id, text) {

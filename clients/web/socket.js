@@ -44,8 +44,9 @@ export class StreamSocket extends EventTarget {
     return this.#socket?.readyState === WebSocket.OPEN;
   }
 
-  ask(id, text) {
-    this.#send({ type: "question.ask", id, text });
+  /** @param {string | object | undefined} recall  see recall.js; undefined: the service's default */
+  ask(id, text, recall) {
+    this.#send({ type: "question.ask", id, text, ...(recall === undefined ? {} : { recall }) });
   }
 
   cancel(id) {

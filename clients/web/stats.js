@@ -35,6 +35,11 @@ export const STAT_FIELDS = {
     hint: "chunks waiting for the model",
   },
   kv_tokens: { label: "KV tokens", value: (s) => whole(s.kv_tokens) },
+  chunks_offloaded: {
+    label: "Chunks in memory",
+    value: (s) => (s.memory?.enabled ? whole(s.memory.chunks_held) : "off"),
+    hint: "older chunks kept in RAM or on disk for questions to recall (long memory)",
+  },
   reconnects: {
     label: "Reconnects",
     value: (s) => whole(s.reconnects),
