@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
 from streamguard.ingest.synthetic import write_clip
 
 
@@ -16,6 +17,12 @@ from streamguard.ingest.synthetic import write_clip
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny real Qwen2.5-Omni thinker (`build_tiny_checkpoint`), built once per session."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny real Qwen3-Omni thinker (`build_tiny_qwen3_checkpoint`), built once per session."""
+    return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
 @pytest.fixture(scope="session")

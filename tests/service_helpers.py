@@ -39,12 +39,14 @@ def tiny_settings(
     checkpoint: Path,
     session: dict[str, Any] | None = None,
     memory: dict[str, Any] | None = None,
+    config: str = "tiny",
     **service: Any,
 ) -> Settings:
-    """configs/tiny.yaml on a checkpoint built by `build_tiny_checkpoint`, one known token;
-    keyword arguments override `service:` settings, `session` and `memory` those sections."""
+    """configs/tiny.yaml (or another tiny `config`) on a checkpoint built by `build_tiny_checkpoint`
+    (or its backbone's builder), one known token; keyword arguments override `service:` settings,
+    `session` and `memory` those sections."""
     return load_settings(
-        "tiny",
+        config,
         model={"path": str(checkpoint)},
         service={"tokens": [TOKEN], **service},
         session=session or {},

@@ -288,6 +288,26 @@ def test_a_dropped_connection_reconnects_and_cut_off_answers_say_so(service, bro
     wait_until(lambda: service.http.get("/v1/streams").json()["streams"] == [], "the stream's removal")
 
 
+def test_qwen3_omni_overlay_draws_its_grid_of_32_px_tokens(qwen3_checkpoint, browser):
+    """The webcam page on the Qwen3-Omni thinker: an answer streams in, and the overlay draws the
+    grid the service sends, Qwen3-Omni's own: the 320×240 fake camera resized to 192×128 is 6×4
+    tokens of 32 px in each of the chunk's two 2-frame groups."""
+    settings = tiny_settings(qwen3_checkpoint, config="tiny-qwen3-omni")
+    with serve(create_app(settings)) as live, open_page(browser, DESKTOP) as page:
+        connect_webcam(page, live.url)
+        page.get_by_label("Question", exact=True).fill(QUESTION)
+        page.keyboard.press("Enter")
+        expect(page.locator("#history li.qa").first).to_have_attribute("data-status", "done")
+        assert page.wait_for_function(KEPT_PIXELS).json_value() > 0
+        expect(page.locator("#overlay")).to_have_attribute("data-grid", "2x4x6")
+        [stream] = live.http.get("/v1/streams").json()["streams"]
+        last = stream["stats"]["last_chunk"]
+        assert last["grid"] == [2, 4, 6] and last["resized_hw"] == [128, 192] and last["audio_tokens"] == 26
+        save_screenshot(page, "webcam-qwen3-omni")
+        page.get_by_role("button", name="Disconnect").click()
+        expect(state_of(page)).to_have_attribute("data-state", "ready")
+
+
 def test_a_deleted_stream_and_a_stopped_service_show_as_such(checkpoint, browser):
     with open_page(browser, PHONE) as page:
         with serve(create_app(tiny_settings(checkpoint))) as live:

@@ -9,6 +9,8 @@ features) gives the logits a streamed session must match within 1e-4 in fp32.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,13 +23,15 @@ from parity_helpers import (
     offline_logits,
     put_one_video_token_off,
 )
+from service_helpers import TOKEN, receive_until, serve_process, wait_until
 
 import streamguard.engine.session as session_module
 from streamguard.backbones import BackboneError, load_backbone
 from streamguard.backbones.qwen3_omni import Qwen3OmniBackbone
-from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
+from streamguard.cli import main
 from streamguard.config import SessionSettings, load_settings
 from streamguard.engine.session import StreamSession
+from streamguard.ingest.synthetic import write_clip
 
 TOLERANCE = 1e-4
 
@@ -39,8 +43,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+def folder(qwen3_checkpoint):
+    return qwen3_checkpoint
 
 
 def load(path: str, **chunk):
@@ -254,3 +258,76 @@ def test_qwen3_backbone_refuses_a_qwen25_checkpoint_naming_the_setting(tmp_path)
     folder = build_tiny_checkpoint(tmp_path / "qwen25")
     with pytest.raises(BackboneError, match=r"set model\.backbone to qwen2\.5-omni"):
         load(str(folder))
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def test_qwen3_train_a2v_then_replay_with_its_predictor(folder, backbone, tmp_path, capsys):
+    """train-a2v sizes the predictor from the thinker; replay scores the token grid against it."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "moving.mp4", 4, motion="moving")
+    write_clip(videos / "pan.mp4", 4, motion="pan")
+    predictor = tmp_path / "a2v"
+    train = ["train-a2v", str(videos), "--config", "tiny-qwen3-omni", "--model", str(folder), "--out"]
+    small = ["--epochs", "1", "--batch-size", "2", "--val-fraction", "0.5", "--layers", "1", "--heads", "2"]
+    assert main([*train, str(predictor), *small, "--queries", "2"]) == 0
+    assert json.loads((predictor / "a2v_config.json").read_text())["config"]["dim"] == backbone.hidden_size
+
+    clip = write_clip(tmp_path / "clip.mp4", 6, width=320, height=240, motion="moving")
+    report = tmp_path / "replay.json"
+    replay = ["replay", str(clip), "--config", "tiny-qwen3-omni", "--model", str(folder)]
+    assert main([*replay, "--predictor", str(predictor), "-q", "What moves?", "--json", str(report)]) == 0
+    assert "A: " in capsys.readouterr().out
+    chunks = json.loads(report.read_text())["chunks"]
+    assert [c["index"] for c in chunks] == [0, 1, 2]
+    # 320×240 frames resize to 192×128: 6×4 tokens of 32 px, 2 groups, and 26 audio tokens a chunk
+    assert all(c["grid"] == [2, 4, 6] and c["resized_hw"] == [128, 192] for c in chunks)
+    assert all(c["audio_tokens"] == 26 and c["reference_mode"] == "a2v" for c in chunks)
+    assert 0 < chunks[0]["video_tokens_kept"] < chunks[0]["video_tokens_in"] == 48
+
+
+def test_qwen3_eval_answers_through_the_streaming_path(folder, tmp_path):
+    write_clip(tmp_path / "clip.mp4", 4, motion="moving")
+    question = {"id": "q", "video": "clip.mp4", "question": "What moves?", "options": ["squares", "nothing"]}
+    dataset = tmp_path / "questions.jsonl"
+    dataset.write_text(json.dumps({**question, "answer": "A"}) + "\n")
+    out = tmp_path / "out"
+    evaluate = [
+        "eval",
+        str(dataset),
+        "--config",
+        "tiny-qwen3-omni",
+        "--model",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+    assert main([*evaluate, "--methods", "contextguard,full", "--max-new-tokens", "2"]) == 0
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    assert set(methods) == {"contextguard", "full"}
+    assert all(m["scored"] == 1 and m["errors"] == 0 for m in methods.values())
+
+
+def test_qwen3_serve_streams_a_file_and_answers_over_the_websocket(folder, tmp_path):
+    env = {
+        "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
+        "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
+    }
+    with serve_process(tmp_path, ["--config", "tiny-qwen3-omni", "--model", str(folder)], env) as serving:
+        service = serving.service
+        clip = write_clip(tmp_path / "clip.mp4", seconds=4)
+        created = service.http.post("/v1/streams", json={"source": "file", "path": str(clip)})
+        assert created.status_code == 201, created.text
+        stream_id = created.json()["id"]
+        wait_until(
+            lambda: service.http.get(f"/v1/streams/{stream_id}").json()["stats"]["chunks_processed"] >= 2,
+            "both chunks through the Qwen3-Omni thinker",
+        )
+        with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+            ws.send(json.dumps({"type": "question.ask", "id": "q1", "text": "What moves?", "max_tokens": 4}))
+            done = receive_until(ws, lambda event: event["type"] in ("answer.done", "error"))[-1]
+        assert done["type"] == "answer.done", done
+        assert done["stats"]["context_tokens"] > 2 * 26
+    assert serving.process.returncode == 0, serving.output()

@@ -2,8 +2,10 @@
 //
 // Token layout (service: ChunkOverlay, from the backbone's merged-token grid): `grid` is
 // (F, H, W) with F temporal patches per chunk (two frames each), H×W tokens per patch, each
-// token covering a 28×28-pixel square of the `resized_hw` frame the model saw. Kept tokens
-// are flat indices j = f·H·W + h·W + w, listed by the branch that kept them.
+// token covering a square of the `resized_hw` frame the model saw (28 px for Qwen2.5-Omni's
+// 14 px patches merged 2×2, 32 px for Qwen3-Omni's 16 px ones): cells are sized from the grid,
+// never assumed. Kept tokens are flat indices j = f·H·W + h·W + w, listed by the branch that
+// kept them.
 
 const HISTORY_SECONDS = 30; // how far the service may lag before a chunk's frames are forgotten
 const SNAPSHOT_WIDTH = 320;
