@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 out = Console()
+MODEL_HELP = (
+    "override model.path: a hub id, a local folder, tiny:qwen2.5-omni (tiny test model) or "
+    "random:qwen2.5-omni-7b[?layers=T,V,A] (a released architecture with random weights)"
+)
+
+
+def _say_if_random(backbone) -> None:
+    from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
+
+    if backbone.random_weights:
+        console.print(f"[yellow]{escape(backbone.model_id)} has {RANDOM_WEIGHTS_NOTE}[/yellow]")
 
 
 def _settings_from(args: argparse.Namespace):
@@ -60,6 +71,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
         pipeline = create_pipeline(backbone, settings)
+    _say_if_random(backbone)
     session = pipeline.session
     # Validate the question before spending time on the stream.
     if args.question:
@@ -325,6 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Loaded before the server starts, so a missing checkpoint is one clear line, not a traceback.
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
+    _say_if_random(backbone)
     base = f"http://{host}:{port}"
     console.print(f"StreamGuard: model {settings.model.path} on {backbone.device}, config {args.config}")
     console.print(f"  page     {base}/\n  API docs {base}/docs\n  metrics  {base}/metrics")
@@ -439,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="stream a local audio-video file through a session")
     replay.add_argument("file", type=Path)
     replay.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
-    replay.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    replay.add_argument("--model", help=MODEL_HELP)
     replay.add_argument("--pruning", choices=["none", "contextguard", "random", "high", "mean_audio"])
     replay.add_argument("--drop-policy", choices=["current", "previous", "off"])
     replay.add_argument("--predictor", help="an A2V predictor checkpoint folder")
@@ -458,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure compression, costs, latency, memory, concurrency, fidelity"
     )
     bench.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
-    bench.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument(
         "--out", type=Path, required=True, help="folder for bench.json, report.md and the plots"
     )
@@ -486,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "video_dir", type=Path, help="a folder of video files with audio (searched recursively)"
     )
     train.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
-    train.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    train.add_argument("--model", help=MODEL_HELP)
     train.add_argument(
         "--out", type=Path, required=True, help="folder for the predictor, checkpoints and report"
     )
@@ -508,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("dataset", type=Path, help="a JSON/JSONL (or Video-MME Parquet) question file")
     evaluate.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
-    evaluate.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    evaluate.add_argument("--model", help=MODEL_HELP)
     evaluate.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and summary.json")
     methods = evaluate.add_mutually_exclusive_group()
     methods.add_argument(
@@ -535,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help="a config name under configs/ or a YAML path (default: `default` on a CUDA GPU, else `tiny`)",
     )
-    serve.add_argument("--model", help="override model.path (hub id, local folder or tiny:qwen2.5-omni)")
+    serve.add_argument("--model", help=MODEL_HELP)
     serve.add_argument("--host", help="bind address (default: service.host)")
     serve.add_argument("--port", type=int, help="port (default: service.port)")
     serve.set_defaults(run=cmd_serve)

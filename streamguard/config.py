@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # configs/ ships inside the package (streamguard/configs links to it), so `--config NAME` works
@@ -21,7 +21,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 class ModelSettings(BaseModel):
     backbone: Literal["qwen2.5-omni", "qwen3-omni", "video-salmonn2+"] = "qwen2.5-omni"
-    # A hub id, a local checkpoint folder, or `tiny:<backbone>` for the tiny random test model.
+    # A hub id, a local checkpoint folder, `tiny:<backbone>` for the tiny random test model, or
+    # `random:<model>[?layers=T,V,A]` for a released architecture with random weights (cost
+    # measurement without weights: streamguard.backbones.random_build).
     path: str = "Qwen/Qwen2.5-Omni-7B"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
@@ -33,6 +35,18 @@ class ModelSettings(BaseModel):
         "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
         "perceiving auditory and visual inputs, as well as generating text and speech."
     )
+
+    @model_validator(mode="after")
+    def _random_build_fits_the_backbone(self) -> ModelSettings:
+        if self.path.startswith("random:"):
+            from streamguard.backbones.random_build import random_backbone  # torch: only when asked
+
+            family = random_backbone(self.path)  # an unknown build or option is refused here
+            if family != self.backbone:
+                raise ValueError(
+                    f"{self.path} loads as model.backbone {family}; this config sets {self.backbone}"
+                )
+        return self
 
 
 class ChunkSettings(BaseModel):

@@ -101,6 +101,7 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
     assert created["kind"] == "file" and created["state"] in ("starting", "live", "ended")
     assert created["stats"]["chunks_processed"] == 0
     assert created["chunk"] == {"seconds": 2.0, "fps": 2.0}
+    assert created["model"]["random_weights"] is True  # the tiny model: its answers are noise
     # the tiny config names no A2V predictor: the stream says it scores against the mean audio
     assert created["pruning"] == {
         "method": "contextguard",

@@ -9,6 +9,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+# What a tiny or random: build is good for, said the same way in logs, the CLI and the bench report.
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: its answers are noise; its costs (time, memory, tokens, streams) are the architecture's"
+)
+
 
 class BackboneError(ValueError):
     """A model path or config that cannot serve as this backbone."""
@@ -95,6 +100,7 @@ class Backbone(Protocol):
     dtype: torch.dtype
     max_positions: int
     eos_token_ids: set[int]
+    random_weights: bool  # a tiny or random: build: answers are noise, costs are real
 
     def preprocess(self, frames: Sequence[np.ndarray], audio: np.ndarray) -> ChunkInputs: ...
 

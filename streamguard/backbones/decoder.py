@@ -7,14 +7,17 @@ encoder, and where a chunk's tokens go (order and positions).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from streamguard.backbones.base import ChunkInputs, DeepstackFeatures, EncodedChunk
+from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE, ChunkInputs, DeepstackFeatures, EncodedChunk
 from streamguard.config import ChunkSettings, ModelSettings
+
+log = logging.getLogger("streamguard.backbones")
 
 
 class QwenDecoderBackbone(ABC):
@@ -22,13 +25,22 @@ class QwenDecoderBackbone(ABC):
     `language_model` and `get_video_features`, with an `lm_head` beside it."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_id: str,
+        settings: ModelSettings,
+        chunk: ChunkSettings,
+        random_weights: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.settings = settings
         self.chunk = chunk
+        self.random_weights = random_weights
+        if random_weights:
+            log.warning("%s has %s", model_id, RANDOM_WEIGHTS_NOTE)
         text_config = model.config.get_text_config()
         self.hidden_size = int(text_config.hidden_size)
         self.max_positions = int(text_config.max_position_embeddings)

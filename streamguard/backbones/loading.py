@@ -1,4 +1,5 @@
-"""Where a backbone's checkpoint lives and what it runs on: tiny builds, config checks, devices, dtypes."""
+"""Where a backbone's checkpoint lives and what it runs on: tiny and random builds, config checks,
+devices, dtypes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import torch
 
 from streamguard.backbones.base import BackboneError
-from streamguard.backbones.tiny import TINY_PREFIX, resolve_tiny
+from streamguard.backbones.random_build import RANDOM_PREFIX, is_random_build, resolve_random
+from streamguard.backbones.tiny import TINY_MARKER, TINY_PREFIX, resolve_tiny
 
 # Omni thinker checkpoints by config.json model type (a whole Omni model's or its thinker's alone).
 THINKER_FAMILIES = {
@@ -34,8 +36,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def checkpoint_path(path: str) -> str:
-    """The folder or hub id to load: `tiny:<backbone>` builds (once) and names a tiny checkpoint."""
-    return resolve_tiny(path) if path.startswith(TINY_PREFIX) else path
+    """The folder or hub id to load: `tiny:<backbone>` and `random:<model>` build (once) and name
+    a cache folder."""
+    if path.startswith(TINY_PREFIX):
+        return resolve_tiny(path)
+    if path.startswith(RANDOM_PREFIX):
+        return resolve_random(path)
+    return path
+
+
+def has_random_weights(folder: str) -> bool:
+    """A tiny or `random:` build: whatever the model answers is noise."""
+    return is_random_build(folder) or (Path(folder) / TINY_MARKER).is_file()
 
 
 def local_config(path: str) -> dict[str, Any] | None:

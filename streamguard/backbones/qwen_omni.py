@@ -26,11 +26,13 @@ from streamguard.backbones.loading import (
     THINKER_FAMILIES,
     check_family,
     checkpoint_path,
+    has_random_weights,
     local_config,
     resolve_device,
     resolve_dtype,
 )
 from streamguard.backbones.media import process_frames, to_mono_float, video_processor_kwargs
+from streamguard.backbones.random_build import instantiate
 from streamguard.config import ChunkSettings, ModelSettings
 
 log = logging.getLogger("streamguard.backbones")
@@ -48,9 +50,15 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
     family: str  # the `model.backbone` setting
 
     def __init__(
-        self, model: Any, processor: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+        self,
+        model: Any,
+        processor: Any,
+        model_id: str,
+        settings: ModelSettings,
+        chunk: ChunkSettings,
+        random_weights: bool = False,
     ):
-        super().__init__(model, processor.tokenizer, model_id, settings, chunk)
+        super().__init__(model, processor.tokenizer, model_id, settings, chunk, random_weights)
         self.processor = processor
         self.position_id_per_seconds = int(model.config.position_id_per_seconds)
         video_processor = processor.video_processor
@@ -78,8 +86,12 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
         dtype = resolve_dtype(settings.dtype, device)
         try:
             processor = transformers.AutoProcessor.from_pretrained(path)
-            model = getattr(transformers, cls.thinker_class).from_pretrained(
-                path, dtype=dtype, attn_implementation=settings.attn_implementation
+            model = instantiate(
+                getattr(transformers, cls.thinker_class),
+                path,
+                dtype=dtype,
+                device=device,
+                attn_implementation=settings.attn_implementation,
             )
         except OSError as exc:
             raise BackboneError(
@@ -87,7 +99,7 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
             ) from exc
         model.to(device).eval()
         log.info("loaded %s on %s as %s", settings.path, device, dtype)
-        return cls(model, processor, settings.path, settings, chunk)
+        return cls(model, processor, settings.path, settings, chunk, random_weights=has_random_weights(path))
 
     # -- preprocessing and encoders --------------------------------------------------------
 

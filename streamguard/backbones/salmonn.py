@@ -39,11 +39,13 @@ from streamguard.backbones.decoder import QwenDecoderBackbone, text_positions, v
 from streamguard.backbones.loading import (
     check_family,
     checkpoint_path,
+    has_random_weights,
     local_config,
     resolve_device,
     resolve_dtype,
 )
 from streamguard.backbones.media import process_frames, to_mono_float, video_processor_kwargs
+from streamguard.backbones.random_build import instantiate, is_random_build
 from streamguard.backbones.salmonn_audio import WindowQFormerAudio, read_checkpoint_tensors
 from streamguard.config import ChunkSettings, ModelSettings
 
@@ -82,8 +84,9 @@ class SalmonnBackbone(QwenDecoderBackbone):
         model_id: str,
         settings: ModelSettings,
         chunk: ChunkSettings,
+        random_weights: bool = False,
     ):
-        super().__init__(model, tokenizer, model_id, settings, chunk)
+        super().__init__(model, tokenizer, model_id, settings, chunk, random_weights)
         self.audio = audio
         self.video_processor = video_processor
         self.feature_extractor = feature_extractor
@@ -106,7 +109,12 @@ class SalmonnBackbone(QwenDecoderBackbone):
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, chunk: ChunkSettings) -> SalmonnBackbone:
-        from transformers import AutoTokenizer, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+        from transformers import (
+            AutoTokenizer,
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2VLVideoProcessor,
+            WhisperFeatureExtractor,
+        )
 
         path = checkpoint_path(settings.path)
         config = local_config(path)
@@ -118,15 +126,30 @@ class SalmonnBackbone(QwenDecoderBackbone):
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             video_processor = Qwen2VLVideoProcessor.from_pretrained(path)
-            model = _load_qwen_vl(path, dtype, settings.attn_implementation)
+            random_weights = is_random_build(path)
+            if random_weights:
+                model = instantiate(
+                    Qwen2_5_VLForConditionalGeneration,
+                    path,
+                    dtype=dtype,
+                    device=device,
+                    attn_implementation=settings.attn_implementation,
+                )
+            else:
+                model = _load_qwen_vl(path, dtype, settings.attn_implementation)
             audio_config = getattr(model.config, "audio_config", None)
             if not isinstance(audio_config, dict):
                 raise BackboneError(
                     f"model path {settings.path!r} holds a plain Qwen2.5-VL; the backbone needs {needs}"
                 )
-            with torch.device("meta"):  # weights come from the checkpoint: skip a random init
-                audio = WindowQFormerAudio(audio_config, int(model.config.get_text_config().hidden_size))
-            audio.load_published(read_checkpoint_tensors(path, "audio."))
+            hidden_size = int(model.config.get_text_config().hidden_size)
+            if random_weights:  # the audio branch's own initialisation, in place
+                with torch.device(device):
+                    audio = WindowQFormerAudio(audio_config, hidden_size)
+            else:
+                with torch.device("meta"):  # weights come from the checkpoint: skip a random init
+                    audio = WindowQFormerAudio(audio_config, hidden_size)
+                audio.load_published(read_checkpoint_tensors(path, "audio."))
         except OSError as exc:
             raise BackboneError(
                 f"cannot load a video-SALMONN 2+ checkpoint from {settings.path!r}: {exc}"
@@ -139,7 +162,15 @@ class SalmonnBackbone(QwenDecoderBackbone):
         audio.to(device, dtype).eval()
         log.info("loaded %s on %s as %s", settings.path, device, dtype)
         return cls(
-            model, audio, tokenizer, video_processor, feature_extractor, settings.path, settings, chunk
+            model,
+            audio,
+            tokenizer,
+            video_processor,
+            feature_extractor,
+            settings.path,
+            settings,
+            chunk,
+            random_weights=random_weights or has_random_weights(path),
         )
 
     # -- preprocessing and encoders --------------------------------------------------------

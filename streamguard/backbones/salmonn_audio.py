@@ -26,18 +26,12 @@ import torch
 from torch import nn
 
 from streamguard.backbones.base import BackboneError
+from streamguard.backbones.released import WHISPER_LARGE_V3_ENCODER
 
 # The published WhisperConfig / BertConfig defaults (configuration_qwen2_5_vl.py): a checkpoint's
 # `audio_config` overrides them; transformers' own defaults (whisper-tiny, bert-base) never apply.
 PUBLISHED_WHISPER_DEFAULTS: dict[str, Any] = {
-    "num_mel_bins": 128,
-    "encoder_layers": 32,
-    "encoder_attention_heads": 20,
-    "encoder_ffn_dim": 5120,
-    "d_model": 1280,
-    "activation_function": "gelu",
-    "max_source_positions": 1500,
-    "scale_embedding": False,
+    **WHISPER_LARGE_V3_ENCODER,
     "second_per_window": 0.5,
     "second_stride": 0.5,
 }

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 TINY_PREFIX = "tiny:"
+TINY_MARKER = "streamguard-tiny.json"  # in a tiny build's folder, written last
 
 # Qwen2.5-Omni's special tokens, named as its tokenizer_config names them.
 SPECIAL_TOKENS = {
@@ -78,12 +81,15 @@ def build_tiny_tokenizer(
     named_tokens: dict[str, str] = NAMED_TOKENS,
     other_tokens: list[str] = OTHER_TOKENS,
     chat_template: str = CHAT_TEMPLATE,
+    token_ids: Mapping[str, int] | None = None,
 ):
     """A byte-level BPE Qwen2 tokenizer (no merges) carrying a model's special tokens: the named
-    ones become tokenizer attributes (`tokenizer.video_token`), the others plain special tokens."""
+    ones become tokenizer attributes (`tokenizer.video_token`), the others plain special tokens.
+    `token_ids` places special tokens at given ids (a released model's); the rest follow the bytes."""
     from transformers import Qwen2Tokenizer
 
     vocab = _byte_level_vocab()
+    vocab.update(token_ids or {})
     for token in [*other_tokens, *named_tokens.values()]:
         vocab.setdefault(token, len(vocab))
     tokenizer = Qwen2Tokenizer(
@@ -102,7 +108,10 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
-def build_tiny_processor(min_pixels: int = 4 * 28 * 28, max_pixels: int = 32 * 28 * 28):
+def build_tiny_processor(
+    min_pixels: int = 4 * 28 * 28, max_pixels: int = 32 * 28 * 28, tokenizer: Any = None
+):
+    """Qwen2.5-Omni's processor from its real components; the tiny tokenizer unless given one."""
     from transformers import (
         Qwen2_5OmniProcessor,
         Qwen2VLImageProcessor,
@@ -115,7 +124,7 @@ def build_tiny_processor(min_pixels: int = 4 * 28 * 28, max_pixels: int = 32 * 2
         image_processor=Qwen2VLImageProcessor(size=size),
         video_processor=Qwen2VLVideoProcessor(size=size),
         feature_extractor=WhisperFeatureExtractor(feature_size=128),
-        tokenizer=build_tiny_tokenizer(),
+        tokenizer=tokenizer or build_tiny_tokenizer(),
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -212,7 +221,7 @@ def build_tiny_checkpoint(
     model = Qwen2_5OmniThinkerForConditionalGeneration(config)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    (folder / "streamguard-tiny.json").write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
+    (folder / TINY_MARKER).write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
     return folder
 
 
@@ -312,7 +321,7 @@ def build_tiny_salmonn_checkpoint(
     Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}).save_pretrained(
         folder
     )
-    (folder / "streamguard-tiny.json").write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
+    (folder / TINY_MARKER).write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
     return folder
 
 
@@ -336,6 +345,6 @@ def resolve_tiny(path: str) -> str:
     if backbone not in TINY_BUILDERS:
         raise ValueError(f"no tiny build for backbone {backbone!r}; known: {', '.join(TINY_BUILDERS)}")
     folder = default_cache_dir() / f"tiny-{backbone}"
-    if not (folder / "streamguard-tiny.json").is_file():
+    if not (folder / TINY_MARKER).is_file():
         TINY_BUILDERS[backbone](folder)
     return str(folder)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
 from streamguard.bench.flops import __doc__ as FLOPS_FORMULA
 
 MIB = 2**20
@@ -36,9 +37,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         f"Model `{env['model']}` on {env['device']} ({env['device_name'] or 'unknown'}, {env['dtype']}), "
         f"config `{env['config_file']}`, commit `{env['git_commit']}`, {env['date']}, "
         f"{'quick' if env['quick'] else 'full'} run in {result['duration_s']:.0f} s.\n",
-        "Absolute times only mean something on a GPU with a real checkpoint. On a CPU with the tiny "
+        "Absolute times only mean something on a GPU at real model size. On a CPU with the tiny "
         "random model read the ratios (re-prefill vs rolling, pruned vs full, selection's share), "
         "not the milliseconds.\n",
+        f"**The model has {RANDOM_WEIGHTS_NOTE}** (`environment.random_weights`): the fidelity "
+        "figures are noise too.\n"
+        if env["random_weights"]
+        else "",
         _headline(result),
         _compression(result["compression"]),
         _costs(result["costs"]),

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamguard.backbones import Backbone, load_backbone
+from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
 from streamguard.bench import compression, plots, report, selection
 from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.costs import compare_costs
@@ -88,6 +89,8 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk) + files
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
+    if backbone.random_weights:
+        console.print(f"[yellow]{settings.model.path} has {RANDOM_WEIGHTS_NOTE}[/yellow]")
     if not settings.pruning.predictor_path:
         console.print(
             "[yellow]No A2V predictor configured: ContextGuard scores video against the mean audio "
@@ -240,6 +243,8 @@ def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "model": settings.model.path,
+        # a tiny or random: build: answers and fidelity are noise, costs are real
+        "random_weights": backbone.random_weights,
         "config_file": options.config,
         "config": config,
         "quick": options.quick,

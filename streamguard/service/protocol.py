@@ -209,6 +209,14 @@ class PruningInfo(BaseModel):
     semantic_reference: ReferenceMode
 
 
+class ModelInfo(BaseModel):
+    """The model that encodes the stream and answers its questions."""
+
+    path: str  # model.path: a hub id, a folder, tiny:<backbone> or random:<model>
+    # A tiny or random: build: the answers are noise; only its costs are real.
+    random_weights: bool
+
+
 class StreamInfo(BaseModel):
     id: str
     kind: StreamKind
@@ -218,6 +226,7 @@ class StreamInfo(BaseModel):
     created: float  # unix seconds
     chunk: ChunkTiming
     pruning: PruningInfo
+    model: ModelInfo
     stats: StreamStatsBody
 
 

@@ -48,6 +48,7 @@ from streamguard.service.protocol import (
     FileStreamRequest,
     LatencySummary,
     MemoryStatsBody,
+    ModelInfo,
     PruningInfo,
     ServiceError,
     ServiceStats,
@@ -143,6 +144,7 @@ class Stream:
         metrics: ServiceMetrics,
         chunk: ChunkTiming,
         pruning: PruningInfo,
+        model: ModelInfo,
         service_latency: LatencyWindow,
         service_recall_latency: LatencyWindow,
         *,
@@ -171,6 +173,7 @@ class Stream:
         self._metrics = metrics
         self.chunk = chunk
         self.pruning = pruning
+        self.model = model
         self._queue = QueueStats(0, 0)
         self.chunks_received = 0
         self.chunks_processed = 0
@@ -380,6 +383,7 @@ class Stream:
             created=self.created,
             chunk=self.chunk,
             pruning=self.pruning,
+            model=self.model,
             stats=StreamStatsBody(
                 chunks_received=self.chunks_received,
                 chunks_processed=self.chunks_processed,
@@ -481,6 +485,7 @@ class StreamRegistry:
                 drop_policy=pipeline.pruner.drop_rule.policy,
                 semantic_reference=pipeline.pruner.reference_mode,
             ),
+            ModelInfo(path=self.settings.model.path, random_weights=self.backbone.random_weights),
             self._latency,
             self._recall_latency,
             reopen_url=reopen_url,
