@@ -65,7 +65,7 @@ def test_writes_every_section_the_report_and_the_plots(bench):
     env = result["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["quick"] is True
     assert env["git_commit"] and env["config"]["model"]["path"] == env["model"]
-    assert env["random_weights"] is True and "**Random weights**" in report  # the tiny model's answers
+    assert env["random_weights"] is True and "**The model has random weights" in report  # tiny: noise
     assert "tokens" not in env["config"]["service"]  # the service's secrets stay out of the file
 
 
