@@ -65,9 +65,15 @@ class Qwen3OmniBackbone(OmniThinkerBackbone):
     family = "qwen3-omni"
 
     def __init__(
-        self, model: Any, processor: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+        self,
+        model: Any,
+        processor: Any,
+        model_id: str,
+        settings: ModelSettings,
+        chunk: ChunkSettings,
+        random_weights: bool = False,
     ):
-        super().__init__(model, processor, model_id, settings, chunk)
+        super().__init__(model, processor, model_id, settings, chunk, random_weights)
         config = model.config
         if getattr(config, "vision_start_token_id", None) is None:
             raise BackboneError(

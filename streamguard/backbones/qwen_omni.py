@@ -163,9 +163,15 @@ class QwenOmniBackbone(OmniThinkerBackbone):
     family = "qwen2.5-omni"
 
     def __init__(
-        self, model: Any, processor: Any, model_id: str, settings: ModelSettings, chunk: ChunkSettings
+        self,
+        model: Any,
+        processor: Any,
+        model_id: str,
+        settings: ModelSettings,
+        chunk: ChunkSettings,
+        random_weights: bool = False,
     ):
-        super().__init__(model, processor, model_id, settings, chunk)
+        super().__init__(model, processor, model_id, settings, chunk, random_weights)
         self.seconds_per_chunk = float(model.config.seconds_per_chunk)
         if abs(self.seconds_per_chunk - chunk.seconds) > 1e-9:
             raise BackboneError(
