@@ -15,7 +15,7 @@ from streamguard.cli import main
 from streamguard.engine.fidelity import first_token_kl
 from streamguard.engine.pipeline import STAGES
 
-SECTIONS = {"compression", "fidelity", "costs", "selection", "latency", "memory", "concurrency"}
+SECTIONS = {"compression", "fidelity", "costs", "selection", "latency", "memory", "concurrency", "prefilter"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,6 +59,7 @@ def test_writes_every_section_the_report_and_the_plots(bench):
         "Question latency",
         "Memory",
         "Fidelity",
+        "Pre-filter",
     ):
         assert heading in report
     assert "![question latency](question_latency.png)" in report and "only mean something on a GPU" in report
@@ -176,3 +177,21 @@ def test_7b_dimensions_match_the_transformers_default_thinker():
     # Dense work grows linearly with new tokens; attention adds the cached context on top.
     assert prefill_flops(QWEN25_OMNI_7B, 200, 0) > 2 * prefill_flops(QWEN25_OMNI_7B, 100, 0)
     assert prefill_flops(QWEN25_OMNI_7B, 100, 10_000) > prefill_flops(QWEN25_OMNI_7B, 100, 0)
+
+
+def test_prefilter_calibration_on_every_camera_case(bench):
+    _, result = bench
+    figure = result["prefilter"]
+    cases = figure["cases"]
+    assert set(cases) == {"static", "drift", "clock", "enter", "pan", "ir"}
+    assert cases["static"]["encoder_skipped_pct"] == 100.0 and cases["drift"]["encoder_skipped_pct"] == 100.0
+    assert cases["pan"]["encoder_skipped"] == 0  # every pan chunk goes to the embedding rule
+    for event in ("enter", "ir"):
+        assert cases[event]["event_kept"] is True and cases[event]["event_chunk"] == 3
+    assert cases["enter"]["event_reason"] == "local_change" and cases["ir"]["event_reason"] == "colour_mode"
+    time = figure["encoder_time"]
+    assert time["pixels"] == {"min": 128 * 28 * 28, "max": 768 * 28 * 28}
+    assert time["video_tokens_per_chunk"] == 2 * 13 * 23  # 640x360 -> 644x364: 23x13 merged, 2 patches
+    assert time["encoder_skipped"] == time["chunks"] - 1
+    assert 0 < time["vision_encode_ms"]["prefilter_on"] < time["vision_encode_ms"]["prefilter_off"]
+    assert result["headline"]["prefilter"]["events_kept"] is True

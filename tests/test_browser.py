@@ -159,8 +159,9 @@ def test_dashboard_adds_watches_and_removes_an_rtsp_camera(service, browser):
         counted = int(card.locator("dd[data-stat=chunks_received]").inner_text())
         page.wait_for_function(CARD_CHUNKS_ABOVE, arg=[stream_id, counted])  # the stats move
         expect(card.locator("figure canvas")).to_have_attribute(
-            "aria-label", re.compile(r"dropped as redundant")
+            "aria-label", re.compile(r"dropped as redundant \(\d+ % skipped before encoding\)")
         )
+        expect(card.locator(".last-chunk")).to_contain_text("Last chunk (")
         save_screenshot(page, "dashboard")
         page.set_viewport_size(PHONE)
         save_screenshot(page, "dashboard-phone")
@@ -236,17 +237,20 @@ def test_a_blocked_camera_shows_the_no_camera_state(service, playwright, tmp_pat
         expect(state_of(page)).to_contain_text("denied")
 
 
-def test_a_still_camera_shows_video_dropped_as_redundant(service, playwright, tmp_path):
+def test_a_still_camera_shows_video_skipped_before_encoding(service, playwright, tmp_path):
     with (
         launch_chromium(playwright, tmp_path, motion="static") as still,
         open_page(still, DESKTOP) as page,
     ):
         connect_webcam(page, service.url)
         overlay = page.locator("#overlay")
+        # the pixel pre-filter finds the still picture unchanged: no vision encoder, video dropped
+        expect(overlay).to_have_attribute("data-skipped", "true")
         expect(overlay).to_have_attribute("data-dropped", "true")
         expect(overlay).to_have_attribute("aria-label", re.compile("video dropped as redundant"))
-        expect(page.locator("#overlay-caption")).to_contain_text("dropped as redundant")
+        expect(page.locator("#overlay-caption")).to_contain_text("skipped before encoding")
         assert int(page.locator("dd[data-stat=chunks_dropped_redundant]").inner_text()) > 0
+        assert int(page.locator("dd[data-stat=chunks_encoder_skipped]").inner_text()) > 0
         save_screenshot(page, "webcam-dropped")
         page.get_by_role("button", name="Disconnect").click()
         expect(state_of(page)).to_have_attribute("data-state", "ready")

@@ -112,10 +112,13 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
     stats = stream["stats"]
     assert stats["chunks_processed"] == 3 and stats["chunks_shed"] == 0
     assert stats["chunks_dropped_redundant"] >= 1  # a static picture
+    # the pixel pre-filter catches the repeats before the vision encoder: each counts as dropped too
+    assert 1 <= stats["chunks_encoder_skipped"] <= stats["chunks_dropped_redundant"]
     assert stats["tokens_in"] > stats["tokens_kept"] > 0 and 0 < stats["compression"] < 1
     assert stats["kv_tokens"] > 0 and stats["kv_bytes"] > 0 and stats["real_time_factor"] > 0
     overlay = stats["last_chunk"]
     assert overlay["index"] == 2 and len(overlay["grid"]) == 3 and len(overlay["resized_hw"]) == 2
+    assert overlay["encoder_skipped"] and overlay["video_dropped"] and overlay["video_tokens_in"] > 0
 
     with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
         ws.send(json.dumps({"type": "question.ask", "id": "q1", "text": QUESTION, "max_tokens": 8}))
@@ -145,6 +148,8 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
     name = "streamguard_chunks_dropped_total"
     assert metric_value(text, name, stream=stream_id, reason="redundant") == stats["chunks_dropped_redundant"]
     assert metric_value(text, name, stream=stream_id, reason="shed") == 0
+    skipped = metric_value(text, "streamguard_encoder_skipped_total", stream=stream_id)
+    assert skipped == stats["chunks_encoder_skipped"]
     assert metric_value(text, "streamguard_chunks_processed_total", stream=stream_id) == 3
     assert metric_value(text, "streamguard_questions_total", stream=stream_id) == 1
     assert "streamguard_answer_time_to_first_delta_seconds_count" in text
@@ -461,6 +466,7 @@ def test_service_totals_count_every_stream_deleted_ones_included(service, clip):
         "chunks_received",
         "chunks_processed",
         "chunks_dropped_redundant",
+        "chunks_encoder_skipped",
         "tokens_in",
         "tokens_kept",
     ):

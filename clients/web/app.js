@@ -16,6 +16,7 @@ const PAGE_STATS = [
   "chunks_received",
   "chunks_processed",
   "chunks_dropped_redundant",
+  "chunks_encoder_skipped",
   "chunks_shed",
   "compression",
   "real_time_factor",

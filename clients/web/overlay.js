@@ -13,7 +13,7 @@ const PANEL_WIDTH = 320;
 const PANEL_GAP = 12;
 const LABEL_HEIGHT = 26;
 const NARROW_WIDTH = 480; // CSS pixels under which the patches stack
-const DATA_KEYS = ["chunk", "grid", "semantic", "spatial", "highlighted", "dropped", "audioMissing"];
+const DATA_KEYS = ["chunk", "grid", "semantic", "spatial", "highlighted", "dropped", "skipped", "audioMissing"];
 
 const COLOURS = {
   semantic: "#e69f00", // Okabe–Ito orange and sky blue: apart for every common colour vision
@@ -120,7 +120,8 @@ export function drawOverlay(canvas, chunk, frames, chunkSeconds) {
         }
       }
     }
-    if (chunk.video_dropped) drawBanner(context, "Video dropped as redundant · audio kept", x, y, panel);
+    if (chunk.encoder_skipped) drawBanner(context, "Skipped before encoding · scene unchanged · audio kept", x, y, panel);
+    else if (chunk.video_dropped) drawBanner(context, "Video dropped as redundant · audio kept", x, y, panel);
     else if (!chunk.grid) drawBanner(context, "No video in this chunk · audio only", x, y, panel);
     context.fillStyle = COLOURS.label;
     context.font = "15px system-ui, sans-serif";
@@ -137,6 +138,7 @@ export function drawOverlay(canvas, chunk, frames, chunkSeconds) {
     spatial: String(spatial.size),
     highlighted: String(highlighted),
     dropped: String(chunk.video_dropped),
+    skipped: String(chunk.encoder_skipped),
     audioMissing: String(chunk.audio_missing),
   });
   canvas.setAttribute("aria-label", `Retention overlay. ${description}`);
@@ -205,6 +207,12 @@ function describe(chunk, chunkSeconds) {
   const audio = chunk.audio_missing ? " No audio for part of this chunk: silence stands in." : "";
   if (!chunk.grid) return `${span}: no video, ${chunk.audio_tokens} audio tokens.${audio}`;
   const similarity = chunk.similarity == null ? "" : ` (cosine ${chunk.similarity.toFixed(3)} with the last kept chunk)`;
+  if (chunk.encoder_skipped) {
+    return (
+      `${span}: video dropped as redundant, skipped before encoding (the pixel pre-filter found the scene ` +
+      `unchanged, so the vision encoder never ran); its ${chunk.audio_tokens} audio tokens were kept.${audio}`
+    );
+  }
   if (chunk.video_dropped) {
     return `${span}: video dropped as redundant${similarity}; its ${chunk.audio_tokens} audio tokens were kept.${audio}`;
   }

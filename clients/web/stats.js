@@ -14,6 +14,11 @@ export const STAT_FIELDS = {
     value: (s) => whole(s.chunks_dropped_redundant),
     hint: "video so like the last kept chunk's that only its audio was kept",
   },
+  chunks_encoder_skipped: {
+    label: "Skipped before encoding",
+    value: (s) => whole(s.chunks_encoder_skipped),
+    hint: "of those dropped, found unchanged by the pixel pre-filter: the vision encoder never ran",
+  },
   chunks_shed: {
     label: "Shed",
     value: (s) => whole(s.chunks_shed),

@@ -52,6 +52,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         _memory(result["memory"], result["plots"]["memory"]),
         _concurrency(result["concurrency"], result["plots"]["concurrency"]),
         _fidelity(result["fidelity"]),
+        _prefilter(result["prefilter"]),
     ]
     path.write_text("\n".join(sections))
     return path
@@ -107,6 +108,19 @@ def _headline(result: dict[str, Any]) -> str:
         ]
     )
     rows.append(["streams one worker keeps real time", _realtime_limit(result["concurrency"])])
+    pre = head["prefilter"]
+    rows.append(
+        [
+            "pre-filter, static noisy H.264 camera",
+            f"{pre['static_encoder_skipped_pct']:.0f}% of chunks after the first skip the vision encoder; "
+            + (
+                ""
+                if pre["vision_encode_ratio"] is None
+                else f"vision encoder time ×{pre['vision_encode_ratio']:.2f}; "
+            )
+            + ("every event chunk kept its video" if pre["events_kept"] else "an event chunk LOST its video"),
+        ]
+    )
     return "## Headline\n\n" + _table(["figure", "value"], rows)
 
 
@@ -347,4 +361,45 @@ def _fidelity(fidelity: dict[str, Any]) -> str:
         + _table(["method", *clips], rows)
         + f"\nMean over {len(fidelity['questions'])} questions. With random weights these are noise-level "
         "divergences; compare methods with a real checkpoint.\n"
+    )
+
+
+def _prefilter(figure: dict[str, Any]) -> str:
+    camera = figure["camera"]
+    rows = [
+        [
+            case,
+            e["chunks"],
+            e["encoder_skipped_pct"],
+            e["video_dropped"],
+            "–" if e["event_chunk"] is None else f"{e['event_chunk']} ({e['event_reason']})",
+            e["event_kept"],
+            ", ".join(f"{reason} {n}" for reason, n in e["reasons"].items()),
+        ]
+        for case, e in figure["cases"].items()
+    ]
+    time = figure["encoder_time"]
+    vision, chunk = time["vision_encode_ms"], time["chunk_ms"]
+    return (
+        f"## 8. Pre-filter ({figure['method']}; {camera['width']}x{camera['height']} at {camera['fps']} fps, "
+        f"σ={camera['noise']:g} sensor noise, H.264 with a keyframe every {camera['keyframe_s']:g} s; "
+        f"events at {figure['event_at_s']:g} s)\n\n"
+        + _table(
+            [
+                "case",
+                "chunks",
+                "encoder skipped % (after the first)",
+                "video dropped",
+                "event chunk",
+                "event kept",
+                "pre-filter reasons",
+            ],
+            rows,
+        )
+        + f"\nThe static clip at the real pixel bounds ({time['pixels']['min']}..{time['pixels']['max']} "
+        f"pixels a frame, {time['video_tokens_per_chunk']} video tokens a chunk), pre-filter on vs off, "
+        f"{time['chunks']} chunks each: vision encoder {vision['prefilter_on']:.0f} ms vs "
+        f"{vision['prefilter_off']:.0f} ms (×{_cell(time['vision_encode_ratio'])}), the whole chunk "
+        f"{chunk['prefilter_on']:.0f} ms vs {chunk['prefilter_off']:.0f} ms (×{_cell(time['chunk_ratio'])}); "
+        f"the pre-filter itself {time['prefilter_ms_per_chunk']:.1f} ms a chunk.\n"
     )

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
-from streamguard.bench import compression, plots, report, selection
+from streamguard.bench import compression, plots, prefilter, report, selection
 from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.costs import compare_costs
 from streamguard.bench.fidelity import QUESTIONS
@@ -47,10 +47,11 @@ class Scale:
     selection_reps: int
     question_rounds: int  # each a re-prefill answer and `question_reps` rolling ones
     question_reps: int
+    camera_seconds: float  # each pre-filter case's clip
 
 
-FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2)
+FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3, 60.0)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2, 12.0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     files = [load_clip(str(path), Path(path), settings.chunk) for path in options.files]
     out.mkdir(parents=True, exist_ok=True)
     clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk) + files
+    cameras = prefilter.camera_clips(out / "clips", scale.camera_seconds, settings)
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
     if backbone.random_weights:
@@ -100,7 +102,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     # on a machine shared with other work, threads waiting for each other make every timing erratic.
     threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
     with _torch_threads(threads), fallback_warnings_muted(), _progress(console) as section:
-        result = _measure(backbone, settings, scale, clips, section)
+        result = _measure(backbone, settings, scale, clips, cameras, section)
     result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
     result["headline"] = headline(result)
     result["duration_s"] = time.perf_counter() - started
@@ -119,6 +121,7 @@ def _measure(
     settings: Settings,
     scale: Scale,
     clips: list[Clip],
+    cameras: list[Clip],
     section: Callable[[str, int | None], Tick],
 ) -> dict[str, Any]:
     moving = next(c for c in clips if c.name == "moving")
@@ -143,6 +146,9 @@ def _measure(
     selection_figure = selection.measure_selection(
         backbone, settings, scale.selection_grids, scale.selection_reps, tick
     )
+
+    tick = section("8 pre-filter", prefilter.steps(cameras))
+    prefilter_figure = prefilter.measure_prefilter(backbone, settings, cameras, tick)
 
     # The search past the listed counts runs as long as the machine keeps up: no known total.
     searching = scale.concurrency_search_max > max(scale.streams)
@@ -186,6 +192,7 @@ def _measure(
         },
         "memory": {"methods": {s.method: _memory_entry(s, settings) for s in replays}},
         "concurrency": concurrency,
+        "prefilter": prefilter_figure,
     }
 
 
@@ -221,6 +228,15 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             m: memory[m]["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m in (full, pruned)
         },
         "largest_realtime_streams": result["concurrency"]["largest_measured_realtime_streams"],
+        "prefilter": {
+            "static_encoder_skipped_pct": result["prefilter"]["cases"]["static"]["encoder_skipped_pct"],
+            "vision_encode_ratio": result["prefilter"]["encoder_time"]["vision_encode_ratio"],
+            "events_kept": all(
+                case["event_kept"]
+                for case in result["prefilter"]["cases"].values()
+                if case["event_chunk"] is not None
+            ),
+        },
         "selection_share_pct": {
             "loaded_model_measured": result["costs"]["selection_share_pct"],
             "7b_width_scaled": widest["selection_share_pct_scaled"],

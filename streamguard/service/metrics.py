@@ -7,7 +7,9 @@ The gauges' service-wide figures (`streamguard_service_compression_ratio`, `_que
 Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"shed"}`:
 `redundant` chunks lost their video to the temporal rule (their audio stayed), `shed` chunks
 never reached the model because the pipeline fell behind real time (the worker's queue shed
-them, or the source dropped them before the stream could take them).
+them, or the source dropped them before the stream could take them). Of the redundant ones,
+`streamguard_encoder_skipped_total{stream}` counts those the pixel pre-filter caught before the
+vision encoder ran: the encoder time saved.
 
 Long memory: a stream's device KV is `streamguard_kv_cache_bytes`; what it evicted lives on in
 `streamguard_memory_host_bytes` and `streamguard_memory_disk_bytes`
@@ -97,6 +99,11 @@ class ServiceMetrics:
             "Chunks dropped: video redundant (audio kept) or shed under load",
             ("reason",),
         )
+        self.encoder_skipped = _StreamCounter(
+            r,
+            "encoder_skipped",
+            "Chunks the pre-filter found unchanged: vision encoder skipped (also dropped as redundant)",
+        )
         self.tokens_in = _StreamCounter(r, "tokens_in", "Tokens of processed chunks before pruning")
         self.tokens_kept = _StreamCounter(r, "tokens_kept", "Tokens processed chunks appended to the cache")
         self.questions = _StreamCounter(r, "questions", "Questions answered")
@@ -156,6 +163,7 @@ class ServiceMetrics:
         self._per_stream = [
             self.chunks_received.per_stream,
             self.chunks_processed.per_stream,
+            self.encoder_skipped.per_stream,
             self.tokens_in.per_stream,
             self.tokens_kept.per_stream,
             self.questions.per_stream,
@@ -197,6 +205,7 @@ class ServiceMetrics:
         for counter in (
             self.chunks_received,
             self.chunks_processed,
+            self.encoder_skipped,
             self.tokens_in,
             self.tokens_kept,
             self.questions,

@@ -128,6 +128,7 @@ class ChunkOverlay(BaseModel):
     semantic: list[int]  # kept flat indices (f*H*W + h*W + w) by branch
     spatial: list[int]
     video_dropped: bool
+    encoder_skipped: bool  # the pre-filter found it unchanged: dropped before the vision encoder
     previous_video_evicted: bool
     audio_missing: bool  # part of the chunk's audio was silence put in for missing sound
     video_tokens_in: int
@@ -154,6 +155,8 @@ class StreamStatsBody(BaseModel):
     chunks_received: int
     chunks_processed: int
     chunks_dropped_redundant: int  # video dropped (or the previous video evicted) as redundant
+    # Of those, chunks the pixel pre-filter found unchanged: their vision encoder never ran.
+    chunks_encoder_skipped: int
     # Never processed because the pipeline fell behind real time: the oldest pending chunk shed
     # by the worker's queue, or a chunk the source cut but dropped before the stream took it.
     chunks_shed: int
@@ -179,6 +182,7 @@ class ServiceStats(BaseModel):
     chunks_received: int
     chunks_processed: int
     chunks_dropped_redundant: int
+    chunks_encoder_skipped: int
     chunks_shed: int
     tokens_in: int
     tokens_kept: int

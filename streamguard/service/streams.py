@@ -72,6 +72,7 @@ COUNTED_STATS = (
     "chunks_received",
     "chunks_processed",
     "chunks_dropped_redundant",
+    "chunks_encoder_skipped",
     "chunks_shed",
     "tokens_in",
     "tokens_kept",
@@ -178,6 +179,7 @@ class Stream:
         self.chunks_received = 0
         self.chunks_processed = 0
         self.chunks_dropped_redundant = 0
+        self.chunks_encoder_skipped = 0
         self.tokens_in = 0
         self.tokens_kept = 0
         self.kv_tokens = 0
@@ -275,6 +277,9 @@ class Stream:
         if report.video_dropped or report.previous_video_evicted:
             self.chunks_dropped_redundant += 1
             m.chunks_dropped.inc(self.id, reason="redundant")
+        if report.encoder_skipped:
+            self.chunks_encoder_skipped += 1
+            m.encoder_skipped.inc(self.id)
         m.tokens_in.inc(self.id, report.tokens_in)
         m.tokens_kept.inc(self.id, report.tokens_kept)
         m.compression.labels(self.id).set(self.compression)
@@ -388,6 +393,7 @@ class Stream:
                 chunks_received=self.chunks_received,
                 chunks_processed=self.chunks_processed,
                 chunks_dropped_redundant=self.chunks_dropped_redundant,
+                chunks_encoder_skipped=self.chunks_encoder_skipped,
                 chunks_shed=queue.shed + self._source_dropped,
                 tokens_in=self.tokens_in,
                 tokens_kept=self.tokens_kept,
@@ -805,6 +811,7 @@ def _overlay(report: ChunkReport) -> ChunkOverlay:
         semantic=report.semantic,
         spatial=report.spatial,
         video_dropped=report.video_dropped,
+        encoder_skipped=report.encoder_skipped,
         previous_video_evicted=report.previous_video_evicted,
         audio_missing=report.audio_missing,
         video_tokens_in=report.video_tokens_in,
