@@ -229,6 +229,21 @@ def test_qwen3_parity_rebased_cache_answers_as_before(backbone, clip):
     assert difference.abs().max().item() <= TOLERANCE
 
 
+def test_qwen3_kv_cache_holds_attention_keys_and_values_only(backbone, clip):
+    """KV accounting of the mixture-of-experts decoder: per token, each layer's keys and values
+    of its key-value heads at the config's head_dim (wider than hidden / heads, as released);
+    the experts hold no cache."""
+    encoded, _ = clip
+    session = stream(backbone, encoded)
+    text = backbone.model.config.text_config
+    assert text.head_dim != text.hidden_size // text.num_attention_heads
+    per_token = text.num_hidden_layers * 2 * text.num_key_value_heads * text.head_dim * 4  # fp32
+    assert session.cache_bytes == session.cache_tokens * per_token
+    assert session.cache_tokens == len(session.layout.prefix) + sum(
+        chunk.num_video_tokens + chunk.audio.shape[0] for chunk in encoded
+    )
+
+
 # -- loading ---------------------------------------------------------------------------------
 
 

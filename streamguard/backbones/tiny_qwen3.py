@@ -79,7 +79,8 @@ def build_tiny_qwen3_thinker_config(
     from transformers import Qwen3OmniMoeThinkerConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in QWEN3_NAMED_TOKENS.items()}
-    heads, head_dim = 4, 16
+    # As in the release (2048 wide, 32 heads of 128), a head is wider than hidden / heads.
+    heads, head_dim = 4, 32
     return Qwen3OmniMoeThinkerConfig(
         audio_config={
             "d_model": 32,
@@ -118,7 +119,7 @@ def build_tiny_qwen3_thinker_config(
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 1000.0,
-                "mrope_section": [4, 2, 2],
+                "mrope_section": [6, 5, 5],
                 "interleaved": True,
             },
             # Wider than the usual 0.02 so attention is sharp and logits react to a single
