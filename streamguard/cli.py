@@ -205,6 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         files=tuple(args.files),
         minutes=args.minutes or (),
         streams=args.streams or (),
+        memory_minutes=args.memory_minutes or (),
         model=args.model,
         threads=args.threads,
     )
@@ -483,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes", type=_number_list(float), help="stream lengths for question latency (default 1,2,5,10)"
     )
     bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
+    bench.add_argument(
+        "--memory-minutes",
+        type=_number_list(float),
+        help="when the long-memory stream is asked, its last the stream's length (default 10,30,60)",
+    )
     bench.add_argument(
         "--threads",
         type=_positive(int),

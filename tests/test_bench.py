@@ -15,7 +15,17 @@ from streamguard.cli import main
 from streamguard.engine.fidelity import first_token_kl
 from streamguard.engine.pipeline import STAGES
 
-SECTIONS = {"compression", "fidelity", "costs", "selection", "latency", "memory", "concurrency", "prefilter"}
+SECTIONS = {
+    "compression",
+    "fidelity",
+    "costs",
+    "selection",
+    "latency",
+    "memory",
+    "concurrency",
+    "prefilter",
+    "long_memory",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,6 +70,7 @@ def test_writes_every_section_the_report_and_the_plots(bench):
         "Memory",
         "Fidelity",
         "Pre-filter",
+        "Long memory",
     ):
         assert heading in report
     assert "![question latency](question_latency.png)" in report and "only mean something on a GPU" in report
@@ -195,3 +206,23 @@ def test_prefilter_calibration_on_every_camera_case(bench):
     assert time["encoder_skipped"] == time["chunks"] - 1
     assert 0 < time["vision_encode_ms"]["prefilter_on"] < time["vision_encode_ms"]["prefilter_off"]
     assert result["headline"]["prefilter"]["events_kept"] is True
+
+
+def test_long_memory_keeps_the_device_cache_bounded_and_recalls_from_host_and_disk(bench):
+    _, result = bench
+    figure = result["long_memory"]
+    assert figure["stream_minutes"] == 4 and figure["chunks"] == 120
+    latency = figure["latency_s"]
+    assert set(latency) == {"auto", "span", "recent", "reprefill"}
+    assert all(
+        set(times) == {"2.5", "4"} and all(t > 0 for t in times.values()) for times in latency.values()
+    )
+    # the device never holds more than the prefix and a full budget, however long the stream
+    ceiling = (figure["token_budget"] + figure["prefix_tokens"]) * figure["kv_bytes_per_token"]
+    assert figure["device_kv_bytes_max"] <= ceiling
+    assert figure["chunks_offloaded"] == figure["chunks_held"] > 0
+    assert 0 < figure["host_bytes"] <= figure["host_limit_bytes"] and figure["disk_bytes"] > 0
+    assert all(0 < t <= figure["recall_tokens"] for t in figure["recalled_tokens"]["span"].values())
+    assert figure["recalled_tokens"]["auto"]["4"] > 0
+    scale = figure["at_7b_bf16"]["kv_bytes_per_token"] / figure["kv_bytes_per_token"]
+    assert figure["at_7b_bf16"]["disk_bytes"] == figure["disk_bytes"] * scale

@@ -31,7 +31,7 @@ from streamguard.bench.memory import MemorySample, sample_memory
 from streamguard.bench.workload import Method, Tick, looped
 from streamguard.config import Settings
 from streamguard.engine.pipeline import ChunkReport, create_pipeline
-from streamguard.engine.session import SamplingParams, SessionStats, StreamSession
+from streamguard.engine.session import Recall, SamplingParams, SessionStats, StreamSession
 from streamguard.ingest.chunker import AVChunk
 
 QUESTION = "What has happened in the stream so far?"
@@ -145,12 +145,17 @@ def _race(
 
 
 def timed_answer(
-    session: StreamSession, question: str, params: SamplingParams, started: float
+    session: StreamSession,
+    question: str,
+    params: SamplingParams,
+    started: float,
+    recall: Recall | None = None,
 ) -> AnswerTiming:
-    """Answer `question` from `session`, timed from `started` to the first text delta and to the end."""
+    """Answer `question` from `session` (over what `recall` loads, if any), timed from `started`
+    to the first text delta and to the end."""
     first: float | None = None
     parts = []
-    for delta in session.ask(question, params):
+    for delta in session.ask(question, params, recall):
         if first is None:
             first = time.perf_counter()
         parts.append(delta)

@@ -53,6 +53,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         _concurrency(result["concurrency"], result["plots"]["concurrency"]),
         _fidelity(result["fidelity"]),
         _prefilter(result["prefilter"]),
+        _long_memory(result["long_memory"]),
     ]
     path.write_text("\n".join(sections))
     return path
@@ -402,4 +403,28 @@ def _prefilter(figure: dict[str, Any]) -> str:
         f"{vision['prefilter_off']:.0f} ms (×{_cell(time['vision_encode_ratio'])}), the whole chunk "
         f"{chunk['prefilter_on']:.0f} ms vs {chunk['prefilter_off']:.0f} ms (×{_cell(time['chunk_ratio'])}); "
         f"the pre-filter itself {time['prefilter_ms_per_chunk']:.1f} ms a chunk.\n"
+    )
+
+
+def _long_memory(figure: dict[str, Any]) -> str:
+    latency = figure["latency_s"]
+    minutes = list(latency["recent"])
+    rows = [
+        [mode, *(1000 * v if v is not None else None for v in latency[mode].values())] for mode in latency
+    ]
+    at_7b = figure["at_7b_bf16"]
+    sizes = [
+        ["device KV max", figure["device_kv_bytes_max"] / MIB, at_7b["device_kv_bytes_max"] / MIB],
+        ["host", figure["host_bytes"] / MIB, at_7b["host_bytes"] / MIB],
+        ["disk", figure["disk_bytes"] / MIB, at_7b["disk_bytes"] / MIB],
+    ]
+    return (
+        f"## 9. Long memory ({figure['stream_minutes']:g} minutes, {figure['chunks']} chunks of "
+        f"{figure['chunk_tokens']} tokens, budget {figure['token_budget']} tokens)\n\n"
+        + _table(["answer over", *(f"ms at {m} min" for m in minutes)], rows)
+        + f"\n`auto` and `span` recall up to {figure['recall_tokens']} tokens ({figure['span_minutes']:g} "
+        f"minutes of stream) from host memory and disk; `recent` is the device window; `reprefill` "
+        f"prefills the whole stream so far. Device cache spread over the second half: "
+        f"{figure['device_kv_second_half_spread']:.3f} (0 is flat).\n\n"
+        + _table(["where", "MiB (this model)", "MiB at 7B bf16"], sizes)
     )

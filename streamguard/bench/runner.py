@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
-from streamguard.bench import compression, plots, prefilter, report, selection
+from streamguard.bench import compression, long_memory, plots, prefilter, report, selection
 from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.costs import compare_costs
 from streamguard.bench.fidelity import QUESTIONS
@@ -48,10 +48,14 @@ class Scale:
     question_rounds: int  # each a re-prefill answer and `question_reps` rolling ones
     question_reps: int
     camera_seconds: float  # each pre-filter case's clip
+    memory_minutes: tuple[float, ...]  # long memory: when the question is asked
 
 
-FULL_SCALE = Scale(30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3, 60.0)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2, 12.0)
+FULL_SCALE = Scale(
+    30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3, 60.0, (10, 30, 60)
+)
+# the quick long-memory stream still outgrows the tiny config's budget (about 2.3 minutes)
+QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2, 12.0, (2.5, 4))
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class BenchOptions:
     files: tuple[Path, ...] = ()
     minutes: tuple[float, ...] = ()  # empty: the scale's
     streams: tuple[int, ...] = ()
+    memory_minutes: tuple[float, ...] = ()
     model: str | None = None  # overrides model.path
     threads: int | None = None  # torch intra-op threads; None: one on a CPU, torch's default otherwise
 
@@ -73,6 +78,8 @@ class BenchOptions:
             overrides["minutes"] = tuple(sorted(self.minutes))
         if self.streams:
             overrides["streams"] = tuple(sorted(self.streams))
+        if self.memory_minutes:
+            overrides["memory_minutes"] = tuple(sorted(self.memory_minutes))
         return Scale(**{**asdict(base), **overrides})
 
 
@@ -102,7 +109,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     # on a machine shared with other work, threads waiting for each other make every timing erratic.
     threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
     with _torch_threads(threads), fallback_warnings_muted(), _progress(console) as section:
-        result = _measure(backbone, settings, scale, clips, cameras, section)
+        result = _measure(backbone, settings, scale, clips, cameras, section, out)
     result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
     result["headline"] = headline(result)
     result["duration_s"] = time.perf_counter() - started
@@ -123,6 +130,7 @@ def _measure(
     clips: list[Clip],
     cameras: list[Clip],
     section: Callable[[str, int | None], Tick],
+    out: Path,
 ) -> dict[str, Any]:
     moving = next(c for c in clips if c.name == "moving")
     long_methods = [FULL, configured_method(settings)]
@@ -163,6 +171,10 @@ def _measure(
         tick,
         scale.concurrency_search_max,
     )
+    tick = section("9 long memory", long_memory.steps(scale.memory_minutes, settings.chunk.seconds))
+    long = long_memory.measure_long_memory(
+        backbone, settings, scale.memory_minutes, scale.question_reps, tick, out
+    )
     return {
         "compression": {
             c.name: {
@@ -193,6 +205,7 @@ def _measure(
         "memory": {"methods": {s.method: _memory_entry(s, settings) for s in replays}},
         "concurrency": concurrency,
         "prefilter": prefilter_figure,
+        "long_memory": long,
     }
 
 
