@@ -8,6 +8,7 @@ with rtsp_camera() as camera:   # skips the test when the system Python lacks Gs
     camera.start()              # and comes back on the same port
 
 with rtsp_camera(frames=8) as camera:  # every connection opens, plays 8 frames and ends
+with rtsp_camera(audio="none", fps=1, auth="user:pw") as camera:  # tests/rtsp_server.py's options
 """
 
 from __future__ import annotations
@@ -52,17 +53,19 @@ def rtsp_server_missing() -> str | None:
 
 
 class RtspCamera:
-    """The test camera process; `port` stays the same across `kill()` and `start()`. With
-    `frames`, each connection's stream ends after that many frames (see tests/rtsp_server.py)."""
+    """The test camera process; `port` stays the same across `kill()` and `start()`. `options`
+    are tests/rtsp_server.py's (`frames=8`, `audio="none"`, `audio_jump=3.0`, ...); with `auth`
+    ("user:password") `url` carries the credentials."""
 
-    def __init__(self, port: int = 0, frames: int | None = None):
+    def __init__(self, port: int = 0, **options: str | int | float):
         self.port = port  # 0 until the first start picks a free one
-        self.frames = frames
+        self.options = options
         self._process: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
+        auth = self.options.get("auth")
+        return f"rtsp://{f'{auth}@' if auth else ''}127.0.0.1:{self.port}/cam"
 
     @property
     def running(self) -> bool:
@@ -71,9 +74,13 @@ class RtspCamera:
     def start(self) -> None:
         """Start serving and return once it listens."""
         assert not self.running, "the camera is already running"
-        limit = [] if self.frames is None else ["--frames", str(self.frames)]
+        flags = [
+            item
+            for name, value in self.options.items()
+            for item in (f"--{name.replace('_', '-')}", str(value))
+        ]
         process = subprocess.Popen(
-            [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), *limit],
+            [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -122,12 +129,13 @@ def _pump(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
 
 
 @contextmanager
-def rtsp_camera(port: int = 0, frames: int | None = None) -> Iterator[RtspCamera]:
-    """A running test camera, killed afterwards; skips the test where it cannot run."""
+def rtsp_camera(port: int = 0, **options: str | int | float) -> Iterator[RtspCamera]:
+    """A running test camera (`options` as `RtspCamera`'s), killed afterwards; skips the test
+    where it cannot run."""
     missing = rtsp_server_missing()
     if missing is not None:
         pytest.skip(missing)
-    camera = RtspCamera(port, frames)
+    camera = RtspCamera(port, **options)
     camera.start()
     try:
         yield camera

@@ -13,6 +13,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from transformers.audio_utils import load_audio
 
 from streamguard.config import ChunkSettings
 from streamguard.ingest.chunker import AVChunk, Chunker
@@ -215,14 +216,37 @@ def test_16k_mono_float_passes_through_sample_exact() -> None:
         np.testing.assert_allclose(chunk.audio, stream_ramp(chunk), atol=1e-6)
 
 
-def test_audio_stays_in_range_after_a_loud_stereo_downmix() -> None:
-    square = np.where(np.arange(16000) % 40 < 20, 32767, -32767).astype(np.int16)
+def sine(rate: int, seconds: float, level: float, hz: float = 440.0) -> np.ndarray:
+    return (level * np.sin(2 * np.pi * hz * np.arange(round(seconds * rate)) / rate)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("rate", "fmt"), [(16000, "flt"), (48000, "s16")])
+def test_a_stereo_downmix_averages_identical_channels_to_the_same_level(rate: int, fmt: str) -> None:
+    left = sine(rate, 4.0, 0.9)
+    stereo = np.stack([left, left])
+    if fmt == "s16":  # as aiortc's Opus decoder and AAC cameras hand it out
+        stereo = np.round(stereo * 32767).astype(np.int16)
     chunker = Chunker(SETTINGS)
-    for k in range(4):
-        chunker.push_audio(np.stack([square, square]), k * 1.0, sample_rate=16000)
+    chunker.push_audio(stereo, 0.0, sample_rate=rate)
     chunks = chunker.flush()
     check_invariants(chunks)
-    assert len(chunks) == 2 and chunks[0].audio.max() == 1.0 and chunks[0].audio.min() == -1.0
+    audio = np.concatenate([chunk.audio for chunk in chunks])[64:-64]  # the resampler's edges aside
+    assert np.abs(audio).max() == pytest.approx(0.9, rel=0.01)  # not 0.9·√2, clipped at 1
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(0.9 / np.sqrt(2), rel=0.01)
+    assert not (np.abs(audio) >= 1.0).any()
+
+
+def test_a_stereo_downmix_is_the_official_audio_loading(tmp_path) -> None:
+    # transformers' load_audio (the official processor's input path, as librosa.load) averages
+    # the channels; two different channels show it is the mean, not a sum or one channel.
+    soundfile = pytest.importorskip("soundfile")
+    stereo = np.stack([sine(RATE, 4.0, 0.6, 440.0), sine(RATE, 4.0, 0.7, 660.0)])
+    soundfile.write(tmp_path / "stereo.wav", stereo.T, RATE, subtype="FLOAT")
+    official = load_audio(str(tmp_path / "stereo.wav"), sampling_rate=RATE, backend="soundfile")
+    chunker = Chunker(SETTINGS)
+    chunker.push_audio(stereo, 0.0, sample_rate=RATE)
+    chunks = chunker.flush()
+    np.testing.assert_allclose(np.concatenate([chunk.audio for chunk in chunks]), official, atol=1e-6)
 
 
 def test_audio_starting_after_the_video_is_leading_silence() -> None:
@@ -288,6 +312,22 @@ def test_without_video_chunks_are_audio_only() -> None:
     assert len(chunks) == 3 and all(c.video_missing and c.frames == [] for c in chunks)
     assert all(c.audio_coverage == 1.0 for c in chunks)
     assert emitted_at[0] == pytest.approx(4.0 - 320 / RATE)  # the block that reaches 4 s
+
+
+@pytest.mark.parametrize("track", ["video", "audio"])
+def test_a_source_with_one_track_says_so_and_its_chunks_do_not_wait_for_the_other(track: str) -> None:
+    events = video(frame_times(6.0, 30.0)) if track == "video" else numpy_audio(0.0, 6.0)
+    chunker = Chunker(SETTINGS)
+    chunker.expect_tracks(video=track == "video", audio=track == "audio")
+    _, emitted_at = run(events, chunker)
+    assert emitted_at[0] == pytest.approx(2.0 if track == "video" else 2.0 - 320 / RATE)
+    assert emitted_at[1] == pytest.approx(4.0 if track == "video" else 4.0 - 320 / RATE)
+
+
+def test_audio_a_few_ms_behind_the_first_video_frame_starts_with_the_stream() -> None:
+    chunks, _ = run(video(frame_times(6.0, 30.0)) + numpy_audio(0.004, 6.004))
+    assert chunks[0].audio_coverage == 1.0  # as a WebRTC peer's audio, a packet after the video
+    np.testing.assert_allclose(chunks[0].audio[:1000], ramp(0.004 + np.arange(1000) / RATE), atol=1e-6)
 
 
 def test_with_both_tracks_a_chunk_leaves_as_soon_as_both_pass_its_end() -> None:

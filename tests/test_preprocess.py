@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers.audio_utils import load_audio
 
 from streamguard.backbones.qwen_omni import QwenOmniBackbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
-from streamguard.config import load_settings
+from streamguard.config import ChunkSettings, load_settings
+from streamguard.ingest.chunker import Chunker
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,22 @@ def test_int16_and_stereo_audio_become_float_mono(backbone):
     assert torch.equal(backbone.preprocess(frames, as_int16).input_features, expected)
     assert torch.equal(backbone.preprocess(frames, stereo).input_features, expected)
     assert torch.equal(backbone.preprocess(frames, stereo.T.copy()).input_features, expected)
+
+
+def test_stereo_is_downmixed_as_the_official_audio_loading_does(backbone, tmp_path):
+    # transformers' load_audio averages a file's channels before the processor sees them; a
+    # stereo chunk, given as is or cut by the chunker, must give the same features.
+    soundfile = pytest.importorskip("soundfile")
+    frames = frames_of((84, 112, 3))
+    stereo = np.stack([tone(seed=1), 0.5 * tone(seed=2)])
+    soundfile.write(tmp_path / "stereo.wav", stereo.T, 16000, subtype="FLOAT")
+    loaded = load_audio(str(tmp_path / "stereo.wav"), sampling_rate=16000, backend="soundfile")
+    expected = official(backbone, frames, loaded)[2]
+    assert torch.equal(backbone.preprocess(frames, stereo).input_features, expected)
+    chunker = Chunker(ChunkSettings())
+    chunker.push_audio(stereo, 0.0, sample_rate=16000)
+    (chunk,) = chunker.flush()
+    assert torch.equal(backbone.preprocess(frames, chunk.audio).input_features, expected)
 
 
 def test_grey_and_rgba_frames_are_converted_to_rgb(backbone):

@@ -20,6 +20,7 @@ from service_helpers import TIMEOUT_S, receive_until, serve, tiny_settings, wait
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import ChunkSettings
+from streamguard.ingest.chunker import AVChunk
 from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
 from streamguard.service import create_app
 
@@ -82,6 +83,80 @@ async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
     assert not np.array_equal(chunks[1].frames[0], chunks[1].frames[-1])  # the ball moves
     assert source.state == "live" and source.reconnects == 0 and source.chunks_dropped == 0
     await no_source_threads()  # closing the generator ended its connection thread
+
+
+async def first_chunk(source: RtspSource) -> tuple[AVChunk, float]:
+    """The source's first chunk and the seconds from the check before it (as a POST does both)."""
+    began = time.monotonic()
+    await source.check()
+    async with contextlib.aclosing(source.chunks()) as stream:
+        chunk = await anext(stream)
+    return chunk, time.monotonic() - began
+
+
+async def test_single_track_cameras_deliver_their_first_chunk_as_soon_as_an_av_camera():
+    # Side by side in one run, so the machine's load weighs on all three alike. The chunks of a
+    # camera without audio (or video) must not wait the latency allowance for the missing track.
+    with (
+        rtsp_camera() as both,
+        rtsp_camera(audio="none") as video_only,
+        rtsp_camera(video="none") as audio_only,
+    ):
+        async with asyncio.timeout(TIMEOUT_S):
+            (av_chunk, av_s), (video_chunk, video_s), (audio_chunk, audio_s) = await asyncio.gather(
+                *(first_chunk(RtspSource(c.url, SETTINGS)) for c in (both, video_only, audio_only))
+            )
+    print(
+        f"\nfirst chunk after the check began: A/V {av_s:.2f} s, video only {video_s:.2f} s, audio only {audio_s:.2f} s"
+    )
+    assert not (av_chunk.video_missing or av_chunk.audio_missing)
+    assert video_chunk.audio_coverage == 0.0 and not video_chunk.video_missing
+    assert audio_chunk.video_missing and audio_chunk.audio_coverage == 1.0
+    assert video_s - av_s < 0.5 and audio_s - av_s < 0.5  # not the 2-s wait for a missing track
+
+
+CAMERA_KINDS = {
+    "pcmu": {"audio": "pcmu"},
+    "pcma-mjpeg": {"audio": "pcma", "video": "mjpeg"},
+    "video-only": {"audio": "none"},
+    "audio-only": {"video": "none"},
+    "stereo-0.9": {"channels": 2, "volume": 0.9},
+    "basic-auth": {"auth": "viewer:secret"},
+    "h265": pytest.param({"video": "h265"}, marks=pytest.mark.slow),
+    "4k": pytest.param({"size": "3840x2160", "fps": 5}, marks=pytest.mark.slow),
+}
+
+
+@pytest.mark.parametrize("options", CAMERA_KINDS.values(), ids=CAMERA_KINDS.keys())
+async def test_each_kind_of_camera_gives_chunks_of_its_tracks(options):
+    with rtsp_camera(**options) as camera:
+        source = RtspSource(camera.url, SETTINGS)
+        chunks = []
+        async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 2:
+                    break
+    width, height = (int(side) for side in options.get("size", "320x240").split("x"))
+    for chunk in chunks:
+        if options.get("video") == "none":
+            assert chunk.video_missing
+        else:
+            assert len(chunk.frames) == SETTINGS.frames_per_chunk
+            assert chunk.frames[0].shape == (height, width, 3)
+        if options.get("audio") == "none":
+            assert chunk.audio_coverage == 0.0
+        else:
+            assert chunk.audio_coverage == 1.0
+            level = options.get("volume", 0.5) / np.sqrt(2)  # the tone's RMS, whatever its channels
+            assert np.sqrt(np.mean(chunk.audio**2)) == pytest.approx(level, rel=0.03)
+            assert not (np.abs(chunk.audio) >= 1.0).any()  # a downmix that sums would clip at 0.9
+
+
+async def test_a_camera_with_basic_auth_refuses_a_url_without_its_password():
+    with rtsp_camera(auth="viewer:secret") as camera, pytest.raises(SourceUnreachable, match="401"):
+        async with asyncio.timeout(TIMEOUT_S):
+            await RtspSource(camera.url.replace("viewer:secret", "viewer:wrong"), SETTINGS).check()
 
 
 async def test_a_closed_port_is_refused_at_once_with_the_url_and_no_credentials():

@@ -15,7 +15,10 @@ Video
   latest frame and the pictures picked for chunks not yet emitted, nothing more.
 
 Audio
-  Resampled by PyAV to 16 kHz mono float and laid on the timeline by timestamp. Frames run on
+  Resampled by PyAV to 16 kHz float, its channels averaged to mono (as the official processor's
+  audio loading does: a downmix that sums them would add 3 dB and clip), and laid on the
+  timeline by timestamp. Audio that starts within `tolerance` after the stream starts with it
+  (its first packet often trails the video's by a few ms). Frames run on
   back to back while their timestamps stay within `tolerance` of where the previous frame ended
   (clock jitter must not chop the sound); a hole larger than that becomes silence. Any part of
   a chunk not covered by the source is silence, measured by `audio_coverage`.
@@ -30,7 +33,9 @@ Discontinuities (never a crash, never a chunk out of order)
 Emission
   A chunk is ready once both tracks have passed its end, or once one track has passed it by
   `latency` (default 1 chunk) while the other lags or is absent, so a stream without audio or
-  without video still flows. Media arriving for an already emitted chunk is dropped as late.
+  without video still flows. A source that knows it has only one track says so with
+  `expect_tracks`, and its chunks wait for that track alone. Media arriving for an already
+  emitted chunk is dropped as late.
 
 End of stream
   `flush()` emits every chunk that holds media. The last, partial chunk is kept when it holds
@@ -99,6 +104,13 @@ class Chunker:
         self._video = _VideoSampler(settings)
         self._audio = _AudioTimeline(settings.sample_rate)
         self._next_index = 0
+        self._expected = {"video": True, "audio": True}
+
+    def expect_tracks(self, *, video: bool, audio: bool) -> None:
+        """The tracks the source has: a chunk never waits for one it lacks."""
+        if not (video or audio):
+            raise ValueError("a stream has video, audio or both")
+        self._expected = {"video": video, "audio": audio}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -145,6 +157,9 @@ class Chunker:
             at = clock.anchor if clock.anchor is not None else self._video_clock.end or 0.0
         else:
             at = self._stream_time(clock, self._video_clock, raw)
+            if clock.anchor is None and 0.0 < at <= self.tolerance:
+                clock.shift -= at  # it trails the stream's start by a few ms: it starts with it
+                at = 0.0
         if clock.anchor is not None and at - clock.anchor < self.tolerance:
             at = clock.anchor  # clock jitter: the samples run on from the previous frame
         else:
@@ -204,8 +219,8 @@ class Chunker:
     def _ready(self) -> bool:
         end = (self._next_index + 1) * self.settings.seconds
         video, audio = self._video.latest_time, self._audio.position
-        video_ok = video >= end or audio >= end + self.latency
-        audio_ok = audio >= end or video >= end + self.latency
+        video_ok = not self._expected["video"] or video >= end or audio >= end + self.latency
+        audio_ok = not self._expected["audio"] or audio >= end or video >= end + self.latency
         return video_ok and audio_ok
 
     def _emit(self) -> AVChunk:
@@ -310,16 +325,16 @@ class _AudioTimeline:
         if source != self._input:  # PyAV's resampler takes one input format for life
             self.drain()
             self._input = source
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        if self._resampler is None:  # planar, channels kept: `_write` averages them
+            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=self.rate)
         for out in self._resampler.resample(frame):
-            self._write(out.to_ndarray().reshape(-1))
+            self._write(out.to_ndarray().mean(axis=0))
 
     def drain(self) -> None:
         """Write out the samples the resampler still holds; the next frame starts a new one."""
         if self._resampler is not None:
             for out in self._resampler.resample(None):
-                self._write(out.to_ndarray().reshape(-1))
+                self._write(out.to_ndarray().mean(axis=0))
             self._resampler, self._input = None, None
 
     def jump_to(self, sample: int) -> None:

@@ -291,6 +291,8 @@ class _Connection(threading.Thread):
 
     def _read(self, container: InputContainer) -> None:
         streams = [*container.streams.video[:1], *container.streams.audio[:1]]
+        # The SDP says which tracks the camera sends: chunks must not wait for one it lacks.
+        self.chunker.expect_tracks(video=bool(container.streams.video), audio=bool(container.streams.audio))
         shift: float | None = None  # this connection's timestamps + shift = stream seconds
         progress = time.monotonic()
         for packet in container.demux(*streams):

@@ -203,8 +203,7 @@ class WebRtcSource:
         """Answer an offer (checked with `check_offer`); the answer SDP carries every local
         candidate. A refused offer raises `InvalidOffer`."""
         offer = check_offer(sdp, "offer")
-        if not (offer.audio and offer.video):
-            self._chunker.latency = 0.0  # the missing track will never arrive: do not wait for it
+        self._chunker.expect_tracks(video=offer.video, audio=offer.audio)
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             answer = await self._pc.createAnswer()
