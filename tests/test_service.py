@@ -546,19 +546,22 @@ def test_an_overloaded_worker_sheds_chunks_and_accounts_for_every_one(checkpoint
     assert total_shed is not None and total_shed > stats["chunks_shed"]  # the first run's count too
 
 
+def wait_for_a_chunk_in_the_worker(service, stream_id: str) -> None:
+    def prefilling():  # the worker holds a chunk: received, neither pending nor processed
+        stats = service.stream(stream_id)["stats"]
+        return (
+            stats["chunks_received"] - stats["queue_depth"] - stats["chunks_shed"] == 1
+            and not (stats["chunks_processed"])
+        )
+
+    wait_until(prefilling, "a chunk in the worker")
+
+
 def test_a_stream_deleted_while_its_chunk_prefills_leaves_no_metrics_behind(checkpoint, backbone, clip):
     settings = tiny_settings(checkpoint, allow_file_sources=True)
     with serve(create_app(settings, backbone, chunk_delay_s=2.0)) as service:
         stream_id = create_file_stream(service, clip)["id"]
-
-        def prefilling():  # the worker holds a chunk: received, neither pending nor processed
-            stats = service.stream(stream_id)["stats"]
-            return (
-                stats["chunks_received"] - stats["queue_depth"] - stats["chunks_shed"] == 1
-                and not (stats["chunks_processed"])
-            )
-
-        wait_until(prefilling, "a chunk in the worker")
+        wait_for_a_chunk_in_the_worker(service, stream_id)
         final = service.http.delete(f"/v1/streams/{stream_id}").json()
         assert final["stats"]["chunks_processed"] == 0
         wait_until(
@@ -571,6 +574,32 @@ def test_a_stream_deleted_while_its_chunk_prefills_leaves_no_metrics_behind(chec
         text = service.http.get("/metrics").text
         service.http.delete(f"/v1/streams/{other}")
     assert f'stream="{stream_id}"' not in text
+
+
+def test_totals_add_up_after_streams_deleted_while_their_chunk_prefills(checkpoint, backbone, clip):
+    settings = tiny_settings(checkpoint, allow_file_sources=True)
+    with serve(create_app(settings, backbone, chunk_delay_s=1.0)) as service:
+        deleted = []
+        for _ in range(3):
+            stream_id = create_file_stream(service, clip)["id"]
+            wait_for_a_chunk_in_the_worker(service, stream_id)
+            deleted.append(service.http.delete(f"/v1/streams/{stream_id}").json()["stats"])
+        totals = service.http.get("/v1/stats").json()
+        metrics = service.http.get("/metrics").text
+    for stats in deleted:  # the chunk in the worker, and any pending behind it
+        assert stats["chunks_discarded"] >= 1 and stats["queue_depth"] == 0
+        assert stats["chunks_received"] == (
+            stats["chunks_processed"] + stats["chunks_shed"] + stats["chunks_discarded"]
+        )
+    assert totals["chunks_discarded"] == sum(stats["chunks_discarded"] for stats in deleted)
+    assert totals["chunks_received"] == (
+        totals["chunks_processed"]
+        + totals["chunks_shed"]
+        + totals["queue_depth"]
+        + totals["chunks_discarded"]
+    )
+    total = metric_value(metrics, "streamguard_service_chunks_dropped_total", reason="discarded")
+    assert total == totals["chunks_discarded"]
 
 
 def test_an_ended_stream_nobody_watches_is_deleted_after_its_ttl_and_its_answers_stay(

@@ -4,12 +4,13 @@ Per stream (label `stream`, removed when the stream is deleted) and, for the cou
 `streamguard_service_*` twin without the label that keeps counting across stream lifetimes.
 The gauges' service-wide figures (`streamguard_service_compression_ratio`, `_queue_depth`,
 `_kv_cache_tokens`, `_kv_cache_bytes`) are read from the registry's totals at scrape time.
-Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"shed"}`:
+Operators watch `streamguard_chunks_dropped_total{stream, reason="redundant"|"shed"|"discarded"}`:
 `redundant` chunks lost their video to the temporal rule (their audio stayed), `shed` chunks
 never reached the model because the pipeline fell behind real time (the worker's queue shed
-them, or the source dropped them before the stream could take them). Of the redundant ones,
-`streamguard_encoder_skipped_total{stream}` counts those the pixel pre-filter caught before the
-vision encoder ran: the encoder time saved.
+them, or the source dropped them before the stream could take them), `discarded` chunks were
+pending or prefilling when their stream was deleted (only the service total keeps those). Of the
+redundant ones, `streamguard_encoder_skipped_total{stream}` counts those the pixel pre-filter
+caught before the vision encoder ran: the encoder time saved.
 
 Long memory: a stream's device KV is `streamguard_kv_cache_bytes`; what it evicted lives on in
 `streamguard_memory_host_bytes` and `streamguard_memory_disk_bytes`
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 from streamguard.cluster.store import StoreHealth
 from streamguard.service.protocol import ServiceStats, StreamState
 
-DROP_REASONS = ("redundant", "shed")
+DROP_REASONS = ("redundant", "shed", "discarded")
 RECALL_MODES = ("auto", "span")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -160,6 +160,10 @@ class StreamStatsBody(BaseModel):
     # Never processed because the pipeline fell behind real time: the oldest pending chunk shed
     # by the worker's queue, or a chunk the source cut but dropped before the stream took it.
     chunks_shed: int
+    # Received but neither processed nor shed when the stream was deleted: pending, or in the
+    # worker (its late result is ignored). received = processed + shed + queue_depth + this,
+    # but for the one chunk the worker may be prefilling.
+    chunks_discarded: int
     tokens_in: int
     tokens_kept: int
     compression: float  # 1 - kept / in
@@ -184,6 +188,7 @@ class ServiceStats(BaseModel):
     chunks_dropped_redundant: int
     chunks_encoder_skipped: int
     chunks_shed: int
+    chunks_discarded: int  # streams deleted with chunks pending or prefilling
     tokens_in: int
     tokens_kept: int
     compression: float  # 1 - kept / in, over all of them

@@ -74,6 +74,7 @@ COUNTED_STATS = (
     "chunks_dropped_redundant",
     "chunks_encoder_skipped",
     "chunks_shed",
+    "chunks_discarded",
     "tokens_in",
     "tokens_kept",
     "questions_answered",
@@ -180,6 +181,7 @@ class Stream:
         self.chunks_processed = 0
         self.chunks_dropped_redundant = 0
         self.chunks_encoder_skipped = 0
+        self.chunks_discarded = 0
         self.tokens_in = 0
         self.tokens_kept = 0
         self.kv_tokens = 0
@@ -294,6 +296,14 @@ class Stream:
             m.chunks_offloaded.inc(self.id, memory.chunks_offloaded - self._offloaded)
             self._offloaded = memory.chunks_offloaded
 
+    def discard_unprocessed(self) -> None:
+        """Deleted and out of the scheduler: the chunks still pending or prefilling will never
+        be processed; count them, so that what it received adds up."""
+        shed = self.queue().shed
+        self._queue = QueueStats(0, shed)
+        self.chunks_discarded = self.chunks_received - self.chunks_processed - shed - self._source_dropped
+        self._metrics.chunks_dropped.inc(self.id, self.chunks_discarded, reason="discarded")
+
     def chunk_failed(self, index: int, error: Exception) -> None:
         if self.removed.is_set():
             return
@@ -395,6 +405,7 @@ class Stream:
                 chunks_dropped_redundant=self.chunks_dropped_redundant,
                 chunks_encoder_skipped=self.chunks_encoder_skipped,
                 chunks_shed=queue.shed + self._source_dropped,
+                chunks_discarded=self.chunks_discarded,
                 tokens_in=self.tokens_in,
                 tokens_kept=self.tokens_kept,
                 compression=self.compression,
@@ -712,9 +723,10 @@ class StreamRegistry:
         stream.finish()
         if not stream.handed_over:
             await self._save(stream)  # the record (and its answer log) outlives the stream
+        stream.info()  # the source's last drops and the scheduler's last queue figures
+        self._release(stream)
         final = stream.info()
         self._deleted.update({name: getattr(final.stats, name) for name in COUNTED_STATS})
-        self._release(stream)
         event(
             "stream.deleted",
             stream=stream_id,
@@ -730,8 +742,10 @@ class StreamRegistry:
         stream.removed.set()
 
     def _release(self, stream: Stream) -> None:
-        """Free what the stream holds in the scheduler (its cache) and in the metrics."""
+        """Free what the stream holds in the scheduler (its cache; its unprocessed chunks, counted
+        as discarded) and in the metrics."""
         self.scheduler.unregister(stream.id)
+        stream.discard_unprocessed()
         self.metrics.forget(stream.id)
         if self.memory is not None:  # its files go with it
             self.memory.close(stream.id)
