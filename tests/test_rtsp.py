@@ -66,14 +66,20 @@ async def no_source_threads() -> None:
     await until(lambda: not source_threads(), "the connection threads to end")
 
 
-async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
-    source = RtspSource(camera.url, SETTINGS)
+async def take_chunks(source: RtspSource, count: int) -> list[AVChunk]:
+    """The source's first `count` chunks; the source is closed afterwards."""
     chunks = []
     async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
         async for chunk in stream:
             chunks.append(chunk)
-            if len(chunks) == 3:
+            if len(chunks) == count:
                 break
+    return chunks
+
+
+async def test_the_source_yields_chunks_of_moving_video_and_real_sound(camera):
+    source = RtspSource(camera.url, SETTINGS)
+    chunks = await take_chunks(source, 3)
     assert [chunk.index for chunk in chunks] == [0, 1, 2]
     for chunk in chunks:
         assert len(chunk.frames) == SETTINGS.frames_per_chunk
@@ -89,8 +95,7 @@ async def first_chunk(source: RtspSource) -> tuple[AVChunk, float]:
     """The source's first chunk and the seconds from the check before it (as a POST does both)."""
     began = time.monotonic()
     await source.check()
-    async with contextlib.aclosing(source.chunks()) as stream:
-        chunk = await anext(stream)
+    (chunk,) = await take_chunks(source, 1)
     return chunk, time.monotonic() - began
 
 
@@ -130,13 +135,7 @@ CAMERA_KINDS = {
 @pytest.mark.parametrize("options", CAMERA_KINDS.values(), ids=CAMERA_KINDS.keys())
 async def test_each_kind_of_camera_gives_chunks_of_its_tracks(options):
     with rtsp_camera(**options) as camera:
-        source = RtspSource(camera.url, SETTINGS)
-        chunks = []
-        async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
-            async for chunk in stream:
-                chunks.append(chunk)
-                if len(chunks) == 2:
-                    break
+        chunks = await take_chunks(RtspSource(camera.url, SETTINGS), 2)
     width, height = (int(side) for side in options.get("size", "320x240").split("x"))
     for chunk in chunks:
         if options.get("video") == "none":
