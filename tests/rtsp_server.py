@@ -31,7 +31,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 PATH = "/cam"
 SWEEP_PERIOD_S = 4.0  # the tone's frequency goes 300 → 900 → 300 Hz in this time
-AUDIO_CLOCK_HZ = {"aac": 16000, "pcmu": 8000, "pcma": 8000}  # the RTP clock of each audio payload
+SLOW_CAPTURE_FPS = 5  # a camera slower than this takes its pictures from a capture at this rate
 
 VIDEO_ENCODERS = {
     # a key frame every second (at least every frame), as cameras are usually set up
@@ -51,11 +51,15 @@ def launch_line(args: argparse.Namespace) -> str:
     width, height = args.size.split("x")
     parts = []
     if args.video != "none":
+        # A live test source holds each frame for its whole period before it sends it; a slow
+        # camera sends a picture as soon as it is taken: take them from a faster capture.
+        capture = max(args.fps, SLOW_CAPTURE_FPS)
+        slow = f"! videorate drop-only=true max-rate={args.fps} " if capture > args.fps else ""
         drop = f"! identity drop-probability={args.drop} " if args.drop else ""
         encoder = VIDEO_ENCODERS[args.video].format(gop=max(1, round(args.fps)))
         parts.append(  # I420: RTP carries 4:2:0 JPEG only
             f"videotestsrc is-live=true {limit} pattern=ball "
-            f"! video/x-raw,format=I420,width={width},height={height},framerate={args.fps}/1 {drop}"
+            f"! video/x-raw,format=I420,width={width},height={height},framerate={capture}/1 {slow}{drop}"
             f"! {encoder} name=pay0 pt=96"
         )
     if args.audio != "none":

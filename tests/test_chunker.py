@@ -129,15 +129,16 @@ def check_invariants(chunks: list[AVChunk]) -> None:
 
 
 def expected_stamps(times: list[float], start: float) -> list[float]:
-    """The pictures the sampling rule picks for the chunk at `start`, by brute force."""
+    """The pictures the sampling rule picks for the chunk at `start`, by brute force (for
+    frames less than `max_gap` apart)."""
     inside = [t for t in times if start <= t < start + SETTINGS.seconds]
-    if not inside:
-        return []
     picks = []
     for k in range(SETTINGS.frames_per_chunk):
         instant = start + k / SETTINGS.fps
-        before = [t for t in inside if t <= instant]
-        picks.append(max(before) if before else min(t for t in inside if t > instant))
+        before = [t for t in times if t <= instant]
+        after = [t for t in inside if t > instant]
+        if before or after:
+            picks.append(max(before) if before else min(after))
     return [round(t * 1000) / 1000 for t in picks]
 
 
@@ -320,8 +321,9 @@ def test_a_source_with_one_track_says_so_and_its_chunks_do_not_wait_for_the_othe
     chunker = Chunker(SETTINGS)
     chunker.expect_tracks(video=track == "video", audio=track == "audio")
     _, emitted_at = run(events, chunker)
-    assert emitted_at[0] == pytest.approx(2.0 if track == "video" else 2.0 - 320 / RATE)
-    assert emitted_at[1] == pytest.approx(4.0 if track == "video" else 4.0 - 320 / RATE)
+    # the video once a frame after the chunk's last instant (1.5 s) came; the audio once it reached 2 s
+    assert emitted_at[0] == pytest.approx(1.5 + 1 / 30 if track == "video" else 2.0 - 320 / RATE)
+    assert emitted_at[1] == pytest.approx(3.5 + 1 / 30 if track == "video" else 4.0 - 320 / RATE)
 
 
 def test_audio_a_few_ms_behind_the_first_video_frame_starts_with_the_stream() -> None:
@@ -332,8 +334,18 @@ def test_audio_a_few_ms_behind_the_first_video_frame_starts_with_the_stream() ->
 
 def test_with_both_tracks_a_chunk_leaves_as_soon_as_both_pass_its_end() -> None:
     _, emitted_at = run(video(frame_times(6.0, 30.0)) + numpy_audio(0.0, 6.0))
-    assert emitted_at[0] == pytest.approx(2.0)  # the 2.0 s frame, after audio reached 2.0 s
-    assert emitted_at[1] == pytest.approx(4.0)
+    # the audio block that reaches 2.0 s, after the video passed the chunk's last instant (1.5 s)
+    assert emitted_at[0] == pytest.approx(2.0 - 320 / RATE)
+    assert emitted_at[1] == pytest.approx(4.0 - 320 / RATE)
+
+
+def test_a_1_fps_chunk_leaves_once_a_frame_passes_its_last_instant() -> None:
+    # Frames at 0.6, 1.6, 2.6, …: the 1.6 s frame decides chunk 0's pictures (its last instant
+    # is 1.5 s), so the chunk leaves when the audio reaches 2 s, not at the 2.6 s frame.
+    chunks, emitted_at = run(video(frame_times(5.0, 1.0, start=0.6)) + numpy_audio(0.0, 6.0))
+    assert emitted_at[0] == pytest.approx(2.0 - 320 / RATE)
+    assert [stamp(f) for f in chunks[0].frames] == [0.6] * 4
+    assert [stamp(f) for f in chunks[1].frames] == [1.6, 1.6, 2.6, 2.6]  # held from the last chunk
 
 
 def test_a_track_later_than_the_latency_allowance_loses_what_was_already_emitted() -> None:
@@ -354,14 +366,22 @@ def test_a_track_later_than_the_latency_allowance_loses_what_was_already_emitted
 # -- discontinuities ------------------------------------------------------------------------------
 
 
-def test_a_forward_jump_within_the_cap_is_a_flagged_gap() -> None:
+@pytest.mark.parametrize("picture_lost", [False, True])
+def test_a_forward_jump_within_the_cap_is_a_flagged_gap(picture_lost: bool) -> None:
     events = video(frame_times(3.0, 30.0)) + numpy_audio(0.0, 3.0)
+    if picture_lost:  # the source says its connection dropped
+        events.append((5.0, lambda c: c.drop_picture()))
     events += video(frame_times(3.0, 30.0, start=7.0)) + numpy_audio(7.0, 10.0)
     chunks, _ = run(events)
     assert len(chunks) == 5
     assert [c.audio_coverage for c in chunks] == pytest.approx([1.0, 0.5, 0.0, 0.5, 1.0])
-    assert [c.video_missing for c in chunks] == [False, False, True, False, False]
-    assert [stamp(f) for f in chunks[3].frames] == [7.0, 7.0, 7.0, 7.5]
+    if picture_lost:
+        assert [c.video_missing for c in chunks] == [False, False, True, False, False]
+        assert [stamp(f) for f in chunks[3].frames] == [7.0, 7.0, 7.0, 7.5]
+    else:  # nothing new on screen: the last picture stays
+        assert not any(c.video_missing for c in chunks)
+        assert [stamp(f) for f in chunks[2].frames] == [2.967] * 4
+        assert [stamp(f) for f in chunks[3].frames] == [2.967, 2.967, 7.0, 7.5]
     np.testing.assert_allclose(chunks[3].audio[RATE:], stream_ramp(chunks[3])[RATE:], atol=1e-6)
 
 
@@ -369,8 +389,30 @@ def test_a_frame_after_an_outage_does_not_stretch_the_stream_by_the_outage() -> 
     # Video to 3 s, then one frame at 9 s: the stream reaches 9.5 s (one sampling period), not
     # 15 s (the 6 s gap taken for that frame's duration), so flush adds no chunks past 10 s.
     chunks, _ = run(video([*frame_times(3.0, 30.0), 9.0]))
-    assert [c.video_missing for c in chunks] == [False, False, True, True, False]
-    assert [stamp(f) for f in chunks[4].frames] == [9.0, 9.0, 9.0, 9.0]
+    assert len(chunks) == 5 and not any(c.video_missing for c in chunks)
+    assert [stamp(f) for f in chunks[3].frames] == [2.967] * 4  # held until the next frame
+    assert [stamp(f) for f in chunks[4].frames] == [2.967, 2.967, 9.0, 9.0]
+
+
+def test_sparse_frames_stay_on_screen_until_the_next_one() -> None:
+    # A variable-rate camera that sends a picture only when the scene changes.
+    times = [0.0, 3.3, 7.9]
+    chunks, _ = run(video(times) + numpy_audio(0.0, 10.0))
+    assert [[stamp(f) for f in c.frames] for c in chunks] == [
+        [0.0] * 4,
+        [0.0, 0.0, 0.0, 3.3],
+        [3.3] * 4,
+        [3.3, 3.3, 3.3, 3.3],
+        [7.9] * 4,
+    ]
+    assert chunks[1].frames[0] is chunks[0].frames[0]  # one conversion for every instant it fills
+
+
+def test_a_picture_is_held_for_at_most_max_gap() -> None:
+    # The video stops at 1 s while the audio runs on: from 11 s on the video is missing.
+    chunks, _ = run(video(frame_times(1.0, 30.0)) + numpy_audio(0.0, 16.0))
+    assert [c.video_missing for c in chunks] == [False] * 6 + [True] * 2
+    assert [stamp(f) for f in chunks[5].frames] == [0.967] * 4  # 11.0 and 11.5 repeat the pick
 
 
 def test_a_long_forward_jump_rebases_instead_of_emitting_an_hour_of_gaps() -> None:

@@ -127,6 +127,7 @@ CAMERA_KINDS = {
     "audio-only": {"video": "none"},
     "stereo-0.9": {"channels": 2, "volume": 0.9},
     "basic-auth": {"auth": "viewer:secret"},
+    "1-fps": {"fps": 1},
     "h265": pytest.param({"video": "h265"}, marks=pytest.mark.slow),
     "4k": pytest.param({"size": "3840x2160", "fps": 5}, marks=pytest.mark.slow),
 }
@@ -150,6 +151,17 @@ async def test_each_kind_of_camera_gives_chunks_of_its_tracks(options):
             level = options.get("volume", 0.5) / np.sqrt(2)  # the tone's RMS, whatever its channels
             assert np.sqrt(np.mean(chunk.audio**2)) == pytest.approx(level, rel=0.03)
             assert not (np.abs(chunk.audio) >= 1.0).any()  # a downmix that sums would clip at 0.9
+
+
+async def test_a_variable_rate_camera_holds_its_pictures_between_sparse_frames():
+    # 95% of the frames dropped: about one picture in 1.3 s, gaps of several seconds. A picture
+    # stays on screen until the next one, so no chunk is without video once the first came.
+    with rtsp_camera(drop=0.95) as camera:
+        chunks = await take_chunks(RtspSource(camera.url, SETTINGS), 5)
+    first_seen = next(i for i, chunk in enumerate(chunks) if not chunk.video_missing)
+    assert first_seen <= 2
+    assert all(len(chunk.frames) == SETTINGS.frames_per_chunk for chunk in chunks[first_seen:])
+    assert all(chunk.audio_coverage == 1.0 for chunk in chunks)
 
 
 async def test_a_camera_with_basic_auth_refuses_a_url_without_its_password():
@@ -374,6 +386,22 @@ def test_an_rtsp_stream_answers_questions_and_survives_a_camera_restart(service,
     final = service.http.delete(f"/v1/streams/{stream_id}").json()
     assert final["state"] == "ended" and final["stats"]["chunks_shed"] == 0
     wait_until(lambda: not source_threads(), "the camera's connection thread to end")
+
+
+def test_a_1_fps_camera_gives_its_first_chunk_within_two_chunk_periods_of_the_post(service):
+    with rtsp_camera(fps=1) as camera:
+        posted = time.monotonic()
+        response = service.http.post("/v1/streams", json={"source": "rtsp", "url": camera.url})
+        assert response.status_code == 201, response.text
+        answered = time.monotonic() - posted
+        stream_id = response.json()["id"]
+        wait_until(lambda: service.stream(stream_id)["stats"]["chunks_received"] >= 1, "the first chunk")
+        first = time.monotonic() - posted
+        service.http.delete(f"/v1/streams/{stream_id}")
+    print(f"\n1 fps camera: POST answered after {answered:.2f} s, first chunk after {first:.2f} s")
+    # the camera is opened once (the check's connection is read), and the chunk leaves once a
+    # frame passed its last sampling instant
+    assert first <= 2 * SETTINGS.seconds
 
 
 @pytest.mark.parametrize("server", ["none", "http"])

@@ -9,9 +9,13 @@ Timeline
 
 Video
   Sampled at `fps` by presentation time: the picture for instant s = start + k/fps is the latest
-  frame with pts ≤ s, or, when no frame of the chunk precedes s, the first frame after s. Only
-  frames inside the chunk count, so a chunk either has all `frames_per_chunk` pictures or none
-  (`video_missing`). A frame is converted to RGB only when it is picked; the chunker holds the
+  frame with pts ≤ s, or, when none precedes s, the first frame after s in the chunk. A frame
+  stays on screen until the next one, however sparse the frames (a 1 fps or variable-rate camera
+  sends a new picture only now and then), but no longer than `max_gap`: a video track that
+  stops is missing, not frozen; a source that loses its media (a dropped connection) takes the
+  picture off the screen with `drop_picture`. A chunk either has all `frames_per_chunk` pictures
+  or none (`video_missing`): an instant a held picture no longer reaches shows the chunk's
+  previous pick. A frame is converted to RGB only when it is picked; the chunker holds the
   latest frame and the pictures picked for chunks not yet emitted, nothing more.
 
 Audio
@@ -27,11 +31,12 @@ Discontinuities (never a crash, never a chunk out of order)
   A track whose timestamp leaps forward by more than `max_gap` (default 5 chunks), or goes back
   by more than `tolerance` (a wrap, a restarted camera), is re-based: it continues at the
   furthest point either track has reached, so a long jump costs no empty chunks and a short one
-  (a real outage) yields at most `max_gap` of silence and missing video. A video frame at most
+  (a real outage) yields at most `max_gap` of silence and the last picture. A video frame at most
   `tolerance` older than the last one is dropped as late.
 
 Emission
-  A chunk is ready once both tracks have passed its end, or once one track has passed it by
+  A chunk is ready once both tracks have passed its end (the video its last sampling instant:
+  no later frame can change its pictures), or once one track has passed it by
   `latency` (default 1 chunk) while the other lags or is absent, so a stream without audio or
   without video still flows. A source that knows it has only one track says so with
   `expect_tracks`, and its chunks wait for that track alone. Media arriving for an already
@@ -101,7 +106,7 @@ class Chunker:
         self.tolerance = tolerance
         self._origin = origin
         self._video_clock, self._audio_clock = _Clock("video"), _Clock("audio")
-        self._video = _VideoSampler(settings)
+        self._video = _VideoSampler(settings, hold=self.max_gap)
         self._audio = _AudioTimeline(settings.sample_rate)
         self._next_index = 0
         self._expected = {"video": True, "audio": True}
@@ -140,6 +145,11 @@ class Chunker:
         clock.end = at + min(shown, 1 / self.settings.fps)
         clock.anchor = at
         self._video.add(frame, at)
+
+    def drop_picture(self) -> None:
+        """The source lost its media (a connection dropped): the last picture is off the screen,
+        so the instants before the next frame have none."""
+        self._video.drop_latest()
 
     def push_audio(
         self, frame: av.AudioFrame | np.ndarray, t: float | None = None, sample_rate: int | None = None
@@ -219,7 +229,11 @@ class Chunker:
     def _ready(self) -> bool:
         end = (self._next_index + 1) * self.settings.seconds
         video, audio = self._video.latest_time, self._audio.position
-        video_ok = not self._expected["video"] or video >= end or audio >= end + self.latency
+        video_ok = (
+            not self._expected["video"]
+            or self._video.decided(self._next_index)
+            or audio >= end + self.latency
+        )
         audio_ok = not self._expected["audio"] or audio >= end or video >= end + self.latency
         return video_ok and audio_ok
 
@@ -246,10 +260,11 @@ class _Clock:
 class _VideoSampler:
     """Picks the frame on screen at each sampling instant; holds the latest frame and the picks."""
 
-    def __init__(self, settings: ChunkSettings):
+    def __init__(self, settings: ChunkSettings, hold: float):
         self.fps = settings.fps
         self.seconds = settings.seconds
         self.per_chunk = settings.frames_per_chunk
+        self.hold = hold  # how long a frame stays on screen when no other follows
         self._next_instant = 0  # global number of the first instant not decided yet
         self._picked: dict[int, np.ndarray] = {}
         self._latest: _Shown | None = None
@@ -262,24 +277,45 @@ class _VideoSampler:
         """A frame newer than every frame before it: it decides the instants before `at`."""
         shown = _Shown(at, frame)
         while (instant := self._next_instant) / self.fps < at:
-            start, end = self._window(instant)
-            if self._latest is not None and self._latest.time >= start:
-                self._picked[instant] = self._latest.rgb()
-            elif at < end:  # nothing of this chunk shown yet: the first frame after the instant
+            if (held := self._on_screen(instant)) is not None:
+                self._picked[instant] = held.rgb()
+            elif at < self._window(instant)[1]:  # none on screen: the first frame after the instant
                 self._picked[instant] = shown.rgb()
             self._next_instant += 1
         self._latest = shown
 
+    def decided(self, index: int) -> bool:
+        """Whether a frame after chunk `index`'s last instant has come: no later frame can change
+        its pictures (a 1 fps camera's chunk need not wait for the frame after its end)."""
+        return self._next_instant >= (index + 1) * self.per_chunk
+
+    def drop_latest(self) -> None:
+        self._latest = None
+
     def take(self, index: int) -> list[np.ndarray]:
         """Chunk `index`'s pictures, deciding the instants the video has not passed yet."""
         first, stop = index * self.per_chunk, (index + 1) * self.per_chunk
-        start, end = self._window(first)
-        latest = self._latest
-        if latest is not None and start <= latest.time < end:
-            for instant in range(max(self._next_instant, first), stop):
-                self._picked[instant] = latest.rgb()
+        for instant in range(max(self._next_instant, first), stop):
+            if (held := self._on_screen(instant)) is not None:
+                self._picked[instant] = held.rgb()
         self._next_instant = max(self._next_instant, stop)
-        return [self._picked.pop(i) for i in range(first, stop) if i in self._picked]
+        picks = [self._picked.pop(i, None) for i in range(first, stop)]
+        known = [pick for pick in picks if pick is not None]
+        if not known:
+            return []
+        # a held picture's time ran out inside the chunk: the chunk's previous pick stands in
+        filled, previous = [], known[0]
+        for pick in picks:
+            previous = pick if pick is not None else previous
+            filled.append(previous)
+        return filled
+
+    def _on_screen(self, instant: int) -> _Shown | None:
+        """The latest frame, if it is on screen at `instant` (not after it, not held too long)."""
+        latest = self._latest
+        if latest is not None and 0.0 <= instant / self.fps - latest.time <= self.hold:
+            return latest
+        return None
 
     def _window(self, instant: int) -> tuple[float, float]:
         index = instant // self.per_chunk

@@ -23,7 +23,9 @@ interrupts a camera that sends nothing.
 
 `check()` is the first connection's test, for callers that must refuse a bad URL at once: it
 raises `SourceUnreachable` with a clear reason within about `open_timeout_s`, counted from the
-moment the open starts on a thread of its own.
+moment the open starts on a thread of its own. The connection it opened is the first one
+`chunks()` reads when that starts within `read_timeout_s`: a camera is opened once, not twice,
+before its first chunk (opening one that sends a frame a second takes that long again).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,9 +53,11 @@ log = logging.getLogger(__name__)
 SourceState = Literal["live", "reconnecting"]
 StateListener = Callable[[SourceState, "str | None"], None]
 
-# Codec parameters of an RTSP camera come with its SDP: half a second of probing is plenty,
-# where FFmpeg's default probes for seconds before the stream opens.
-ANALYZE_DURATION_US = 500_000
+# Codec parameters of an RTSP camera come with its SDP: a tenth of a second of probing is
+# plenty, where FFmpeg's default probes for seconds before the stream opens, and the frame rate
+# (which the chunker does not use: it goes by timestamps) is not probed at all, which would
+# wait for several frames of a slow camera.
+ANALYZE_DURATION_US = 100_000
 # FFmpeg's RTSP reader waits out its timeout twice (it retries once) before a silent camera
 # fails a read; each wait gets half of `read_timeout_s`.
 READ_WAITS = 2
@@ -103,13 +107,14 @@ class RtspSource:
         self.reconnects = 0  # times the camera came back after a drop
         self.chunks_dropped = 0  # cut but dropped unread: the consumer fell `max_pending_chunks` behind
         self.state: SourceState | None = None
+        self._checked: tuple[InputContainer, float] | None = None  # `check`'s connection, opened when
 
     async def check(self) -> None:
-        """Open the camera once and close it; `SourceUnreachable` says why it cannot be opened."""
+        """Open the camera, keeping the connection for `chunks()`; `SourceUnreachable` says why it
+        cannot be opened."""
 
         def probe() -> None:
-            with self._open():
-                pass
+            self._checked = (self._open(), time.monotonic())
 
         try:
             await asyncio.wait_for(
@@ -188,14 +193,25 @@ class RtspSource:
         delay = min(largest, first * 2.0**failures)
         return delay * random.uniform(0.5, 1.0)
 
-    @contextlib.contextmanager
-    def _open(self) -> Iterator[InputContainer]:
+    def _connection(self) -> InputContainer:
+        """The connection `check` opened if it is still fresh (its camera has not given up on a
+        client that reads nothing), else a new one. Blocking."""
+        checked, self._checked = self._checked, None
+        if checked is not None:
+            container, opened_at = checked
+            if time.monotonic() - opened_at < self.read_timeout_s:
+                return container
+            container.close()
+        return self._open()
+
+    def _open(self) -> InputContainer:
         """One connection; `SourceUnreachable` when it cannot be made. Blocking."""
         wait_s = self.read_timeout_s / READ_WAITS
         options = {
             "rtsp_transport": "tcp",
             "timeout": str(round(wait_s * 1e6)),  # socket I/O, in microseconds
             "analyzeduration": str(ANALYZE_DURATION_US),
+            "fpsprobesize": "0",
         }
         began = time.monotonic()
         try:
@@ -208,10 +224,10 @@ class RtspSource:
             else:
                 reason = _reason(exc)
             raise SourceUnreachable(f"cannot open the RTSP stream {self.name}: {reason}") from None
-        with container:
-            if not container.streams.video and not container.streams.audio:
-                raise SourceUnreachable(f"the RTSP stream {self.name} has neither video nor audio")
-            yield container
+        if not container.streams.video and not container.streams.audio:
+            container.close()
+            raise SourceUnreachable(f"the RTSP stream {self.name} has neither video nor audio")
+        return container
 
 
 class _Connection(threading.Thread):
@@ -271,7 +287,7 @@ class _Connection(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self.source._open() as container:
+            with self.source._connection() as container:
                 self.opened = True
                 self.notify()
                 self._read(container)
@@ -291,6 +307,7 @@ class _Connection(threading.Thread):
 
     def _read(self, container: InputContainer) -> None:
         streams = [*container.streams.video[:1], *container.streams.audio[:1]]
+        self.chunker.drop_picture()  # what an earlier connection showed is off the screen
         # The SDP says which tracks the camera sends: chunks must not wait for one it lacks.
         self.chunker.expect_tracks(video=bool(container.streams.video), audio=bool(container.streams.audio))
         shift: float | None = None  # this connection's timestamps + shift = stream seconds
