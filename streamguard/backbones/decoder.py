@@ -140,18 +140,25 @@ class QwenDecoderBackbone(ABC):
 
         RoPE rotates each frequency band by an angle proportional to the position, and a uniform
         shift of all three mRoPE axes rotates every band by -delta times its frequency, whichever
-        axis the band follows — in contiguous sections (Qwen2.5) or interleaved (Qwen3-Omni, whose
-        rotary module lays the bands itself) — so this is exactly the cache a prefill at the
-        shifted positions would have built.
+        axis the band follows — in contiguous sections (Qwen2.5) or interleaved (Qwen3-Omni) — so
+        this is the cache a prefill at the shifted positions would have built.
+
+        In float32, rounded back once: the angles -delta·ω come from float64 (at delta ~ 30000 a
+        float32 angle is off by 2e-3 rad), and the keys are widened before the rotation. Rotating
+        bf16 keys with bf16 cos/sin, as the rotary module would return them, loses 0.5% of a key
+        per re-base; this loses one bf16 rounding. Keys that live through many re-bases (the
+        prompt prefix) are prefilled afresh instead (`StreamSession.rebase`).
         """
+        inv_freq = self._rotary.inv_freq.double()
+        angles = (-delta) * inv_freq
+        cos = torch.cat([angles.cos(), angles.cos()]).float()  # rotate_half's two halves share a band
+        sin = torch.cat([angles.sin(), angles.sin()]).float()
         for layer in cache.layers:
             keys = layer.keys
-            shift = torch.full((3, 1, keys.shape[-2]), -delta, dtype=torch.long, device=keys.device)
-            cos, sin = self._rotary(keys, shift)
-            cos, sin = cos[:, None], sin[:, None]  # (1, 1, N, head_dim), broadcast over heads
-            half = keys.shape[-1] // 2
-            rotated_half = torch.cat((-keys[..., half:], keys[..., :half]), dim=-1)
-            layer.keys = keys * cos + rotated_half * sin
+            wide = keys.float()
+            half = wide.shape[-1] // 2
+            rotated_half = torch.cat((-wide[..., half:], wide[..., :half]), dim=-1)
+            layer.keys = (wide * cos.to(wide.device) + rotated_half * sin.to(wide.device)).to(keys.dtype)
 
 
 def text_positions(start: int, num_tokens: int) -> torch.Tensor:

@@ -33,6 +33,14 @@ def remove_span(cache: Any, start: int, end: int) -> None:
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
 
 
+def overwrite_head(cache: Any, head: Any) -> None:
+    """Replace every layer's first tokens with `head`'s (a cache of those tokens alone)."""
+    for layer, fresh in zip(cache.layers, head.layers, strict=True):
+        length = fresh.keys.shape[-2]
+        layer.keys = torch.cat([fresh.keys, layer.keys[..., length:, :]], dim=-2)
+        layer.values = torch.cat([fresh.values, layer.values[..., length:, :]], dim=-2)
+
+
 def cache_bytes(cache: Any) -> int:
     return sum(
         layer.keys.nbytes + layer.values.nbytes

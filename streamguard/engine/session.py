@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -120,10 +120,8 @@ class StreamSession:
         self.stats = SessionStats()
         # Receives every evicted chunk before its KV leaves the cache (long memory); None: dropped.
         self.eviction_sink: Callable[[EvictedChunk], None] | None = None
-        prefix = self.layout.prefix
-        positions, self.base = backbone.prefix_positions(len(prefix))
-        backbone.forward(backbone.embed_tokens(prefix), positions, self.cache, logits="none")
-        self.prefix_length = len(prefix)
+        self.prefix_length = len(self.layout.prefix)
+        self.base = self._prefill_prefix(self.cache)
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -243,10 +241,28 @@ class StreamSession:
         self.rebase(delta)
 
     def rebase(self, delta: int) -> None:
-        """Shift every cached and future position down by `delta` (keeps positions in range)."""
+        """Shift every cached and future position down by `delta` (keeps positions in range).
+
+        The chunks' keys are rotated (in float32, one rounding to the cache's dtype); a chunk
+        lives through few re-bases before it is evicted. The prompt prefix lives through all of
+        them (~75 a day at the 7B defaults), so it is prefilled afresh at its shifted positions
+        instead of rotated again: in bf16 its keys stay what a fresh prefill gives, where
+        rotating them every time drifts by a bf16 rounding per re-base. Its keys and values are
+        replaced; whatever keeps copies of the cache's prefix must take them after.
+        """
         self.backbone.rotate_cache(self.cache, delta)
         self.position_offset += delta
+        fresh = self.backbone.new_cache()
+        self._prefill_prefix(fresh)
+        kv.overwrite_head(self.cache, fresh)
         self.stats.rebases += 1
+
+    def _prefill_prefix(self, cache: Any) -> int:
+        """Prefill the prompt prefix into `cache` at the session's current offset; the base."""
+        positions, base = self.backbone.prefix_positions(self.prefix_length)
+        embeds = self.backbone.embed_tokens(self.layout.prefix)
+        self.backbone.forward(embeds, positions - self.position_offset, cache, logits="none")
+        return base
 
     @property
     def position_limit(self) -> int:
