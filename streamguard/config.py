@@ -66,6 +66,8 @@ class ChunkSettings(BaseModel):
 # What a chunk's semantic scores are measured against: the A2V predictor's ĥ_t, the mean audio
 # embedding (no predictor configured, or the "mean_audio" baseline), or nothing (method "none").
 ReferenceMode = Literal["a2v", "mean_audio", "none"]
+PruningMethod = Literal["none", "contextguard", "random", "high", "mean_audio"]
+DropPolicy = Literal["current", "previous", "off"]
 
 
 class PrefilterSettings(BaseModel):
@@ -107,11 +109,11 @@ class PrefilterSettings(BaseModel):
 
 
 class PruningSettings(BaseModel):
-    method: Literal["none", "contextguard", "random", "high", "mean_audio"] = "contextguard"
+    method: PruningMethod = "contextguard"
     rho_sem: float = Field(0.5, ge=0.0, le=1.0)
     rho_spa: float = Field(0.1, ge=0.0, le=1.0)
     tau_drop: float = 0.99
-    drop_policy: Literal["current", "previous", "off"] = "current"
+    drop_policy: DropPolicy = "current"
     tau_merge: float = 0.98
     depth_threshold: float = 0.5
     predictor_path: str | None = None

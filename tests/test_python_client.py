@@ -34,6 +34,7 @@ from service_helpers import (
 from streamguard_client import ERRORS, Backoff, Client, ConnectionLostError, ServiceError, StreamGuard
 from streamguard_client.errors import (
     EmptyQuestionError,
+    InvalidMessageError,
     InvalidTokenError,
     UnknownStreamError,
     UnsupportedSchemeError,
@@ -99,6 +100,7 @@ async def test_the_async_client_opens_asks_cancels_watches_and_deletes(service, 
             assert deltas and "".join(deltas) == answer.text
             assert answer.stats is not None and answer.stats["generated_tokens"] == 4
             assert answer.stats["finish_reason"] == "length" and answer.stats["context_tokens"] > 0
+            assert answer.usage is not None and answer.usage["generated_tokens"] == 4
 
             with pytest.raises(EmptyQuestionError) as empty:  # refused, and the socket lives on
                 await socket.ask("   ").result()
@@ -116,6 +118,16 @@ async def test_the_async_client_opens_asks_cancels_watches_and_deletes(service, 
             watched = await anext(stats)
             await stats.aclose()
             assert watched["id"] == stream_id and watched["stats"]["questions_answered"] >= 2
+            with pytest.raises(InvalidMessageError) as refused:  # the error its event_id came back on
+                await anext(socket.stats(interval_s=0.0001))
+            assert refused.value.event_id is not None
+
+            updated = await socket.update(pruning={"method": "none"}, sampling={"max_tokens": 2})
+            assert updated["pruning"]["method"] == "none" and updated["sampling"]["max_tokens"] == 2
+            with pytest.raises(InvalidMessageError) as invalid:
+                await socket.update(pruning={"rho_sem": 7})
+            assert invalid.value.event_id is not None and "rho_sem" in invalid.value.message
+            assert (await socket.ask(QUESTION).result()).stats["generated_tokens"] == 2
 
         logged = await client.answers(stream_id)
         assert [entry["answer"] for entry in logged["answers"]][:1] == [answer.text]

@@ -20,6 +20,7 @@ from streamguard.engine.pipeline import create_pipeline
 from streamguard.ingest.synthetic import write_clip
 from streamguard.service import create_app
 from streamguard.service.logs import RedactTokens
+from streamguard.service.protocol import PROTOCOL_VERSION, protocol_schema
 
 OTHER_TOKEN = "other-token"
 MAX_MESSAGE_BYTES = 4096
@@ -105,9 +106,12 @@ def test_a_file_stream_answers_questions_and_reports_its_stats(service, clip):
     # the tiny config names no A2V predictor: the stream says it scores against the mean audio
     assert created["pruning"] == {
         "method": "contextguard",
+        "rho_sem": 0.5,
+        "rho_spa": 0.1,
         "drop_policy": "current",
         "semantic_reference": "mean_audio",
     }
+    assert created["sampling"] == {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
     stream = processed_stream(service, stream_id)
     stats = stream["stats"]
     assert stats["chunks_processed"] == 3 and stats["chunks_shed"] == 0
@@ -205,6 +209,85 @@ def test_bad_websocket_messages_each_get_their_own_error_and_the_socket_lives_on
         events = receive_until(ws, lambda event: event["type"] in ("answer.done", "error"))
         assert events[-1]["type"] == "answer.done"
     service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_an_error_event_echoes_the_event_id_of_the_message_that_caused_it(service, clip):
+    stream_id = create_file_stream(service, clip)["id"]
+    processed_stream(service, stream_id)
+    cases = [  # (message, code, the question it names)
+        ({"type": "question.shout", "event_id": "e1"}, "unknown_type", None),
+        ({"type": "question.ask", "id": "q", "event_id": "e2"}, "invalid_message", "q"),  # no text
+        ({"type": "stream.update", "event_id": "e3", "pruning": {"rho_sem": 2}}, "invalid_message", None),
+        ({"type": "stream.update", "event_id": "e4"}, "invalid_message", None),  # changes nothing
+        (
+            {"type": "stream.update", "event_id": "e5", "sampling": {"max_tokens": 100000}},
+            "invalid_message",
+            None,
+        ),
+        (
+            {"type": "question.cancel", "id": "never-asked", "event_id": "e6"},
+            "unknown_question",
+            "never-asked",
+        ),
+        (
+            {"type": "question.ask", "id": "q", "text": "  ", "event_id": "e7"},
+            "empty_question",
+            "q",
+        ),  # the worker's
+        ({"type": "question.cancel", "id": "never-asked"}, "unknown_question", "never-asked"),
+    ]
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        for message, code, question_id in cases:
+            ws.send(json.dumps(message))
+            error = receive(ws)
+            assert (error["type"], error["code"], error["id"]) == ("error", code, question_id), (
+                message,
+                error,
+            )
+            assert error["event_id"] == message.get("event_id"), (message, error)
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_stream_update_changes_what_the_next_chunk_keeps_and_how_questions_are_sampled(service, tmp_path):
+    # a moving picture: no chunk's video is dropped as redundant, so every chunk keeps some video
+    clip = write_clip(tmp_path / "moving.mp4", seconds=12, motion="moving")
+    stream_id = create_file_stream(service, clip, realtime=True)["id"]
+
+    def chunk_after(index: int) -> dict | None:
+        last = service.stream(stream_id)["stats"]["last_chunk"]
+        return last if last is not None and last["index"] > index else None
+
+    pruned = wait_until(lambda: chunk_after(-1), "a first chunk")
+    assert 0 < pruned["video_tokens_kept"] < pruned["video_tokens_in"]  # ContextGuard's defaults
+    with service.ws(f"/v1/streams/{stream_id}/ws") as ws:
+        ws.send(json.dumps({"type": "stream.update", "event_id": "u1", "pruning": {"method": "none"}}))
+        updated = receive_until(ws, lambda event: event["type"] == "stream.updated")[-1]
+        assert updated["event_id"] == "u1"
+        assert updated["stream"]["pruning"]["method"] == "none"
+        assert updated["stream"]["pruning"]["drop_policy"] == "off"  # full tokens never drop video
+        last = updated["stream"]["stats"]["last_chunk"]
+        full = wait_until(lambda: chunk_after(last["index"] if last else -1), "a chunk after the update")
+        assert full["video_tokens_kept"] == full["video_tokens_in"] > pruned["video_tokens_kept"]
+
+        update = {"pruning": {"method": "contextguard", "rho_sem": 0.9}, "sampling": {"max_tokens": 3}}
+        ws.send(json.dumps({"type": "stream.update", "event_id": "u2", **update}))
+        updated = receive_until(ws, lambda event: event["type"] == "stream.updated")[-1]
+        assert updated["stream"]["pruning"]["rho_sem"] == 0.9
+        assert updated["stream"]["sampling"]["max_tokens"] == 3
+        ws.send(json.dumps({"type": "question.ask", "id": "q", "text": QUESTION}))  # no max_tokens of its own
+        done = receive_until(ws, lambda event: event["type"] == "answer.done")[-1]
+    assert done["stats"]["generated_tokens"] == 3 and done["stats"]["finish_reason"] == "length"
+    usage = done["usage"]
+    assert usage["generated_tokens"] == 3 and usage["context_tokens"] == done["stats"]["context_tokens"] > 0
+    assert usage["prompt_tokens"] > 0
+    service.http.delete(f"/v1/streams/{stream_id}")
+
+
+def test_the_protocol_is_served_as_the_json_schema_of_the_service_models(service):
+    response = httpx.get(f"{service.url}/v1/protocol.json")  # no token: it describes, starts nothing
+    assert response.status_code == 200
+    assert response.json() == json.loads(json.dumps(protocol_schema()))
+    assert response.json()["version"] == PROTOCOL_VERSION
 
 
 def test_a_connection_holds_a_bounded_number_of_distinct_questions(service, clip):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -113,6 +113,16 @@ class ChunkPipeline:
         # The token grid and resized frame size of the last chunk whose video was kept: a chunk
         # the pre-filter skips has the same frames' size, so it would have had the same tokens.
         self._kept_grid: tuple[tuple[int, int, int], tuple[int, int] | None] | None = None
+
+    def reconfigure(self, pruning: Mapping[str, Any], sampling: Mapping[str, Any]) -> None:
+        """Prune the next chunks with `pruning` changes and sample the next questions with
+        `sampling` changes (SessionSettings fields). On the worker, between two chunks
+        (`Scheduler.reconfigure`), so no chunk is pruned half one way and half the other; an
+        answer being generated keeps the sampling it started with."""
+        if pruning:
+            self.pruner.reconfigure(pruning)
+        if sampling:
+            self.session.settings = self.session.settings.model_copy(update=dict(sampling))
 
     def process(self, chunk: AVChunk) -> ChunkReport:
         return self.process_encoded(encode_chunk(self.backbone, chunk, self.screen(chunk)))

@@ -2,7 +2,8 @@
 
 Work it runs, in rounds:
 
-1. calls (`await scheduler.call(fn)`: stream set-up such as the prefix prefill),
+1. calls (`await scheduler.call(fn)`: stream set-up such as the prefix prefill, or a live
+   stream's new pruning and sampling settings, `reconfigure`),
 2. one step of the head question of every stream that has questions (a step is one
    `next()` on `StreamSession.ask`, i.e. one generated token), oldest streams first,
 3. one chunk prefill (`ChunkPipeline.process`), taken round-robin from the streams that have
@@ -38,7 +39,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -94,6 +95,7 @@ class AnswerResult:
     text: str
     generated_tokens: int
     context_tokens: int
+    prompt_tokens: int  # the question's turn
     finish_reason: str  # "stop", "length" or "cancelled"
     # Measured from the moment the question was submitted: what the asker waits.
     time_to_first_delta_s: float | None
@@ -341,6 +343,17 @@ class Scheduler:
             self._cond.notify()
         return await future
 
+    async def reconfigure(
+        self, stream_id: str, pruning: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> ChunkPipeline:
+        """Change how a live stream prunes its next chunks and samples its next questions
+        (`ChunkPipeline.reconfigure`), as a call: between two chunk prefills. Returns the pipeline,
+        to read the settings now in force."""
+        with self._cond:
+            pipeline = self._stream(stream_id).pipeline
+        await self.call(pipeline.reconfigure, pruning, sampling)
+        return pipeline
+
     # -- the worker thread -----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -468,6 +481,7 @@ class Scheduler:
             text="".join(question.parts),
             generated_tokens=stats.generated_tokens if started else 0,
             context_tokens=stats.context_tokens if started else question.session.context_tokens,
+            prompt_tokens=stats.prompt_tokens if started else 0,
             finish_reason=reason or stats.finish_reason,
             time_to_first_delta_s=question.first_delta_s,
             total_s=time.perf_counter() - question.submitted,

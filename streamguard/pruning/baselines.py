@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 import torch
 
+from streamguard.config import PruningMethod
 from streamguard.pruning.a2v import mean_audio_reference
 from streamguard.pruning.select import (
     Selection,
@@ -23,7 +24,7 @@ from streamguard.pruning.select import (
     semantic_scores,
 )
 
-Method = Literal["none", "contextguard", "random", "high", "mean_audio"]
+Method = PruningMethod
 METHODS: Final[frozenset[str]] = frozenset(get_args(Method))
 
 

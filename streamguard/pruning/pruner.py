@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from streamguard.backbones.base import Backbone, EncodedChunk
-from streamguard.config import PruningSettings, ReferenceMode
+from streamguard.config import DropPolicy, PruningSettings, ReferenceMode
 from streamguard.pruning.a2v import SemanticReference, load_predictor
 from streamguard.pruning.baselines import select_for_method
 from streamguard.pruning.prefilter import Prefilter, Screening
@@ -52,12 +54,25 @@ class Pruner:
             )
             log.info("A2V predictor loaded from %s", settings.predictor_path)
         self.reference = SemanticReference(predictor)
-        policy = "off" if settings.method == "none" else settings.drop_policy
+        self._temporal(settings)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def reconfigure(self, changes: Mapping[str, Any]) -> None:
+        """Prune the chunks to come with `changes` applied to the settings (validated as the
+        config's are; the predictor stays). A new drop policy starts the drop rule (and the
+        pre-filter) afresh: the next chunk keeps its video and is compared with nothing."""
+        settings = PruningSettings.model_validate({**self.settings.model_dump(), **changes})
+        if _policy(settings) != self.drop_rule.policy or settings.tau_drop != self.drop_rule.tau:
+            self._temporal(settings)
+        self.settings = settings
+
+    def _temporal(self, settings: PruningSettings) -> None:
+        """A fresh drop rule, and pre-filter: the pre-filter drops video as the drop rule does,
+        so it runs only where the rule does."""
+        policy = _policy(settings)
         self.drop_rule = OnlineDropRule(settings.tau_drop, policy)
-        # The pre-filter drops video as the drop rule does, so it runs only where the rule does.
         enabled = settings.prefilter.enabled and policy != "off"
         self.prefilter = Prefilter(settings.prefilter) if enabled else None
-        self.generator = torch.Generator().manual_seed(settings.seed)
 
     @property
     def reference_mode(self) -> ReferenceMode:
@@ -99,3 +114,8 @@ class Pruner:
             reference_mode=mode,
             select_ms=(time.perf_counter() - started) * 1000,
         )
+
+
+def _policy(settings: PruningSettings) -> DropPolicy:
+    """Full tokens ("none") never drop a chunk's video."""
+    return "off" if settings.method == "none" else settings.drop_policy

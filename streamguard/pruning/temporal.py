@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
+from streamguard.config import DropPolicy
 from streamguard.pruning.select import Selection, select_semantic, select_spatial, semantic_scores
 
-DropPolicy = Literal["current", "previous", "off"]
-DROP_POLICIES: tuple[DropPolicy, ...] = ("current", "previous", "off")
+DROP_POLICIES: tuple[DropPolicy, ...] = get_args(DropPolicy)
 
 
 @dataclass(frozen=True)

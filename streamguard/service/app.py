@@ -41,6 +41,7 @@ from streamguard.service.protocol import (
     StreamList,
     Viewer,
     describe_errors,
+    protocol_schema,
     validation_code,
 )
 from streamguard.service.streams import Stream, StreamRegistry, open_source, unknown_stream
@@ -150,6 +151,13 @@ ops = APIRouter(tags=["operations"])
 async def metrics(request: Request, _: Authenticated) -> Response:
     """Prometheus text exposition (scrape it with the bearer token)."""
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/v1/protocol.json")
+async def protocol() -> dict[str, Any]:
+    """The websocket protocol as versioned JSON Schema, generated from the service's own message
+    models (`streamguard.service.protocol`). Describes; starts nothing: no token."""
+    return protocol_schema()
 
 
 @ops.get("/healthz")

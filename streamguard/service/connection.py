@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
@@ -41,6 +43,9 @@ from streamguard.service.protocol import (
     ServiceError,
     StatsSubscribe,
     StreamStatsEvent,
+    StreamUpdate,
+    StreamUpdated,
+    Usage,
     parse_client_message,
 )
 from streamguard.service.streams import Stream
@@ -122,12 +127,16 @@ class Connection:
                 continue
             raw = message.get("text")
             try:
-                await self._handle(
-                    parse_client_message(
-                        message["bytes"] if raw is None else raw, self.settings.max_message_bytes
-                    )
+                parsed = parse_client_message(
+                    message["bytes"] if raw is None else raw, self.settings.max_message_bytes
                 )
             except ServiceError as error:
+                self._send(error.event())
+                continue
+            try:
+                await self._handle(parsed)
+            except ServiceError as error:
+                error.event_id = parsed.event_id
                 self._send(error.event())
 
     def _send(self, message: BaseModel | _Close) -> None:
@@ -188,6 +197,8 @@ class Connection:
             self._unsubscribe()
             interval = message.interval_s or self.settings.stats_interval_s
             self._stats = asyncio.create_task(self._send_stats(interval))
+        elif isinstance(message, StreamUpdate):
+            self._spawn(self._update(message))
         else:
             self._unsubscribe()
 
@@ -205,9 +216,20 @@ class Connection:
         answer, recall = self.stream.ask(message.id, message.text, message.max_tokens, message.recall)
         self._answers[message.id] = answer
         event("question.asked", stream=self.stream.id, question=message.id, chars=len(message.text))
-        task = asyncio.create_task(self._answer(message, answer, recall))
+        self._spawn(self._answer(message, answer, recall))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _update(self, message: StreamUpdate) -> None:
+        try:
+            await self.stream.update(message)
+        except ServiceError as error:
+            self._send(error.event())
+            return
+        self._send(StreamUpdated(event_id=message.event_id, stream=self.stream.info()))
 
     async def _answer(self, question: QuestionAsk, answer: Answer, recall: ChunkRecall | None) -> None:
         question_id = question.id
@@ -217,12 +239,21 @@ class Connection:
         except Exception as exc:
             code = _ANSWER_ERRORS.get(type(exc))
             if code is not None:
-                self._send(ErrorEvent(code=code, message=str(exc), id=question_id))
+                self._send(
+                    ErrorEvent(code=code, message=str(exc), id=question_id, event_id=question.event_id)
+                )
                 return
             event(
                 "question.failed", logging.ERROR, exc_info=True, stream=self.stream.id, question=question_id
             )
-            self._send(ErrorEvent(code="internal_error", message=f"the answer failed: {exc}", id=question_id))
+            self._send(
+                ErrorEvent(
+                    code="internal_error",
+                    message=f"the answer failed: {exc}",
+                    id=question_id,
+                    event_id=question.event_id,
+                )
+            )
             return
         finally:
             answer.cancel()
@@ -239,8 +270,13 @@ class Connection:
             finish_reason=result.finish_reason,
             context_tokens=result.context_tokens,
         )
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens,
+            context_tokens=result.context_tokens,
+            generated_tokens=result.generated_tokens,
+        )
         summary = None if recall is None else _recall_summary(recall)
-        self._send(AnswerDone(id=question_id, text=result.text, stats=stats, recall=summary))
+        self._send(AnswerDone(id=question_id, text=result.text, stats=stats, usage=usage, recall=summary))
         await self.store.log_answer(
             AnswerRecord(
                 stream_id=self.stream.id,

@@ -1,19 +1,35 @@
-"""Every message the service speaks: REST bodies, websocket events both ways, error codes."""
+"""Every message the service speaks: REST bodies, websocket events both ways, error codes.
+
+The websocket protocol is versioned (`PROTOCOL_VERSION`) and served as JSON Schema at
+`/v1/protocol.json`, generated from these models (`protocol_schema`), so the two cannot drift.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamSummary
-from streamguard.config import ReferenceMode, Role
+from streamguard.config import DropPolicy, PruningMethod, ReferenceMode, Role
 from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec, parse_recall
+
+# Additions (a new event, a new optional field) raise the minor version; anything a client
+# written for an older one would trip on raises the major one.
+PROTOCOL_VERSION = "1.1"
 
 ErrorCode = Literal[
     # websocket messages
@@ -209,9 +225,12 @@ class ChunkTiming(BaseModel):
 
 
 class PruningInfo(BaseModel):
-    """How the stream's chunks are pruned (the `pruning:` settings it was opened with)."""
+    """How the stream's chunks are pruned: the `pruning:` settings it was opened with, or the
+    ones a `stream.update` gave it since."""
 
     method: str
+    rho_sem: float  # the share of video tokens the semantic branch keeps
+    rho_spa: float  # the spatial branch's grid, as a share of the token map
     drop_policy: str  # "off" for method "none"
     # What semantic scores are measured against: "a2v" (the predictor's ĥ_t), "mean_audio" (no
     # predictor configured: the paper's weaker fallback, or the mean_audio baseline), or "none".
@@ -226,6 +245,14 @@ class ModelInfo(BaseModel):
     random_weights: bool
 
 
+class SamplingInfo(BaseModel):
+    """How the stream's questions are answered unless a question says otherwise."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+
 class StreamInfo(BaseModel):
     id: str
     kind: StreamKind
@@ -236,6 +263,7 @@ class StreamInfo(BaseModel):
     chunk: ChunkTiming
     pruning: PruningInfo
     model: ModelInfo
+    sampling: SamplingInfo
     stats: StreamStatsBody
 
 
@@ -277,7 +305,16 @@ class AnswerLog(BaseModel):
 # -- websocket: client to server -------------------------------------------------------------
 
 
-class QuestionAsk(_Message):
+class _ClientEvent(_Message):
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="the client's id of this event; an error it causes echoes it",
+    )
+
+
+class QuestionAsk(_ClientEvent):
     type: Literal["question.ask"]
     id: str = Field(min_length=1, max_length=128)
     text: str  # its length is the session's to judge (`question_too_long`)
@@ -297,42 +334,85 @@ class QuestionAsk(_Message):
             raise PydanticCustomError("invalid_recall", "{message}", {"message": str(exc)}) from None
 
 
-class QuestionCancel(_Message):
+class QuestionCancel(_ClientEvent):
     type: Literal["question.cancel"]
     id: str = Field(min_length=1, max_length=128)
 
 
-class StatsSubscribe(_Message):
+class StatsSubscribe(_ClientEvent):
     type: Literal["stats.subscribe"]
     interval_s: float | None = Field(None, ge=0.05, le=3600)
 
 
-class StatsUnsubscribe(_Message):
+class StatsUnsubscribe(_ClientEvent):
     type: Literal["stats.unsubscribe"]
 
 
+class PruningUpdate(_Message):
+    """The pruning settings to change; those left out stay."""
+
+    method: PruningMethod | None = None
+    rho_sem: float | None = Field(None, ge=0.0, le=1.0)
+    rho_spa: float | None = Field(None, ge=0.0, le=1.0)
+    drop_policy: DropPolicy | None = None
+
+
+class SamplingUpdate(_Message):
+    """The stream's default sampling to change; those left out stay. `max_tokens` may not exceed
+    the service's `session.max_new_tokens`."""
+
+    max_tokens: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class StreamUpdate(_ClientEvent):
+    """Change how the stream's next chunks are pruned and its next questions sampled, while it
+    runs; answered by `stream.updated` (or an `error` echoing `event_id`)."""
+
+    type: Literal["stream.update"]
+    pruning: PruningUpdate | None = None
+    sampling: SamplingUpdate | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> StreamUpdate:
+        changes = [part for part in (self.pruning, self.sampling) if part is not None]
+        if not any(part.model_dump(exclude_none=True) for part in changes):
+            raise ValueError("a stream.update changes pruning or sampling: name at least one setting")
+        return self
+
+
 ClientMessage = Annotated[
-    QuestionAsk | QuestionCancel | StatsSubscribe | StatsUnsubscribe, Field(discriminator="type")
+    QuestionAsk | QuestionCancel | StatsSubscribe | StatsUnsubscribe | StreamUpdate,
+    Field(discriminator="type"),
 ]
 _client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("question.ask", "question.cancel", "stats.subscribe", "stats.unsubscribe")
+CLIENT_TYPES = ("question.ask", "question.cancel", "stats.subscribe", "stats.unsubscribe", "stream.update")
 
 
 class ServiceError(Exception):
     """Anything the service refuses: a REST error body with `status`, or a websocket `error` event."""
 
-    def __init__(self, code: ErrorCode, message: str, status: int = 400, id: str | None = None):
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: int = 400,
+        id: str | None = None,
+        event_id: str | None = None,
+    ):
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.status = status
         self.id = id
+        self.event_id = event_id  # the client event that caused it, echoed in the error event
 
     def body(self) -> dict[str, Any]:
         return ApiError(error=ApiErrorBody(code=self.code, message=self.message)).model_dump()
 
     def event(self) -> ErrorEvent:
-        return ErrorEvent(code=self.code, message=self.message, id=self.id)
+        return ErrorEvent(code=self.code, message=self.message, id=self.id, event_id=self.event_id)
 
 
 def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
@@ -350,15 +430,23 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
         raise ServiceError("invalid_message", "a message is a JSON object with a 'type'")
     kind = data.get("type")
     question_id = data.get("id") if isinstance(data.get("id"), str) else None
+    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     if kind not in CLIENT_TYPES:
-        raise ServiceError("unknown_type", f"unknown message type {kind!r}; known: {', '.join(CLIENT_TYPES)}")
+        raise ServiceError(
+            "unknown_type",
+            f"unknown message type {kind!r}; known: {', '.join(CLIENT_TYPES)}",
+            event_id=event_id,
+        )
     try:
         return _client_message.validate_python(data)
     except ValidationError as exc:
         errors = exc.errors()
         code = validation_code(errors)
         raise ServiceError(
-            "invalid_message" if code == "invalid_request" else code, describe_errors(errors), id=question_id
+            "invalid_message" if code == "invalid_request" else code,
+            describe_errors(errors),
+            id=question_id,
+            event_id=event_id,
         ) from None
 
 
@@ -406,11 +494,21 @@ class RecallSummary(BaseModel):
     latency_ms: float  # choosing and loading the chunks
 
 
+class Usage(BaseModel):
+    """The tokens an answer took: its prompt (the question's turn), the stream context it read,
+    and what it generated."""
+
+    prompt_tokens: int
+    context_tokens: int
+    generated_tokens: int
+
+
 class AnswerDone(BaseModel):
     type: Literal["answer.done"] = "answer.done"
     id: str
     text: str
     stats: AnswerDoneStats
+    usage: Usage
     recall: RecallSummary | None = None  # None: the stream has no memory
 
 
@@ -419,11 +517,36 @@ class StreamStatsEvent(BaseModel):
     stream: StreamInfo
 
 
+class StreamUpdated(BaseModel):
+    """A `stream.update` took effect: the next chunk is pruned, and the next question sampled,
+    as `stream` now says."""
+
+    type: Literal["stream.updated"] = "stream.updated"
+    event_id: str | None = None
+    stream: StreamInfo
+
+
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str
-    id: str | None = None
+    id: str | None = None  # the question it concerns
+    event_id: str | None = None  # the client event that caused it
 
 
-ServerMessage = AnswerDelta | AnswerDone | StreamStatsEvent | ErrorEvent
+ServerMessage = Annotated[
+    AnswerDelta | AnswerDone | StreamStatsEvent | StreamUpdated | ErrorEvent, Field(discriminator="type")
+]
+
+
+def protocol_schema() -> dict[str, Any]:
+    """The websocket protocol as JSON Schema (`GET /v1/protocol.json`): the events each side
+    sends, one `oneOf` per direction keyed by `type`, and the error codes."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "StreamGuard websocket protocol",
+        "version": PROTOCOL_VERSION,
+        "client_events": TypeAdapter(ClientMessage).json_schema(),
+        "server_events": TypeAdapter(ServerMessage).json_schema(),
+        "error_codes": list(get_args(ErrorCode)),
+    }

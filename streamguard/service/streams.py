@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from streamguard.backbones.base import Backbone
 from streamguard.cluster.store import Counters, Store, StreamRecord
 from streamguard.config import Settings
-from streamguard.engine.pipeline import ChunkReport, create_pipeline
+from streamguard.engine.pipeline import ChunkPipeline, ChunkReport, create_pipeline
 from streamguard.engine.scheduler import (
     Answer,
     AnswerResult,
@@ -50,12 +50,14 @@ from streamguard.service.protocol import (
     MemoryStatsBody,
     ModelInfo,
     PruningInfo,
+    SamplingInfo,
     ServiceError,
     ServiceStats,
     StreamInfo,
     StreamKind,
     StreamState,
     StreamStatsBody,
+    StreamUpdate,
 )
 
 if TYPE_CHECKING:
@@ -145,7 +147,7 @@ class Stream:
         scheduler: Scheduler,
         metrics: ServiceMetrics,
         chunk: ChunkTiming,
-        pruning: PruningInfo,
+        pipeline: ChunkPipeline,
         model: ModelInfo,
         service_latency: LatencyWindow,
         service_recall_latency: LatencyWindow,
@@ -174,7 +176,10 @@ class Stream:
         self._scheduler = scheduler
         self._metrics = metrics
         self.chunk = chunk
-        self.pruning = pruning
+        self.pruning = pruning_info(pipeline)
+        self.sampling = sampling_info(pipeline)
+        # `stream.update` may lower the default answer length, not raise it past the config's
+        self.max_tokens_limit = pipeline.session.settings.max_new_tokens
         self.model = model
         self._queue = QueueStats(0, 0)
         self.chunks_received = 0
@@ -337,6 +342,31 @@ class Stream:
         except TooManyQuestionsError as exc:
             raise ServiceError("too_many_questions", str(exc), id=question_id) from None
 
+    async def update(self, update: StreamUpdate) -> None:
+        """Apply a `stream.update`: the next chunk is pruned, and the next question sampled, with
+        the new settings (`Scheduler.reconfigure`: on the worker, between two chunks)."""
+        pruning = update.pruning.model_dump(exclude_none=True) if update.pruning else {}
+        sampling = update.sampling.model_dump(exclude_none=True) if update.sampling else {}
+        if "max_tokens" in sampling:
+            max_tokens = sampling.pop("max_tokens")
+            if max_tokens > self.max_tokens_limit:
+                raise ServiceError(
+                    "invalid_message",
+                    f"sampling.max_tokens: at most {self.max_tokens_limit} (session.max_new_tokens)",
+                    event_id=update.event_id,
+                )
+            sampling["max_new_tokens"] = max_tokens
+        if self.removed.is_set():
+            raise ServiceError("stream_ended", f"stream {self.id} was deleted", event_id=update.event_id)
+        try:
+            pipeline = await self._scheduler.reconfigure(self.id, pruning, sampling)
+        except UnknownStreamError:  # deleted while the update waited
+            raise ServiceError(
+                "stream_ended", f"stream {self.id} was deleted", event_id=update.event_id
+            ) from None
+        self.pruning, self.sampling = pruning_info(pipeline), sampling_info(pipeline)
+        event("stream.updated", stream=self.id, **pruning, **sampling)
+
     def record_answer(self, result: AnswerResult, recall: ChunkRecall | None = None) -> None:
         if self.removed.is_set():
             return
@@ -399,6 +429,7 @@ class Stream:
             chunk=self.chunk,
             pruning=self.pruning,
             model=self.model,
+            sampling=self.sampling,
             stats=StreamStatsBody(
                 chunks_received=self.chunks_received,
                 chunks_processed=self.chunks_processed,
@@ -497,11 +528,7 @@ class StreamRegistry:
             self.scheduler,
             self.metrics,
             ChunkTiming(seconds=self.settings.chunk.seconds, fps=self.settings.chunk.fps),
-            PruningInfo(
-                method=self.settings.pruning.method,
-                drop_policy=pipeline.pruner.drop_rule.policy,
-                semantic_reference=pipeline.pruner.reference_mode,
-            ),
+            pipeline,
             ModelInfo(path=self.settings.model.path, random_weights=self.backbone.random_weights),
             self._latency,
             self._recall_latency,
@@ -832,4 +859,24 @@ def _overlay(report: ChunkReport) -> ChunkOverlay:
         video_tokens_kept=report.video_tokens_kept,
         audio_tokens=report.audio_tokens,
         similarity=report.similarity,
+    )
+
+
+def pruning_info(pipeline: ChunkPipeline) -> PruningInfo:
+    """How a stream's pipeline prunes its chunks now."""
+    pruner = pipeline.pruner
+    return PruningInfo(
+        method=pruner.settings.method,
+        rho_sem=pruner.settings.rho_sem,
+        rho_spa=pruner.settings.rho_spa,
+        drop_policy=pruner.drop_rule.policy,
+        semantic_reference=pruner.reference_mode,
+    )
+
+
+def sampling_info(pipeline: ChunkPipeline) -> SamplingInfo:
+    """How a stream's questions are sampled unless they say otherwise."""
+    settings = pipeline.session.settings
+    return SamplingInfo(
+        max_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p
     )

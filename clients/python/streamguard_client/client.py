@@ -107,10 +107,26 @@ class StreamGuard:
             open_timeout_s=self.timeout_s,
         )
 
-    def ask(self, stream_id: str, text: str, *, max_tokens: int | None = None) -> Answer:
+    def ask(
+        self,
+        stream_id: str,
+        text: str,
+        *,
+        max_tokens: int | None = None,
+        recall: str | dict[str, float] | None = None,
+    ) -> Answer:
         """One question on a socket of its own: `async for delta in client.ask(id, "What?")`,
-        then the answer's `text` and `stats`."""
-        return self.connect(stream_id, reconnect=False).ask(text, max_tokens=max_tokens, own_socket=True)
+        then the answer's `text` and `stats` (see `StreamSocket.ask`)."""
+        socket = self.connect(stream_id, reconnect=False)
+        return socket.ask(text, max_tokens=max_tokens, recall=recall, own_socket=True)
+
+    async def update(
+        self, stream_id: str, *, pruning: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Change a running stream's pruning and default sampling (see `StreamSocket.update`);
+        returns the stream as it now is."""
+        async with self.connect(stream_id, reconnect=False) as socket:
+            return await socket.update(pruning=pruning, sampling=sampling)
 
     async def watch(self, stream_id: str, interval_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """The stream's state and stats every `interval_s`, over a socket that reconnects."""

@@ -1,8 +1,9 @@
 """One stream's websocket: questions in, answer deltas and live stats out, reconnected on drops.
 
+Every client event is sent with an `event_id`, which the service echoes in the error it causes.
 A single reader task receives every event and routes it: a question's deltas, its `answer.done`
-and its errors to that question's queue, `stream.stats` to every stats subscriber, a reply to
-the request that awaits it. When the connection drops (not a refusal, not a deleted stream),
+and its errors to that question's queue, `stream.stats` (and a refused subscription) to every
+stats subscriber, `stream.updated` or the error with its `event_id` to the update that awaits it. When the connection drops (not a refusal, not a deleted stream),
 the reader reconnects with backoff and subscribes to stats again; questions that were being
 answered end with `ConnectionLostError` (the service cancels an answer whose socket went away).
 A refusal (no or a wrong token, an unknown stream) or a deleted stream ends the socket for good:
@@ -42,8 +43,9 @@ STATS_BACKLOG = 16  # stats a slow subscriber may fall behind; older ones are dr
 class Answer:
     """One question's answer. Iterate it (once) for the text deltas as the model decodes them;
     afterwards `text` is the whole answer, `stats` the service's figures (`generated_tokens`,
-    `time_to_first_delta_ms`, `total_ms`, `finish_reason`, `context_tokens`) and `done` the
-    `answer.done` event itself. Leaving the iteration early cancels the question on the service.
+    `time_to_first_delta_ms`, `total_ms`, `finish_reason`, `context_tokens`), `usage` its
+    tokens (`prompt_tokens`, `context_tokens`, `generated_tokens`), `recall` what it recalled
+    from long memory (None without) and `done` the `answer.done` event itself. Leaving the iteration early cancels the question on the service.
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class Answer:
         self.id = question_id
         self.text = ""
         self.stats: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.recall: dict[str, Any] | None = None
         self.done: dict[str, Any] | None = None
         self._begin, self._end, self._cancel = begin, end, cancel
         self._started = False
@@ -78,6 +82,7 @@ class Answer:
                     yield event["text"]
                 elif event["type"] == "answer.done":
                     self.text, self.stats, self.done = event["text"], event["stats"], event
+                    self.usage, self.recall = event.get("usage"), event.get("recall")
                     return
         finally:
             await self._end(self.done is not None)
@@ -124,6 +129,8 @@ class StreamSocket:
         self._questions: dict[str, asyncio.Queue[Any]] = {}
         self._stats: set[asyncio.Queue[Any]] = set()
         self._stats_interval_s: float | None = None
+        self._subscriptions: set[str] = set()  # event ids of stats.subscribe messages
+        self._updates: dict[str, asyncio.Future[dict[str, Any]]] = {}  # by event id
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> StreamSocket:
@@ -154,11 +161,14 @@ class StreamSocket:
         text: str,
         *,
         max_tokens: int | None = None,
+        recall: str | dict[str, float] | None = None,
         question_id: str | None = None,
         own_socket: bool = False,
     ) -> Answer:
         """A question about what the stream has shown and said so far: iterate the `Answer` for
-        its deltas (the question is sent when the iteration starts). With `own_socket` the
+        its deltas (the question is sent when the iteration starts). `recall` ("auto", "recent"
+        or `{"from": T0, "to": T1}` in stream seconds) reaches into a stream's long memory, where
+        the service keeps one. With `own_socket` the
         socket lives as long as the answer: opened when it starts, closed when it ends."""
         question_id = question_id or f"q{next(self._ids)}"
 
@@ -169,7 +179,13 @@ class StreamSocket:
                 raise ValueError(f"question {question_id!r} is already running on this socket")
             events: asyncio.Queue[Any] = asyncio.Queue()
             self._questions[question_id] = events
-            ask = {"type": "question.ask", "id": question_id, "text": text, "max_tokens": max_tokens}
+            ask = {
+                "type": "question.ask",
+                "id": question_id,
+                "text": text,
+                "max_tokens": max_tokens,
+                "recall": recall,
+            }
             try:
                 await self.send(ask)
             except BaseException:
@@ -215,12 +231,34 @@ class StreamSocket:
 
     async def _subscribe(self) -> None:
         interval = self._stats_interval_s
-        await self.send({"type": "stats.subscribe", **({} if interval is None else {"interval_s": interval})})
+        event_id = await self.send({"type": "stats.subscribe", "interval_s": interval})
+        self._subscriptions.add(event_id)
+
+    # -- settings -------------------------------------------------------------------------------
+
+    async def update(
+        self, *, pruning: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Change how the stream prunes its next chunks (`method`, `rho_sem`, `rho_spa`,
+        `drop_policy`) and samples questions that set nothing themselves (`max_tokens`,
+        `temperature`, `top_p`). Returns the stream as it now is; the next chunk is pruned so."""
+        event_id = f"update-{next(self._ids)}"
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._updates[event_id] = reply
+        try:
+            await self.send(
+                {"type": "stream.update", "event_id": event_id, "pruning": pruning, "sampling": sampling}
+            )
+            return await reply
+        finally:
+            self._updates.pop(event_id, None)
 
     # -- the connection --------------------------------------------------------------------------
 
-    async def send(self, event: dict[str, Any]) -> None:
-        """Send one client event (None fields left out)."""
+    async def send(self, event: dict[str, Any]) -> str:
+        """Send one client event (None fields left out) with an `event_id` (one is made up if
+        it has none); returns the event id."""
+        event = {"event_id": f"event-{next(self._ids)}", **event}
         if self._failure is not None:
             raise self._failure
         if self._ws is None:
@@ -233,6 +271,7 @@ class StreamSocket:
             # error event): once it has judged the close, raise what it found.
             await dropped.wait()
             raise self._failure or ConnectionLostError(f"the socket dropped: {exc}") from None
+        return event["event_id"]
 
     async def _connect(self) -> ClientConnection:
         delays = itertools.chain([0.0], self._backoff.delays())
@@ -290,28 +329,40 @@ class StreamSocket:
             if questions is not None:
                 questions.put_nowait(event)
         elif kind == "stream.stats":
-            for backlog in self._stats:
-                if backlog.full():
-                    backlog.get_nowait()
-                backlog.put_nowait(event["stream"])
+            self._to_stats(event["stream"])
+        elif kind == "stream.updated":
+            reply = self._updates.get(event.get("event_id") or "")
+            if reply is not None and not reply.done():
+                reply.set_result(event["stream"])
         elif kind == "error":
             error = error_from(event)
             questions = self._questions.get(error.question_id or "")
+            reply = self._updates.get(error.event_id or "")
             if questions is not None:
                 questions.put_nowait(error)
-                return
-            self._last_error = error
+            elif reply is not None and not reply.done():
+                reply.set_exception(error)
+            elif error.event_id in self._subscriptions:
+                self._to_stats(error)
+            else:
+                self._last_error = error
             log.info("stream %s: %s", self.stream_id, error)
+
+    def _to_stats(self, item: dict[str, Any] | StreamGuardError) -> None:
+        for backlog in self._stats:
+            if backlog.full():
+                backlog.get_nowait()
+            backlog.put_nowait(item)
 
     def _fail_questions(self, error: StreamGuardError) -> None:
         for questions in self._questions.values():
             questions.put_nowait(error)
         self._questions.clear()
+        for reply in self._updates.values():
+            if not reply.done():
+                reply.set_exception(error)
 
     def _fail_everything(self, error: StreamGuardError) -> None:
         self._failure = self._failure or error
         self._fail_questions(error)
-        for backlog in self._stats:
-            if backlog.full():
-                backlog.get_nowait()
-            backlog.put_nowait(error)
+        self._to_stats(error)

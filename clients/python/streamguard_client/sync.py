@@ -81,9 +81,21 @@ class Client:
     def service_stats(self) -> dict[str, Any]:
         return self._call(self.aio.service_stats())
 
-    def ask(self, stream_id: str, text: str, *, max_tokens: int | None = None) -> SyncAnswer:
+    def ask(
+        self,
+        stream_id: str,
+        text: str,
+        *,
+        max_tokens: int | None = None,
+        recall: str | dict[str, float] | None = None,
+    ) -> SyncAnswer:
         """`for delta in client.ask(id, "What?")`, then the answer's `text` and `stats`."""
-        return SyncAnswer(self, self.aio.ask(stream_id, text, max_tokens=max_tokens))
+        return SyncAnswer(self, self.aio.ask(stream_id, text, max_tokens=max_tokens, recall=recall))
+
+    def update(
+        self, stream_id: str, *, pruning: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return self._call(self.aio.update(stream_id, pruning=pruning, sampling=sampling))
 
     def watch(self, stream_id: str, interval_s: float | None = None) -> Iterator[dict[str, Any]]:
         """The stream's state and stats every `interval_s`."""
@@ -91,7 +103,7 @@ class Client:
 
 
 class SyncAnswer:
-    """An `Answer`, blocking: iterate it for the deltas; then `text`, `stats`, `done`."""
+    """An `Answer`, blocking: iterate it for the deltas; then `text`, `stats`, `usage`, `done`."""
 
     def __init__(self, client: Client, answer: Answer):
         self._client, self._answer = client, answer
@@ -107,7 +119,7 @@ class SyncAnswer:
     def cancel(self) -> None:
         self._client._call(self._answer.cancel())
 
-    def __getattr__(self, name: str) -> Any:  # id, text, stats, done
+    def __getattr__(self, name: str) -> Any:  # id, text, stats, usage, done
         return getattr(self._answer, name)
 
 
