@@ -1,7 +1,8 @@
 """`random:` builds: the released architectures with random weights, checked against the published
 config.json numbers (sources in streamguard/backbones/released.py: the thinker configs saved from
 Qwen/Qwen2.5-Omni-7B and -3B, Megatron-Bridge's Qwen2.5-Omni provider docs, Qwen2.5-VL-7B's
-config), and one chunk pushed through the 7B thinker at real width with two layers per tower."""
+config, Qwen3-Omni-30B-A3B's printed config), and one chunk pushed through the 7B thinker and the
+Qwen3-Omni thinker at real width with a few layers per tower."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ QWEN_OMNI = {
         "kv_heads": 2,
         "params_b": 4.70,
     },
+}
+
+# Qwen3-Omni's media tokens in its released thinker_config.
+QWEN3_OMNI_IDS = {
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|video_pad|>": 151656,
+    "<|audio_start|>": 151669,
+    "<|audio_pad|>": 151675,
 }
 
 
@@ -132,17 +142,17 @@ def test_a_random_build_that_is_no_checkpoint_is_refused_by_the_other_backbone()
 
 
 @contextmanager
-def one_encoded_chunk(config: str, path: str):
-    """The random build loaded in bf16 on one thread, one 2 s chunk of 112×112 frames encoded; the
-    model is freed after (the 7B embeddings alone are 2.2 GB)."""
+def one_encoded_chunk(config: str, path: str, hidden: int = 3584, side: int = 112):
+    """The random build loaded in bf16 on one thread, one 2 s chunk of side×side frames encoded;
+    the model is freed after (the 7B embeddings alone are 2.2 GB)."""
     settings = load_settings(config, model={"path": path, "dtype": "bfloat16"})
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(4)]
+    frames = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(4)]
     audio = (rng.standard_normal(32000) * 0.1).astype(np.float32)
     with one_torch_thread():
         backbone = load_backbone(settings.model, settings.chunk)
         try:
-            assert backbone.random_weights and backbone.hidden_size == 3584
+            assert backbone.random_weights and backbone.hidden_size == hidden
             assert backbone.dtype == torch.bfloat16
             yield backbone, backbone.encode(backbone.preprocess(frames, audio))
         finally:
@@ -192,3 +202,63 @@ def test_one_chunk_through_video_salmonn_at_real_width_with_one_layer():
     with one_encoded_chunk("tiny-video-salmonn", path) as (_, encoded):
         assert encoded.video.shape == (2, 4, 4, 3584) and encoded.audio.shape == (4, 3584)
         assert bool(torch.isfinite(encoded.audio).all())
+
+
+def test_qwen3_omni_builds_the_released_architecture():
+    """Qwen3-Omni-30B-A3B's thinker: a 48-layer mixture-of-experts decoder (128 experts, 8 a token)
+    with interleaved mRoPE, the 27-block vision tower with deepstack, the 32-layer audio encoder."""
+    from transformers import AutoProcessor, Qwen3OmniMoeThinkerForConditionalGeneration
+
+    folder = resolve_random("random:qwen3-omni-30b-a3b")
+    thinker = instantiate(
+        Qwen3OmniMoeThinkerForConditionalGeneration, folder, dtype=torch.bfloat16, device=torch.device("meta")
+    )
+    embed = thinker.get_input_embeddings().weight
+    assert tuple(embed.shape) == (152064, 2048) and thinker.lm_head.weight is not embed
+    text = thinker.model.language_model
+    assert len(text.layers) == 48 and text.config.max_position_embeddings == 65536
+    attention = text.layers[0].self_attn
+    assert tuple(attention.q_proj.weight.shape) == (32 * 128, 2048)  # heads of 128: wider than 2048/32
+    assert tuple(attention.k_proj.weight.shape) == (4 * 128, 2048)
+    experts = text.layers[0].mlp.experts
+    assert experts.num_experts == 128 and text.config.num_experts_per_tok == 8
+    assert tuple(experts.down_proj.shape) == (128, 2048, 768)
+    assert text.rotary_emb.mrope_section == [24, 20, 20]
+    assert text.rotary_emb.config.rope_parameters["interleaved"] is True
+    vision = thinker.model.visual
+    assert len(vision.blocks) == 27 and vision.deepstack_visual_indexes == [8, 16, 24]
+    assert vision.patch_size == 16 and vision.spatial_merge_size == 2
+    assert tuple(vision.merger.mlp[2].weight.shape) == (2048, 4608)
+    audio = thinker.model.audio_tower
+    assert len(audio.layers) == 32 and audio.n_window == 50 and audio.n_window_infer == 800
+    # 31.72 B: decoder 30.22 B with its LM head 0.31 B (keras-hub's 30532122624 for the two, to
+    # within the norms), audio 0.65 B, vision 0.54 B
+    assert sum(p.numel() for p in thinker.parameters()) / 1e9 == pytest.approx(31.72, abs=0.01)
+    config = thinker.config
+    assert config.position_id_per_seconds == 13 and config.vision_start_token_id == 151652
+    assert (config.video_token_id, config.audio_token_id, config.audio_start_token_id) == (
+        151656,
+        151675,
+        151669,
+    )
+
+    processor = AutoProcessor.from_pretrained(folder)
+    for token, token_id in QWEN3_OMNI_IDS.items():
+        assert processor.tokenizer.convert_tokens_to_ids(token) == token_id
+    size = processor.video_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (128 * 32 * 32, 768 * 32 * 32)
+
+
+def test_one_chunk_through_the_qwen3_omni_thinker_at_real_width_with_deepstack():
+    """One MoE decoder layer, nine vision blocks (so block 8 feeds deepstack), one audio layer."""
+    path = "random:qwen3-omni-30b-a3b?layers=1,9,1"
+    with one_encoded_chunk("tiny-qwen3-omni", path, hidden=2048, side=128) as (backbone, encoded):
+        assert encoded.video.shape == (2, 4, 4, 2048)  # 128 px / 16 / 2 = 4, 4 frames / 2 = 2
+        assert encoded.deepstack.shape == (1, 2, 4, 4, 2048)
+        assert encoded.audio.shape == (26, 2048)  # 2 s: 13 tokens a second
+        session = StreamSession(backbone, SessionSettings(), "You are a helpful assistant.")
+        session.append_chunk(encoded, keep=torch.arange(0, encoded.num_video_tokens, 2))
+        logits = session.question_logits("What happens?")
+        assert logits.shape[-1] == 152064 and bool(torch.isfinite(logits).all())
+        # 1 layer × 2 (keys, values) × 4 KV heads × 128 × 2 bytes a token
+        assert session.cache_bytes == session.cache_tokens * 1 * 2 * 4 * 128 * 2

@@ -9,7 +9,8 @@ place (`instantiate`). The answers are noise; what it measures is what the real 
 A layer override, `random:qwen2.5-omni-7b?layers=2,2,2` (text, vision, audio), keeps every width
 and cuts the depth, so a CPU can push one chunk through at real width. A cut vision tower keeps
 the released full-attention blocks that still exist and makes its last block full attention, as
-the released tower's last block (31) is.
+the released tower's last block (31) is; a cut Qwen3-Omni tower keeps the deepstack blocks that
+still exist (`?layers=1,9,1` keeps block 8, so one decoder layer takes deepstack features).
 
 Builders are registered in `RANDOM_BUILDS` by name, each with the `model.backbone` it loads as;
 another backbone adds its released sizes by adding an entry (a `RandomBuild` whose `write` puts a
@@ -44,6 +45,12 @@ from streamguard.backbones.tiny import (
     build_tiny_processor,
     build_tiny_tokenizer,
     default_cache_dir,
+)
+from streamguard.backbones.tiny_qwen3 import (
+    QWEN3_CHAT_TEMPLATE,
+    QWEN3_NAMED_TOKENS,
+    QWEN3_OTHER_TOKENS,
+    build_tiny_qwen3_processor,
 )
 
 RANDOM_PREFIX = "random:"
@@ -101,10 +108,19 @@ def with_layers(config: dict[str, Any], layers: Layers | None) -> dict[str, Any]
     if layers is None:
         return config
     text_layers, vision_layers, audio_layers = layers
-    config["text_config"].update(num_hidden_layers=text_layers, max_window_layers=text_layers)
+    text = config["text_config"]
+    text["num_hidden_layers"] = text_layers
+    if "max_window_layers" in text:
+        text["max_window_layers"] = text_layers
     vision = config["vision_config"]
-    kept = [i for i in vision["fullatt_block_indexes"] if i < vision_layers - 1]
-    vision.update(depth=vision_layers, fullatt_block_indexes=[*kept, vision_layers - 1])
+    vision["depth"] = vision_layers
+    if "fullatt_block_indexes" in vision:
+        kept = [i for i in vision["fullatt_block_indexes"] if i < vision_layers - 1]
+        vision["fullatt_block_indexes"] = [*kept, vision_layers - 1]
+    if "deepstack_visual_indexes" in vision:  # Qwen3-Omni: the blocks that still exist feed it
+        vision["deepstack_visual_indexes"] = [
+            i for i in vision["deepstack_visual_indexes"] if i < vision_layers
+        ]
     config["audio_config"]["encoder_layers"] = audio_layers
     return config
 
@@ -187,9 +203,22 @@ def _write_video_salmonn(folder: Path, config: dict[str, Any]) -> None:
     Qwen2VLImageProcessor(size=size).save_pretrained(folder)
 
 
+def _write_qwen3_omni(folder: Path, config: dict[str, Any]) -> None:
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    tokenizer = build_tiny_tokenizer(
+        QWEN3_NAMED_TOKENS, QWEN3_OTHER_TOKENS, QWEN3_CHAT_TEMPLATE, token_ids=released.QWEN3_OMNI_TOKEN_IDS
+    )
+    min_pixels, max_pixels = released.QWEN3_OMNI_PIXELS
+    processor = build_tiny_qwen3_processor(min_pixels, max_pixels, tokenizer=tokenizer)
+    Qwen3OmniMoeThinkerConfig(**copy.deepcopy(config)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 RANDOM_BUILDS: dict[str, RandomBuild] = {
     "qwen2.5-omni-7b": RandomBuild("qwen2.5-omni", released.QWEN25_OMNI_7B_THINKER, _write_qwen_omni),
     "qwen2.5-omni-3b": RandomBuild("qwen2.5-omni", released.QWEN25_OMNI_3B_THINKER, _write_qwen_omni),
+    "qwen3-omni-30b-a3b": RandomBuild("qwen3-omni", released.QWEN3_OMNI_30B_A3B_THINKER, _write_qwen3_omni),
     "video-salmonn2plus-7b": RandomBuild(
         "video-salmonn2+", released.VIDEO_SALMONN2PLUS_7B, _write_video_salmonn
     ),

@@ -27,6 +27,17 @@ numbers are cross-checked across published copies of their config.json):
   text sizes above, tokens_per_second 2) plus the audio branch's published defaults
   (`salmonn_audio.PUBLISHED_WHISPER_DEFAULTS`, `PUBLISHED_QFORMER_DEFAULTS`: Whisper-large-v3,
   a 2-layer Q-Former 3072 wide).
+- Qwen/Qwen3-Omni-30B-A3B-Instruct `thinker_config`: the whole config of the loaded checkpoint as
+  transformers 5.7 prints it (`Qwen3OmniMoeConfig`, in a public model-information report of
+  /models/Qwen3-Omni-30B-A3B-Instruct: text 48 layers of 128 experts (8 a token, 768 wide), 2048
+  wide, 32 query / 4 key-value heads of 128, 65536 positions, interleaved mRoPE [24, 20, 20] at
+  1e6, vocabulary 152064, untied; vision 27 blocks 1152 wide, deepstack [8, 16, 24], 16 px
+  patches, output 2048; audio 32 layers of 1280, n_window 50, n_window_infer 800; token ids;
+  position_id_per_seconds 13); cross-checked with keras-hub's qwen3_omni_presets.py ("48 layers
+  with 32 query and 4 key/value attention heads, utilizing 128 experts (8 active per token)",
+  30532122624 parameters: the decoder and its LM head here) and the thinker_config excerpts in
+  public test suites (vision_start 151652, vision_end 151653, audio 151675, position ids 13).
+  The processor's pixel bounds are `Qwen3OmniMoeProcessor`'s own (128 to 768 tokens of 32 px).
 """
 
 from __future__ import annotations
@@ -149,3 +160,82 @@ VIDEO_SALMONN2PLUS_7B = {
 # The processors' published per-frame pixel bounds (preprocessor_config.json).
 QWEN25_OMNI_PIXELS = (3136, 12845056)  # min_pixels, max_pixels
 VIDEO_SALMONN_PIXELS = (3136, 61250)  # video_min_frame_pixels, video_max_frame_pixels
+
+# Qwen3-Omni's tokenizer: the media tokens get ids of their own (audio 151669…151675; the vision
+# ids are Qwen2.5's), from the thinker_config above.
+QWEN3_OMNI_TOKEN_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+    "<|audio_start|>": 151669,
+    "<|audio_end|>": 151670,
+    "<|audio_pad|>": 151675,
+}
+
+QWEN3_OMNI_30B_A3B_THINKER = {
+    "text_config": {
+        "vocab_size": 152064,
+        "hidden_size": 2048,
+        "intermediate_size": 768,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "max_position_embeddings": 65536,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": [24, 20, 20],
+            "interleaved": True,
+        },
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+    },
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "hidden_act": "gelu_pytorch_tanh",
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [8, 16, 24],
+        "out_hidden_size": 2048,
+    },
+    "audio_config": {  # its own AuT encoder, sized as Whisper-large-v3's
+        **WHISPER_LARGE_V3_ENCODER,
+        "n_window": 50,
+        "n_window_infer": 800,
+        "conv_chunksize": 500,
+        "downsample_hidden_size": 480,
+        "output_dim": 2048,
+    },
+    "audio_token_id": QWEN3_OMNI_TOKEN_IDS["<|audio_pad|>"],
+    "image_token_id": QWEN3_OMNI_TOKEN_IDS["<|image_pad|>"],
+    "video_token_id": QWEN3_OMNI_TOKEN_IDS["<|video_pad|>"],
+    "audio_start_token_id": QWEN3_OMNI_TOKEN_IDS["<|audio_start|>"],
+    "audio_end_token_id": QWEN3_OMNI_TOKEN_IDS["<|audio_end|>"],
+    "vision_start_token_id": QWEN3_OMNI_TOKEN_IDS["<|vision_start|>"],
+    "vision_end_token_id": QWEN3_OMNI_TOKEN_IDS["<|vision_end|>"],
+    "user_token_id": 872,  # "user"
+    "position_id_per_seconds": 13,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.02,
+}
+QWEN3_OMNI_PIXELS = (128 * 32 * 32, 768 * 32 * 32)  # Qwen3OmniMoeProcessor's video bounds

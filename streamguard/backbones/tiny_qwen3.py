@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,7 +55,10 @@ QWEN3_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_qwen3_processor(min_pixels: int = 4 * 32 * 32, max_pixels: int = 32 * 32 * 32):
+def build_tiny_qwen3_processor(
+    min_pixels: int = 4 * 32 * 32, max_pixels: int = 32 * 32 * 32, tokenizer: Any = None
+):
+    """Qwen3-Omni's processor from its real components; the tiny tokenizer unless given one."""
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
@@ -68,7 +72,8 @@ def build_tiny_qwen3_processor(min_pixels: int = 4 * 32 * 32, max_pixels: int = 
         image_processor=Qwen2VLImageProcessor(**vision),
         video_processor=Qwen2VLVideoProcessor(**vision),
         feature_extractor=WhisperFeatureExtractor(feature_size=128),
-        tokenizer=build_tiny_tokenizer(QWEN3_NAMED_TOKENS, QWEN3_OTHER_TOKENS, QWEN3_CHAT_TEMPLATE),
+        tokenizer=tokenizer
+        or build_tiny_tokenizer(QWEN3_NAMED_TOKENS, QWEN3_OTHER_TOKENS, QWEN3_CHAT_TEMPLATE),
         chat_template=QWEN3_CHAT_TEMPLATE,
     )
 
