@@ -10,7 +10,7 @@ The options make the kinds of camera met in the field:
   --video h264|h265|mjpeg|none   --size 320x240   --fps 15   --drop 0.95 (VFR: drops raw frames)
   --audio aac|pcmu|pcma|none     --channels 1|2   --volume 0.5
   --auth user:password           basic authentication
-  --audio-jump S                 the audio's RTP timestamps leap S seconds ahead and back, in turn,
+  --audio-jump S                 the audio's RTP timestamps leap S seconds back and forth again,
                                  every second (what a camera whose clock re-syncs sends)
   --frames N                     a camera that drops its clients at once: each client gets a media
                                  of its own that ends after N video frames (and as many audio
@@ -129,15 +129,16 @@ def _sweep_tone(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.R
 def _jump_audio_clock(
     _factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia, args: argparse.Namespace
 ) -> None:
-    """Stamp the audio `--audio-jump` seconds ahead for one second in every two, so its RTP
-    timestamps leap forward and back again."""
+    """Stamp the audio `--audio-jump` seconds early for one second in every two, so its RTP
+    timestamps leap back and forth again, as a camera whose clock RTCP keeps re-syncing sends
+    them. (Early, not late: the server would hold buffers stamped late until their time.)"""
     pay = media.get_element().get_by_name("pay1" if args.video != "none" else "pay0")
     leap = round(args.audio_jump * Gst.SECOND)
 
     def shift(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
         buffer = info.get_buffer()
-        if buffer.pts != Gst.CLOCK_TIME_NONE and (buffer.pts // Gst.SECOND) % 2:
-            buffer.pts += leap
+        if buffer.pts != Gst.CLOCK_TIME_NONE and buffer.pts >= leap and (buffer.pts // Gst.SECOND) % 2:
+            buffer.pts -= leap
         return Gst.PadProbeReturn.OK
 
     pay.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, shift)

@@ -7,6 +7,7 @@ timestamp, so a test can tell which frame was picked and where each sample lande
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from fractions import Fraction
 
@@ -17,6 +18,7 @@ from transformers.audio_utils import load_audio
 
 from streamguard.config import ChunkSettings
 from streamguard.ingest.chunker import AVChunk, Chunker
+from streamguard.ingest.repeated import RepeatedWarnings
 
 SETTINGS = ChunkSettings()
 RATE = SETTINGS.sample_rate
@@ -413,6 +415,38 @@ def test_a_picture_is_held_for_at_most_max_gap() -> None:
     chunks, _ = run(video(frame_times(1.0, 30.0)) + numpy_audio(0.0, 16.0))
     assert [c.video_missing for c in chunks] == [False] * 6 + [True] * 2
     assert [stamp(f) for f in chunks[5].frames] == [0.967] * 4  # 11.0 and 11.5 repeat the pick
+
+
+def test_a_clock_flipping_back_and_forth_is_logged_once_per_interval(caplog) -> None:
+    # An audio clock that runs 3 s ahead for one second in every two (RTCP re-syncs).
+    events = video(frame_times(20.0, 30.0))
+    for second in range(20):
+        shift = 3.0 if second % 2 else 0.0
+        events += [
+            (t, lambda c, t=t, shift=shift: c.push_audio(np.zeros(160, np.float32), t + shift))
+            for t in np.arange(second, second + 1, 0.01)
+        ]
+    with caplog.at_level(logging.WARNING, logger="streamguard.ingest.chunker"):
+        chunks, _ = run(events)
+    assert len(chunks) >= 9
+    assert len([r for r in caplog.records if "audio timestamp jumped" in r.getMessage()]) == 1
+
+
+def test_repeated_warnings_go_through_once_per_interval_and_count_the_rest(caplog) -> None:
+    now = [0.0]
+    warnings = RepeatedWarnings(logging.getLogger("test.repeated"), interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.repeated"):
+        for second in range(25):
+            now[0] = float(second)
+            warnings.warning("jump", "jumped by %d", second)
+            warnings.warning("other", "behind")
+    jumps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("jumped")]
+    assert jumps == [
+        "jumped by 0",
+        "jumped by 10 (9 more in the last 10 s)",
+        "jumped by 20 (9 more in the last 10 s)",
+    ]
+    assert len(caplog.records) == 6  # each kind on its own
 
 
 def test_a_long_forward_jump_rebases_instead_of_emitting_an_hour_of_gaps() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -162,6 +163,18 @@ async def test_a_variable_rate_camera_holds_its_pictures_between_sparse_frames()
     assert first_seen <= 2
     assert all(len(chunk.frames) == SETTINGS.frames_per_chunk for chunk in chunks[first_seen:])
     assert all(chunk.audio_coverage == 1.0 for chunk in chunks)
+
+
+async def test_a_camera_whose_audio_clock_flips_back_and_forth_is_logged_once(caplog):
+    # its audio timestamps leap 3 s ahead and back every second: a re-base each time back
+    with (
+        rtsp_camera(audio_jump=3.0) as camera,
+        caplog.at_level(logging.WARNING, logger="streamguard.ingest.chunker"),
+    ):
+        chunks = await take_chunks(RtspSource(camera.url, SETTINGS), 4)
+    jumps = [record for record in caplog.records if "timestamp jumped" in record.getMessage()]
+    assert [chunk.index for chunk in chunks] == [0, 1, 2, 3]
+    assert len(jumps) == 1, [record.getMessage() for record in jumps]
 
 
 async def test_a_camera_with_basic_auth_refuses_a_url_without_its_password():

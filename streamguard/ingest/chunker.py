@@ -31,7 +31,9 @@ Discontinuities (never a crash, never a chunk out of order)
   A track whose timestamp leaps forward by more than `max_gap` (default 5 chunks), or goes back
   by more than `tolerance` (a wrap, a restarted camera), is re-based: it continues at the
   furthest point either track has reached, so a long jump costs no empty chunks and a short one
-  (a real outage) yields at most `max_gap` of silence and the last picture. A video frame at most
+  (a real outage) yields at most `max_gap` of silence and the last picture. Each re-base is
+  logged, at most once per 10 s and track (a clock that flips back and forth would flood the
+  log otherwise). A video frame at most
   `tolerance` older than the last one is dropped as late.
 
 Emission
@@ -59,6 +61,7 @@ import av
 import numpy as np
 
 from streamguard.config import ChunkSettings
+from streamguard.ingest.repeated import RepeatedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class Chunker:
         self._audio = _AudioTimeline(settings.sample_rate)
         self._next_index = 0
         self._expected = {"video": True, "audio": True}
+        self._warnings = RepeatedWarnings(log)  # a camera's clock can flip back and forth for good
 
     def expect_tracks(self, *, video: bool, audio: bool) -> None:
         """The tracks the source has: a chunk never waits for one it lacks."""
@@ -193,8 +197,12 @@ class Chunker:
             return at
         target = max((end for end in (clock.end, other.end) if end is not None), default=0.0)
         clock.shift += target - at
-        log.warning(
-            "%s timestamp jumped by %+.3f s; track re-based to continue at %.3f s", clock.name, jump, target
+        self._warnings.warning(
+            f"{clock.name} jump",
+            "%s timestamp jumped by %+.3f s; track re-based to continue at %.3f s",
+            clock.name,
+            jump,
+            target,
         )
         return target
 

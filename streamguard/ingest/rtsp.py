@@ -47,6 +47,7 @@ from av.container import InputContainer
 from streamguard.config import ChunkSettings
 from streamguard.ingest import MediaError
 from streamguard.ingest.chunker import AVChunk, Chunker
+from streamguard.ingest.repeated import RepeatedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class RtspSource:
         self.reconnects = 0  # times the camera came back after a drop
         self.chunks_dropped = 0  # cut but dropped unread: the consumer fell `max_pending_chunks` behind
         self.state: SourceState | None = None
+        self.warnings = RepeatedWarnings(log)
         self._checked: tuple[InputContainer, float] | None = None  # `check`'s connection, opened when
 
     async def check(self) -> None:
@@ -282,7 +284,9 @@ class _Connection(threading.Thread):
                 self._pending.popleft()
             self.source.chunks_dropped += dropped
         if dropped:
-            log.warning("rtsp.consumer_behind url=%s dropped_chunks=%d", self.source.name, dropped)
+            self.source.warnings.warning(
+                "consumer behind", "rtsp.consumer_behind url=%s dropped_chunks=%d", self.source.name, dropped
+            )
         self.notify()
 
     def run(self) -> None:

@@ -49,6 +49,7 @@ from aiortc.sdp import MediaDescription, SessionDescription
 
 from streamguard.config import ChunkSettings
 from streamguard.ingest.chunker import AVChunk, Chunker
+from streamguard.ingest.repeated import RepeatedWarnings
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ class WebRtcSource:
     ):
         self.settings = settings
         self.stats = WebRtcStats()
+        self._warnings = RepeatedWarnings(log)
         self._clock = clock
         self._chunker = Chunker(settings)
         self._pending: deque[AVChunk] = deque()
@@ -300,7 +302,9 @@ class WebRtcSource:
             if len(self._pending) >= self._max_pending:
                 dropped = self._pending.popleft()
                 self.stats.chunks_dropped += 1
-                log.warning("webrtc consumer behind: dropped chunk %d", dropped.index)
+                self._warnings.warning(
+                    "consumer behind", "webrtc consumer behind: dropped chunk %d", dropped.index
+                )
             self._pending.append(chunk)
         if chunks:
             self._wakeup.set()
