@@ -13,7 +13,8 @@ chunk right before the question: the score compares content, not age. Per chunk 
 layers × KV heads × head dim floats (6 KiB at 7B), so the index of an hour stays in memory.
 
 The queries come from a forward of the question over the device window (prefix and recent
-chunks), captured at each scoring layer's query projection; the cache is cut back after it.
+chunks), captured where each scoring layer's queries are final but not yet rotated: the query
+projection, or its per-head norm where the model has one (Qwen3); the cache is cut back after it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def decoder_layers(backbone: Backbone) -> Any:
 def default_score_layers(num_layers: int) -> list[int]:
     """Three layers spread over the depth (deeper layers carry more meaning, the last most)."""
     return sorted({num_layers // 3, (2 * num_layers) // 3, num_layers - 1})
+
+
+def _query_module(attention: Any) -> Any:
+    """The module whose output is a layer's queries before rotary: (1, n, heads·dim) or
+    (1, n, heads, dim)."""
+    return getattr(attention, "q_norm", None) or attention.q_proj
 
 
 class QueryScorer:
@@ -81,8 +88,8 @@ class QueryScorer:
     def _capture(self, captured: dict[int, torch.Tensor]) -> Iterator[None]:
         modules = decoder_layers(self.backbone)
         handles = [
-            modules[i].self_attn.q_proj.register_forward_hook(
-                lambda _m, _in, out, i=i: captured.__setitem__(i, out.detach())
+            _query_module(modules[i].self_attn).register_forward_hook(
+                lambda _m, _in, out, i=i: captured.__setitem__(i, out.detach().flatten(2))
             )
             for i in self.layers
         ]
