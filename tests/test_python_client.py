@@ -45,7 +45,8 @@ from streamguard.service import create_app
 from streamguard.service.protocol import ErrorCode
 
 QUESTION = "What is happening?"
-CLIENT_PACKAGE = Path(__file__).resolve().parents[1] / "clients" / "python"
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT_PACKAGE = ROOT / "clients" / "python"
 INSTALL_TIMEOUT_S = 600
 
 
@@ -330,3 +331,29 @@ def test_the_client_package_installs_without_torch_and_drives_a_real_serve(tmp_p
     assert report["stats"]["chunks_processed"] >= 1 and report["stats"]["questions_answered"] == 1
     assert report["stream_id"] in report["listed"] and report["deleted"] == report["stream_id"]
     assert report["after_delete"] == "unknown_stream"
+
+
+@pytest.mark.rtsp
+def test_the_readme_example_runs_as_written_against_a_live_service(service):
+    examples = [
+        re.search(r"```python\n(.*?)```", text[text.index(heading) :], re.S)[1]
+        for text, heading in (
+            ((ROOT / "README.md").read_text(), "## Python client"),
+            ((CLIENT_PACKAGE / "README.md").read_text(), "## Example"),
+        )
+    ]
+    assert examples[0] == examples[1]  # one example, in both READMEs
+    with rtsp_camera() as camera:
+        script = examples[0]
+        for placeholder, real in (
+            ("http://127.0.0.1:8000", service.url),
+            ("streamguard-dev-token", TOKEN),
+            ("rtsp://camera.local/stream1", camera.url),
+        ):
+            assert placeholder in script
+            script = script.replace(placeholder, real)
+        ran = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "'finish_reason'" in ran.stdout and "'prompt_tokens'" in ran.stdout

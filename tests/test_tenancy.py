@@ -101,6 +101,7 @@ def test_a_token_quota_counts_its_running_streams_not_ended_ones(service, clip):
                 service.http.delete(f"/v1/streams/{stream_id}", headers=bearer(BOB))
 
 
+@pytest.mark.redis
 def test_the_owner_holds_across_workers_sharing_redis(checkpoint, clip, tmp_path):
     with redis_server(tmp_path) as redis_process:
         settings = tiny_settings(checkpoint, tokens=TOKENS, allow_file_sources=True)
