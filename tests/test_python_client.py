@@ -31,7 +31,15 @@ from service_helpers import (
     tiny_settings,
     wait_until,
 )
-from streamguard_client import ERRORS, Backoff, Client, ConnectionLostError, ServiceError, StreamGuard
+from streamguard_client import (
+    ERRORS,
+    Backoff,
+    Client,
+    ConnectionLostError,
+    ServiceError,
+    StreamGuard,
+    UnreachableError,
+)
 from streamguard_client.errors import (
     EmptyQuestionError,
     InvalidMessageError,
@@ -172,6 +180,17 @@ async def test_a_dropped_socket_reconnects_and_resubscribes(service, moving):
             await client.delete(stream_id)
 
 
+async def test_a_service_that_cannot_be_reached_is_retried_then_unreachable(service):
+    with tcp_proxy(urlsplit(service.url).port) as proxy:
+        url = proxy.url
+    # the relay is gone: nothing listens on its port any more
+    async with StreamGuard(url, TOKEN, backoff=Backoff(initial_s=0.01, attempts=2)) as client:
+        with pytest.raises(UnreachableError, match="cannot reach"):
+            await client.streams()
+        with pytest.raises(UnreachableError, match="cannot reach"):
+            await client.ask("any", QUESTION).result()
+
+
 def test_the_sync_client_is_the_same_client_blocking(service, moving):
     with Client(service.url, TOKEN) as client:
         stream_id = client.open_file(moving, realtime=False)["id"]
@@ -259,6 +278,21 @@ def test_publish_sends_a_looped_file_over_webrtc_and_publishes_again_when_its_st
         assert publisher.process.wait(TIMEOUT_S) == 0
     ended = wait_until(lambda: (s := service.stream(second))["state"] == "ended" and s, "the stream to end")
     service.http.delete(f"/v1/streams/{ended['id']}")
+
+
+def test_publish_publishes_again_when_the_connection_to_the_service_drops(service, clip):
+    looped = clip("loop.mp4", 3, motion="moving")
+    with tcp_proxy(urlsplit(service.url).port) as proxy:
+        args = [str(looped), "--loop", "--url", proxy.url, "--interval", "0.5"]
+        with publishing(args, {"STREAMGUARD_TOKEN": TOKEN}) as publisher:
+            first = publisher.line(r"^stream (\S+) webrtc")[1]
+            publisher.line(rf"^{first} ")  # its stats flow over the relayed websocket
+            proxy.cut()  # the network drops: the websocket dies without a close frame
+            publisher.line(r"publishing again in")
+            second = publisher.line(r"^stream (\S+) webrtc")[1]
+            wait_until(lambda: service.stream(second)["stats"]["chunks_processed"] >= 1, "the new stream")
+    for stream_id in (first, second):
+        service.http.delete(f"/v1/streams/{stream_id}")
 
 
 def test_publish_ends_with_a_file_that_is_not_looped(service, clip):
