@@ -318,6 +318,48 @@ async def test_a_killed_camera_is_reconnected_and_the_timeline_runs_on(own_camer
     )
 
 
+async def test_after_a_long_outage_the_camera_is_live_with_its_first_chunk_and_the_timeline_keeps_to_the_clock(
+    own_camera: RtspCamera,
+):
+    # An outage longer than the chunker's max_gap (10 s): the new media is placed right after
+    # the old instead of after an hour of gaps, and the source must say `live` with the first
+    # chunk that holds it, not once the timeline has caught up with the outage.
+    live_at: list[float] = []
+    source = RtspSource(
+        own_camera.url,
+        SETTINGS,
+        on_state=lambda state, _: live_at.append(time.monotonic()) if state == "live" else None,
+        **FAST_RETRY,
+    )
+    outage_s = 12.0
+    began, restarted, first_new = time.monotonic(), None, None
+    chunks = []
+    async with asyncio.timeout(3 * TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 2:
+                await asyncio.to_thread(own_camera.kill)
+                await asyncio.sleep(outage_s)
+                await asyncio.to_thread(own_camera.start)
+                restarted = time.monotonic()
+            elif restarted is not None and first_new is None and not chunk.video_missing:
+                first_new = time.monotonic()
+            if source.reconnects or (
+                first_new is not None and time.monotonic() - first_new > 3 * SETTINGS.seconds
+            ):
+                break
+    assert restarted is not None and first_new is not None
+    assert source.reconnects == 1 and len(live_at) == 2
+    print(
+        f"\noutage {outage_s:g} s: restart → first new chunk {first_new - restarted:.2f} s, "
+        f"→ live {live_at[1] - restarted:.2f} s; timeline {chunks[-1].start + SETTINGS.seconds:.1f} s "
+        f"after {time.monotonic() - began:.1f} s"
+    )
+    assert live_at[1] - first_new < SETTINGS.seconds  # live with (about) the first chunk of new media
+    # never ahead of the time the stream has run (the outage may be skipped: behind is fine)
+    assert chunks[-1].start + SETTINGS.seconds <= time.monotonic() - began + SETTINGS.seconds
+
+
 async def test_a_camera_that_stops_sending_fails_the_read_and_is_reconnected(own_camera: RtspCamera):
     events: list[tuple[str, str | None, float]] = []
 

@@ -123,8 +123,9 @@ class Chunker:
 
     # -- input -------------------------------------------------------------------------------
 
-    def push_video(self, frame: av.VideoFrame | np.ndarray, t: float | None = None) -> None:
-        """Add a video frame shown from `t` seconds (default: its pts × time_base) on.
+    def push_video(self, frame: av.VideoFrame | np.ndarray, t: float | None = None) -> float | None:
+        """Add a video frame shown from `t` seconds (default: its pts × time_base) on; returns the
+        stream time it went to (after any re-base), None when it was dropped as late.
 
         A numpy frame is RGB uint8 (H, W, 3); it is kept by reference until picked, so do not
         reuse its buffer.
@@ -141,7 +142,7 @@ class Chunker:
         clock = self._video_clock
         at = self._stream_time(clock, self._audio_clock, raw)
         if clock.anchor is not None and at <= clock.anchor:
-            return  # late or repeated: a newer frame is already on screen
+            return None  # late or repeated: a newer frame is already on screen
         # A frame is on screen until the next one; until that arrives, assume it lasts as long as
         # the gap before it, but no longer than one sampling period: after an outage the gap would
         # claim the whole outage again as media yet to come.
@@ -149,6 +150,7 @@ class Chunker:
         clock.end = at + min(shown, 1 / self.settings.fps)
         clock.anchor = at
         self._video.add(frame, at)
+        return at
 
     def drop_picture(self) -> None:
         """The source lost its media (a connection dropped): the last picture is off the screen,
@@ -157,14 +159,15 @@ class Chunker:
 
     def push_audio(
         self, frame: av.AudioFrame | np.ndarray, t: float | None = None, sample_rate: int | None = None
-    ) -> None:
+    ) -> float | None:
         """Add audio starting at `t` seconds (default: its pts × time_base; without either, it
-        follows the previous audio). Numpy audio is (samples,) mono or (channels, samples), float
-        in [-1, 1] or int16, at `sample_rate` (default: the chunk rate)."""
+        follows the previous audio); returns the stream time it went to (None: no samples).
+        Numpy audio is (samples,) mono or (channels, samples), float in [-1, 1] or int16, at
+        `sample_rate` (default: the chunk rate)."""
         if isinstance(frame, np.ndarray):
             frame = audio_frame(frame, sample_rate or self.settings.sample_rate)
         if frame.samples == 0:
-            return
+            return None
         raw = _source_time(frame, t)
         clock = self._audio_clock
         if raw is None:
@@ -180,6 +183,7 @@ class Chunker:
             self._audio.jump_to(round(at * self.settings.sample_rate))
         clock.anchor = clock.end = at + frame.samples / frame.sample_rate
         self._audio.append(frame)
+        return at
 
     def _stream_time(self, clock: _Clock, other: _Clock, raw: float) -> float:
         """Stream seconds of a source timestamp on `clock`'s track, re-basing it after a jump."""

@@ -147,7 +147,8 @@ class RtspSource:
                 while True:
                     finished = connection.done  # read first: what it cut before ending is taken below
                     while (chunk := connection.take()) is not None:
-                        if connection.media_from is not None and chunk.start >= connection.media_from:
+                        media_from = connection.media_from
+                        if media_from is not None and chunk.start + self.settings.seconds > media_from:
                             delivered = True
                             self._report_live()
                         yield chunk
@@ -164,7 +165,7 @@ class RtspSource:
                 raise connection.error  # a bug, not the camera: reconnecting would hide it
             if connection.opened:
                 lost_at = connection.ended_at
-                resume_at = max(chunker.position, resume_at)
+                resume_at = max(chunker.position, 0.0)  # -inf before any media
             failures = 0 if delivered else failures + 1
             reason = connection.error or "the camera ended the stream"
             if self.max_attempts is not None and failures >= self.max_attempts:
@@ -254,8 +255,8 @@ class _Connection(threading.Thread):
         self.lost_at = lost_at
         self.notify = notify
         self.opened = False
-        # Stream seconds where this connection's media starts (set at its first frame): chunks
-        # from there on are its own, earlier ones hold the last connection's media or filler.
+        # Stream seconds where the chunker put this connection's first frame: chunks reaching
+        # past it hold its own media, earlier ones the last connection's media or filler.
         self.media_from: float | None = None
         # This thread appends and the loop takes, both under the lock: a drop is counted exactly.
         self._pending: deque[AVChunk] = deque()
@@ -327,12 +328,13 @@ class _Connection(threading.Thread):
                 if frame.time is None:  # a frame decoded before the stream's first timestamp
                     continue
                 if shift is None:
-                    self.media_from = self._resume_time()
-                    shift = self.media_from - frame.time
-                if isinstance(frame, av.VideoFrame):
-                    self.chunker.push_video(frame, frame.time + shift)
-                else:
-                    self.chunker.push_audio(frame, frame.time + shift)
+                    shift = self._resume_time() - frame.time
+                push = (
+                    self.chunker.push_video if isinstance(frame, av.VideoFrame) else self.chunker.push_audio
+                )
+                placed = push(frame, frame.time + shift)
+                if self.media_from is None:  # where the chunker put it: after a long outage it
+                    self.media_from = placed  # skips the gap, placing it right after the old media
             ready = self.chunker.pop_ready()
             now = time.monotonic()
             if ready:
