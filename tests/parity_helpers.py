@@ -119,12 +119,11 @@ def put_one_video_token_off(monkeypatch, backbone, axis: int) -> None:
     monkeypatch.setattr(backbone, "chunk_positions", off_by_one)
 
 
-def load_tiny_backbone(folder):
-    """The tiny checkpoint in `folder` through the same loading path a real checkpoint takes."""
-    from streamguard.backbones.qwen_omni import QwenOmniBackbone
+def load_tiny_backbone(folder, config: str = "tiny"):
+    """The tiny checkpoint in `folder` through the same loading path a real checkpoint takes, as
+    the tiny `config` (configs/tiny.yaml: Qwen2.5-Omni) sets it up."""
+    from streamguard.backbones import load_backbone
     from streamguard.config import load_settings
 
-    settings = load_settings("tiny")
-    return QwenOmniBackbone.from_settings(
-        settings.model.model_copy(update={"path": str(folder)}), settings.chunk
-    )
+    settings = load_settings(config, model={"path": str(folder)})
+    return load_backbone(settings.model, settings.chunk)

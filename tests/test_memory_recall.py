@@ -34,12 +34,14 @@ CHUNKS = 8
 WALL_START = 1_800_000_000.0  # unix seconds of the stream's start
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    from streamguard.backbones.tiny import build_tiny_checkpoint
+@pytest.fixture(scope="module", params=["qwen2.5-omni", "qwen3-omni"])
+def tiny_backbone(request, tmp_path_factory):
+    """Both Omni thinkers: Qwen3-Omni's recalled keys carry its deepstack and interleaved layout."""
+    from streamguard.backbones.tiny import TINY_BUILDERS
 
+    folder = TINY_BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
     with one_torch_thread():
-        yield load_tiny_backbone(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+        yield load_tiny_backbone(folder, "tiny" if request.param == "qwen2.5-omni" else "tiny-qwen3-omni")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,9 @@ def budget_for(clip) -> int:
 def tiered_session(backbone, clip, memory: MemoryManager, limited_positions: bool):
     encoded, keeps, drops, _ = clip
     settings = SessionSettings(token_budget=budget_for(clip))
-    if limited_positions:  # re-base every couple of chunks
-        settings = SessionSettings(token_budget=budget_for(clip), position_limit=300, position_headroom=64)
+    if limited_positions:  # re-base every couple of chunks: room for the headroom and ~5 chunks
+        limit = 64 + 5 * backbone.chunk_period()
+        settings = SessionSettings(token_budget=budget_for(clip), position_limit=limit, position_headroom=64)
     session = StreamSession(backbone, settings, SYSTEM)
     stream_memory = memory.open(f"s{id(session)}", session)
     for i, (chunk, keep, drop) in enumerate(zip(encoded, keeps, drops, strict=True)):
