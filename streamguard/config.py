@@ -6,6 +6,8 @@ Environment variables use the prefix ``STREAMGUARD_`` and ``__`` between levels,
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -187,7 +189,34 @@ class ServiceSettings(BaseModel):
     # None keeps ended streams until they are DELETEd.
     ended_stream_ttl_s: float | None = Field(600.0, gt=0)
     allow_file_sources: bool = False
+    # File sources: only regular files inside this folder (None: the working directory).
+    file_root: str | None = None
+    file_probe_timeout_s: float = Field(10.0, gt=0)
+    # A stream whose source has delivered no chunk this long after it opened ends in `error`
+    # (a WebRTC peer that never sends media stops holding its token's quota).
+    first_media_timeout_s: float = Field(20.0, gt=0)
+    # The largest REST request body (413 `request_too_large`).
+    max_body_bytes: int = Field(2**20, gt=0)
+    # Where RTSP streams may connect: host names, addresses and CIDRs ("10.0.0.0/8"); a name
+    # not listed must resolve only to listed addresses. None: anywhere (see README, Security).
+    rtsp_allow: list[str] | None = None
+    # Websocket Origins allowed ("https://ops.example.com"); None: any. Clients that send no
+    # Origin (not browsers) are not affected.
+    ws_origins: list[str] | None = None
     stats_interval_s: float = 1.0
+
+    @field_validator("rtsp_allow")
+    @classmethod
+    def _hosts_and_networks(cls, allow: list[str] | None) -> list[str] | None:
+        for entry in allow or ():
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", entry):
+                    raise ValueError(
+                        f"rtsp_allow: {entry!r} is neither a host name nor an address or CIDR"
+                    ) from None
+        return allow
 
 
 class ClusterSettings(BaseModel):

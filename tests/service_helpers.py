@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +44,13 @@ def tiny_settings(
     **service: Any,
 ) -> Settings:
     """configs/tiny.yaml (or another tiny `config`) on a checkpoint built by `build_tiny_checkpoint`
-    (or its backbone's builder), one known token; keyword arguments override `service:` settings,
-    `session` and `memory` those sections."""
+    (or its backbone's builder), one known token, file sources read from the temporary folder
+    tests write their media to; keyword arguments override `service:` settings, `session` and
+    `memory` those sections."""
     return load_settings(
         config,
         model={"path": str(checkpoint)},
-        service={"tokens": [TOKEN], **service},
+        service={"tokens": [TOKEN], "file_root": tempfile.gettempdir(), **service},
         session=session or {},
         memory=memory or {},
     )

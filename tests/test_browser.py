@@ -44,8 +44,8 @@ KEPT_PIXELS = """() => {
   }
   return count;
 }"""
-CHUNKS_COUNTED = "Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
-OVERLAY_DRAWN = "document.getElementById('overlay').dataset.chunk !== undefined"
+CHUNKS_COUNTED = "() => Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
+OVERLAY_DRAWN = "() => document.getElementById('overlay').dataset.chunk !== undefined"
 NO_CHUNK_LABEL = "Retention overlay: no chunk yet"
 # Two successive counts of one countdown on the state line ("Retrying in 2 s…", then "… 1 s…").
 COUNTED_DOWN = """() => window.stateLog.some((entry, i) => {

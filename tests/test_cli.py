@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 import torch
-from service_helpers import TOKEN, receive, serve_process
+from service_helpers import TOKEN, receive, serve_process, wait_until
 from websockets.exceptions import ConnectionClosed
 
 from streamguard.cli import _serve_config
@@ -35,6 +35,7 @@ def test_serve_on_the_tiny_config_starts_in_one_command_and_stops_on_ctrl_c(tmp_
         "STREAMGUARD_CACHE": str(tmp_path / "cache"),  # the tiny model is built here on first use
         "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
         "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
+        "STREAMGUARD_SERVICE__FILE_ROOT": str(tmp_path),
         "STREAMGUARD_SERVICE__MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
     }
     with serve_process(tmp_path, ["--config", "tiny"], env) as serving:
@@ -52,8 +53,18 @@ def test_serve_on_the_tiny_config_starts_in_one_command_and_stops_on_ctrl_c(tmp_
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1009
+        # the token in a websocket URL is blanked in the access log however its name is spelled,
+        # accepted (`tok%65n` decodes to `token`) or refused (`TOKEN`)
+        socket_path = f"/v1/streams/{created.json()['id']}/ws"
+        with service.ws(f"{socket_path}?tok%65n={TOKEN}", token=None) as ws:
+            ws.send(json.dumps({"type": "stats.subscribe"}))
+            assert receive(ws)["type"] == "stream.stats"
+        with service.ws(f"{socket_path}?TOKEN={TOKEN}", token=None) as ws:
+            assert receive(ws)["code"] == "missing_token"
+        wait_until(lambda: "TOKEN=***" in serving.output(), "the refused socket in the log")
     # left with Ctrl-C: a clean exit that said where everything is
     output = serving.output()
     assert serving.process.returncode == 0, output
+    assert "tok%65n=***" in output and TOKEN not in output
     url = service.url
     assert f"page     {url}/" in output and f"API docs {url}/docs" in output

@@ -54,6 +54,7 @@ def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_
             "STREAMGUARD_MODEL__PATH": str(checkpoint),
             "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
             "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
+            "STREAMGUARD_SERVICE__FILE_ROOT": str(tmp_path),
             "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
             "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
         }

@@ -180,8 +180,10 @@ def connect(service, client: ClientPeer) -> dict:
     return created
 
 
-def stream_ids(service) -> set[str]:
-    return {stream["id"] for stream in service.http.get("/v1/streams").json()["streams"]}
+def stream_ids(service, token: str = TOKEN) -> set[str]:
+    """The streams `token` sees (those it opened)."""
+    listed = service.http.get("/v1/streams", headers={"Authorization": f"Bearer {token}"})
+    return {stream["id"] for stream in listed.json()["streams"]}
 
 
 def test_a_peer_streams_audio_and_video_and_gets_answers(service, peer):
@@ -239,21 +241,61 @@ def test_shutting_the_service_down_closes_its_peer_connections(checkpoint, peer)
 def test_the_stream_quota_holds_for_offers(service):
     headers = {"Authorization": f"Bearer {QUOTA_TOKEN}"}
     peers = [ClientPeer(), ClientPeer(), ClientPeer()]
+    created = []
     try:
         offers = [{"sdp": client.offer(), "type": "offer"} for client in peers]
         created = [
             service.http.post("/v1/streams/webrtc", json=offer, headers=headers) for offer in offers[:2]
         ]
         assert [response.status_code for response in created] == [201, 201]
-        before = stream_ids(service)
+        before = stream_ids(service, QUOTA_TOKEN)
         refused = service.http.post("/v1/streams/webrtc", json=offers[2], headers=headers)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_streams"
-        assert stream_ids(service) == before
-        for response in created:
-            service.http.delete(f"/v1/streams/{response.json()['stream_id']}")
+        assert stream_ids(service, QUOTA_TOKEN) == before
     finally:
+        for response in created:
+            service.http.delete(f"/v1/streams/{response.json()['stream_id']}", headers=headers)
         for client in peers:
             client.close()
+
+
+class SilentTrack(MediaStreamTrack):
+    """A camera that never delivers a frame: the peer connects and sends nothing."""
+
+    kind = "video"
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.Event().wait()
+        raise MediaStreamError
+
+
+class SilentPeer(ClientPeer):
+    async def _create(self, audio: bool, video: bool) -> RTCPeerConnection:
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peer.addTrack(SilentTrack())
+        return peer
+
+
+def test_a_peer_that_never_sends_media_ends_and_stops_holding_its_quota_and_slot(checkpoint):
+    # one stream per token and per worker: the silent peer holds both until it ends (8 s: a
+    # sending peer's first 2-s chunk comes well within it)
+    settings = tiny_settings(checkpoint, first_media_timeout_s=8.0, max_streams_per_token=1, max_streams=1)
+    silent, sending = SilentPeer(), ClientPeer()
+    try:
+        with serve(create_app(settings)) as live:
+            stream_id = connect(live, silent)["stream_id"]
+            wait_until(lambda: silent.pc.connectionState == "connected", "the silent peer to connect")
+            failed = wait_until(
+                lambda: (s := live.stream(stream_id))["state"] == "error" and s, "the silent stream to end"
+            )
+            assert "no media within 8 s" in failed["error"]
+            wait_until(lambda: silent.pc.connectionState in ("closed", "failed"), "the server to hang up")
+            second = connect(live, sending)["stream_id"]  # within the quota and the worker's room
+            wait_until(lambda: live.stream(second)["stats"]["chunks_received"] >= 1, "media from the second")
+            live.http.delete(f"/v1/streams/{second}")
+    finally:
+        silent.close()
+        sending.close()
 
 
 def test_offers_need_a_valid_token(service, offer_sdp):

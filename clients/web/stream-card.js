@@ -52,12 +52,14 @@ export class StreamCard {
         <canvas role="img"></canvas>
         <figcaption>
           Chunks dropped, share over the last ${RATE_WINDOW_S} s, for the past ${PLOT_SPAN_S / 60} minutes:
-          <span class="plot-key" style="background:${LINES.redundant}" aria-hidden="true"></span>redundant
-          <span class="plot-key" style="background:${LINES.skipped}" aria-hidden="true"></span>of which skipped before encoding
-          <span class="plot-key" style="background:${LINES.shed}" aria-hidden="true"></span>shed
+          <span class="plot-key" data-line="redundant" aria-hidden="true"></span>redundant
+          <span class="plot-key" data-line="skipped" aria-hidden="true"></span>of which skipped before encoding
+          <span class="plot-key" data-line="shed" aria-hidden="true"></span>shed
         </figcaption>
       </figure>
       <div class="actions"><button type="button" class="danger small">Remove</button></div>`;
+    // set through the DOM, not a style attribute: the page's content policy allows no inline styles
+    for (const key of this.element.querySelectorAll(".plot-key")) key.style.background = LINES[key.dataset.line];
     this.title = this.element.querySelector("h3");
     this.kind = this.element.querySelector(".stream-kind");
     this.state = this.element.querySelector(".stream-state");

@@ -39,15 +39,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import av
 from av.container import InputContainer
 
 from streamguard.config import ChunkSettings
-from streamguard.ingest import MediaError
+from streamguard.ingest import MediaError, on_own_thread
 from streamguard.ingest.chunker import AVChunk, Chunker
 from streamguard.ingest.repeated import RepeatedWarnings
+from streamguard.ingest.urls import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class RtspSource:
         if max_pending_chunks < 1:
             raise ValueError("max_pending_chunks must be at least 1")
         self.url = url
-        self.name = without_credentials(url)  # for messages and logs
+        self.name = shown_url(url)  # for messages and logs: no credentials
         self.settings = settings
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -120,7 +120,7 @@ class RtspSource:
 
         try:
             await asyncio.wait_for(
-                _on_own_thread(probe, f"rtsp check {self.name}"), self.open_timeout_s + CHECK_SLACK_S
+                on_own_thread(probe, f"rtsp check {self.name}"), self.open_timeout_s + CHECK_SLACK_S
             )
         except TimeoutError:  # a call FFmpeg cannot interrupt (a name lookup) is left behind
             raise SourceUnreachable(
@@ -352,42 +352,6 @@ class _Connection(threading.Thread):
 
 class _Stalled(Exception):
     pass
-
-
-async def _on_own_thread(fn: Callable[[], None], name: str) -> None:
-    """Await a blocking `fn` on a new daemon thread: a wait on it counts `fn`'s own time only,
-    and a wait given up leaves nothing behind but that thread, which finishes alone."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def run() -> None:
-        error: Exception | None = None
-        try:
-            fn()
-        except Exception as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(_settle, done, error)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    await done
-
-
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():  # the wait was given up
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def without_credentials(url: str) -> str:
-    """A camera URL fit for listings and logs: `rtsp://user:pass@host/x` → `rtsp://host/x`."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _reason(exc: av.FFmpegError) -> str:

@@ -17,23 +17,29 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, WebSocket
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
-from streamguard.service.auth import Caller, authenticate, presented_token, require_token
+from streamguard.ingest.webrtc import MAX_SDP_BYTES
+from streamguard.service.auth import Caller, authenticate, check_origin, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.headers import SecurityHeaders
+from streamguard.service.limits import BodyLimit
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
     AnswerLog,
     ApiError,
     CreateStreamRequest,
+    ErrorCode,
     RtspStreamRequest,
     ServiceError,
     ServiceStats,
@@ -49,7 +55,7 @@ from streamguard.service.streams import Stream, StreamRegistry, open_source, unk
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web"  # clients/web, shipped as package data
 
 ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ApiError} for status in (401, 403, 404, 422, 429, 503)
+    status: {"model": ApiError} for status in (401, 403, 404, 413, 422, 429, 503)
 }
 
 Authenticated = Annotated[Caller, Depends(require_token)]
@@ -133,6 +139,7 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     await websocket.accept()
     state = websocket.app.state
     try:
+        check_origin(state.settings.service, websocket.headers.get("origin"))
         caller = authenticate(
             state.settings.service,
             presented_token(websocket.headers.get("authorization"), websocket.query_params.get("token")),
@@ -162,9 +169,9 @@ async def protocol() -> dict[str, Any]:
 
 @ops.get("/healthz")
 async def healthz(request: Request, response: Response) -> dict[str, Any]:
-    """Liveness, the worker's load, and the shared store: `degraded` (with the reason) while Redis
-    is away and the service runs from memory; `down` (HTTP 503) once the inference worker thread
-    is gone. No stream ids or sources: this needs no token."""
+    """`ok`, `degraded` while Redis is away and the service runs from memory, or `down` (HTTP
+    503) once the inference worker thread is gone; this needs no token. With a valid token also
+    the store (and why it is not up) and the worker's load."""
     registry: StreamRegistry = request.app.state.registry
     store = registry.store.health()
     worker = registry.scheduler.stats()
@@ -172,6 +179,10 @@ async def healthz(request: Request, response: Response) -> dict[str, Any]:
         status = "ok" if store.up else "degraded"
     else:
         status, response.status_code = "down", 503
+    try:
+        authenticate(registry.settings.service, presented_token(request.headers.get("authorization")))
+    except ServiceError:  # the Redis host and the worker's name are not for everyone
+        return {"status": status}
     return {
         "status": status,
         "store": asdict(store),
@@ -220,6 +231,9 @@ def create_app(
     app.state.metrics = ServiceMetrics()
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(BodyLimit, limit_for=lambda path: body_limit(settings.service, path))
+    app.add_middleware(SecurityHeaders)
     app.include_router(api)
     from streamguard.service.webrtc import router as webrtc  # it imports this module's dependencies
 
@@ -274,6 +288,26 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def body_limit(settings: ServiceSettings, path: str) -> int:
+    """The largest request body a route takes: `max_body_bytes`, and for a WebRTC offer what
+    its SDP limit needs (JSON escaping at most doubles it), so no SDP is read whole before it
+    is checked."""
+    if path == "/v1/streams/webrtc":
+        return min(settings.max_body_bytes, 2 * MAX_SDP_BYTES + 1024)
+    return settings.max_body_bytes
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A body cut off at its limit (413), or one that could not be parsed (400: too deeply
+    nested JSON, not UTF-8), in the service's error format; other HTTP errors as FastAPI sends them."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code not in (400, 413):
+        return await http_exception_handler(request, exc)
+    code: ErrorCode = "request_too_large" if exc.status_code == 413 else "invalid_request"
+    error = ServiceError(code, str(exc.detail), status=exc.status_code)
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -68,6 +68,20 @@ def authenticate(settings: ServiceSettings, token: str | None) -> Caller:
     return Caller(name=entry.name or f"token {owner[:8]}", role=entry.role, owner=owner)
 
 
+def check_origin(settings: ServiceSettings, origin: str | None) -> None:
+    """A browser's websocket from a page on an origin `ws_origins` does not list is refused
+    (403), so another site cannot use a token a browser holds; clients that send no Origin (not
+    browsers) are not affected."""
+    if settings.ws_origins is None or origin is None:
+        return
+    if origin.rstrip("/").lower() not in {allowed.rstrip("/").lower() for allowed in settings.ws_origins}:
+        raise ServiceError(
+            "origin_not_allowed",
+            "websockets from this page's origin are not allowed (service.ws_origins)",
+            status=403,
+        )
+
+
 def owner_of(token: str) -> str:
     """Who holds a stream, for its token's quota: a digest, so stream records that other workers
     read (to take a camera over) carry no token."""

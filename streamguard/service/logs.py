@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 _log = logging.getLogger("streamguard.service")
 
@@ -26,19 +27,26 @@ def _value(value: Any) -> str:
 
 
 class RedactTokens(logging.Filter):
-    """Blank `token=` query values: browsers put the bearer token in the websocket URL, and
-    uvicorn logs that URL."""
+    """Blank the value of every query parameter whose name, decoded and in any case, is `token`
+    (`?token=`, `?TOKEN=`, `?tok%65n=`): browsers put the bearer token in the websocket URL, and
+    uvicorn logs that URL, refused or not."""
 
-    _pattern = re.compile(r"([?&]token=)[^&\s\"']+")
+    _pair = re.compile(r"([?&])([^=&\s\"'#]+)=([^&\s\"'#]*)")
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        def blank(pair: re.Match[str]) -> str:
+            name = unquote_plus(pair[2]).strip().lower()
+            return f"{pair[1]}{pair[2]}=***" if name == "token" else pair[0]
+
+        return cls._pair.sub(blank, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         # redact inside the arguments: uvicorn's access formatter reads them one by one
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = self._pattern.sub(r"\1***", record.msg)
+            record.msg = self.redact(record.msg)
         return True
 
 

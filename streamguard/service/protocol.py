@@ -10,7 +10,6 @@ import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -25,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from streamguard.cluster.store import AnswerRecord, StreamSummary
 from streamguard.config import DropPolicy, PruningMethod, ReferenceMode, Role
+from streamguard.ingest.urls import InvalidCameraUrl, UnsupportedScheme, parse_camera_url
 from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec, parse_recall
 
 # Additions (a new event, a new optional field) raise the minor version; anything a client
@@ -59,6 +59,9 @@ ErrorCode = Literal[
     "unsupported_scheme",
     "source_unreachable",
     "invalid_sdp",
+    "request_too_large",
+    "destination_not_allowed",
+    "origin_not_allowed",
 ]
 
 # Request validation failures with a code of their own: a validator raises
@@ -67,7 +70,23 @@ VALIDATION_CODES: frozenset[ErrorCode] = frozenset({"unsupported_scheme", "inval
 
 
 class _Message(BaseModel):
+    """What a client sends: no unknown fields, and every string proper Unicode (JSON's `\\ud800`
+    escape makes a lone surrogate, which no tokenizer or UTF-8 encoder takes)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _proper_unicode(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                surrogate = f"\\u{ord(value[exc.start]):04x} at character {exc.start}"
+                raise PydanticCustomError(
+                    "invalid_unicode", f"holds a lone surrogate ({surrogate}); send proper UTF-8 text"
+                ) from None
+        return value
 
 
 # -- REST ------------------------------------------------------------------------------------
@@ -89,10 +108,21 @@ class StreamState(StrEnum):
 
 class FileStreamRequest(_Message):
     source: Literal["file"]
-    path: str = Field(min_length=1, description="a media file on the server's disk")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="a media file on the server's disk, inside its service.file_root",
+    )
     realtime: bool = Field(
         True, description="pace the file at real time like a camera; false: as fast as it decodes"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _printable(cls, path: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            raise ValueError("the path holds a NUL or another control character")
+        return path
 
 
 class RtspStreamRequest(_Message):
@@ -101,16 +131,13 @@ class RtspStreamRequest(_Message):
 
     @field_validator("url")
     @classmethod
-    def _rtsp_scheme(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in ("rtsp", "rtsps"):
-            raise PydanticCustomError(
-                "unsupported_scheme",
-                "an RTSP stream needs an rtsp:// or rtsps:// URL; got scheme {scheme}",
-                {"scheme": repr(scheme or "none")},
-            )
-        if not urlsplit(url).hostname:
-            raise ValueError("the RTSP URL has no host")
+    def _camera_url(cls, url: str) -> str:
+        try:
+            parse_camera_url(url)
+        except UnsupportedScheme as exc:
+            raise PydanticCustomError("unsupported_scheme", str(exc)) from None
+        except InvalidCameraUrl as exc:  # its message never quotes the URL
+            raise PydanticCustomError("invalid_request", str(exc)) from None
         return url
 
 
@@ -426,6 +453,8 @@ def parse_client_message(raw: str | bytes, max_bytes: int) -> ClientMessage:
         data: Any = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ServiceError("bad_json", f"the message is not JSON: {exc}") from None
+    except RecursionError:  # the parser's own bound on nesting, well within the process's stack
+        raise ServiceError("bad_json", "the message is nested too deeply to be read") from None
     if not isinstance(data, dict):
         raise ServiceError("invalid_message", "a message is a JSON object with a 'type'")
     kind = data.get("type")

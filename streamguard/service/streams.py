@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import stat
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from streamguard.backbones.base import Backbone
@@ -586,14 +589,19 @@ class StreamRegistry:
             )
 
     async def _consume(self, stream: Stream) -> None:
+        first_media_s = self.settings.service.first_media_timeout_s
+        first_media = asyncio.timeout(first_media_s)  # a source that never delivers ends
         try:
-            async with contextlib.aclosing(stream.source.chunks()) as chunks:
+            async with contextlib.aclosing(stream.source.chunks()) as chunks, first_media:
                 async for chunk in chunks:
+                    first_media.reschedule(None)  # media came: no deadline from here on
                     state = stream.state
                     stream.chunk_received(chunk)
                     if stream.state is not state:  # now live: other workers see it so
                         await self._save(stream)
         except Exception as exc:  # the source's failure, e.g. an RTSP camera given up
+            if isinstance(exc, TimeoutError) and first_media.expired():
+                exc = TimeoutError(f"no media within {first_media_s:g} s (service.first_media_timeout_s)")
             stream.fail(str(exc) or type(exc).__name__)
             event(
                 "stream.source_failed",
@@ -817,22 +825,63 @@ async def open_source(
                 "service.allow_file_sources (env STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES=true)",
                 status=403,
             )
+        from streamguard.ingest import on_own_thread
         from streamguard.ingest.files import FileSource, probe
 
-        try:
-            await asyncio.to_thread(probe, request.path)
+        path = media_file(request.path, settings.service.file_root)
+        timeout_s = settings.service.file_probe_timeout_s
+        try:  # on a thread of its own: a probe that hangs holds no shared executor
+            await asyncio.wait_for(on_own_thread(lambda: probe(path), "file probe"), timeout_s)
+        except TimeoutError:
+            raise ServiceError(
+                "invalid_source", f"{request.path}: not readable within {timeout_s:g} s", status=422
+            ) from None
         except (ValueError, OSError) as exc:  # MediaError is a ValueError
             raise ServiceError("invalid_source", f"{request.path}: {exc}", status=422) from None
-        source = FileSource(request.path, settings.chunk, realtime=request.realtime)
+        source = FileSource(path, settings.chunk, realtime=request.realtime)
         return source, StreamKind.FILE, request.path
     from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
+    from streamguard.ingest.urls import allowed_destination, parse_camera_url
 
+    allow = settings.service.rtsp_allow
+    # checked before any connection: a refused host and port look alike, whatever answers there
+    if allow is not None and not await allowed_destination(parse_camera_url(request.url), allow):
+        raise ServiceError(
+            "destination_not_allowed",
+            "this server may not connect to that camera's host (service.rtsp_allow)",
+            status=403,
+        )
     source = RtspSource(request.url, settings.chunk, max_pending_chunks=settings.service.max_pending_chunks)
     try:  # a camera that cannot be reached is refused now, not found dead in the stream list
         await source.check()
     except SourceUnreachable as exc:
         raise ServiceError("source_unreachable", str(exc), status=422) from None
     return source, StreamKind.RTSP, source.name
+
+
+# Never media files, whatever `file_root` says: devices, processes, kernel state.
+_SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def media_file(requested: str, file_root: str | None) -> Path:
+    """The file a file source may read: a regular file inside `file_root` (default: the working
+    directory), links resolved; never a device, FIFO, socket or a file of /proc, /sys or /dev,
+    which could block a reader for good."""
+    root = Path(file_root or os.getcwd()).resolve()
+    path = (root / requested).resolve()
+    if not path.is_relative_to(root) or any(path.is_relative_to(folder) for folder in _SYSTEM_FOLDERS):
+        raise ServiceError(
+            "invalid_source",
+            f"{requested}: outside the folder file sources are read from (service.file_root)",
+            status=422,
+        )
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ServiceError("invalid_source", f"{requested}: {exc.strerror}", status=422) from None
+    if not stat.S_ISREG(mode):
+        raise ServiceError("invalid_source", f"{requested}: not a regular file", status=422)
+    return path
 
 
 def _percentile_ms(ordered: list[float], q: float) -> float | None:

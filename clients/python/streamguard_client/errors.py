@@ -172,6 +172,18 @@ class InvalidSdpError(ServiceError):
     code = "invalid_sdp"
 
 
+class RequestTooLargeError(ServiceError):
+    code = "request_too_large"
+
+
+class DestinationNotAllowedError(ServiceError):
+    code = "destination_not_allowed"
+
+
+class OriginNotAllowedError(ServiceError):
+    code = "origin_not_allowed"
+
+
 # The one table: the service's error code → its exception class.
 ERRORS: dict[str, type[ServiceError]] = {error.code: error for error in ServiceError.__subclasses__()}
 
