@@ -44,6 +44,8 @@ KEPT_PIXELS = """() => {
   }
   return count;
 }"""
+# Predicates are functions, not expressions: Playwright evaluates an expression with eval, which
+# the pages' content security policy forbids.
 CHUNKS_COUNTED = "() => Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
 OVERLAY_DRAWN = "() => document.getElementById('overlay').dataset.chunk !== undefined"
 NO_CHUNK_LABEL = "Retention overlay: no chunk yet"
@@ -354,7 +356,7 @@ def test_the_webcam_page_asks_about_the_last_minutes_and_shows_what_was_recalled
         connect_webcam(page, live.url)
         in_memory = page.locator("dd[data-stat=chunks_offloaded]")
         page.wait_for_function(
-            "Number(document.querySelector('dd[data-stat=chunks_offloaded]')?.textContent) > 0"
+            "() => Number(document.querySelector('dd[data-stat=chunks_offloaded]')?.textContent) > 0"
         )
         expect(page.locator("#recall-hint")).to_contain_text("older chunks in memory")
         assert int(in_memory.text_content() or 0) > 0

@@ -408,20 +408,24 @@ def test_opening_and_deleting_streams_of_every_kind_does_not_grow_the_service(ch
     }
     with rtsp_camera() as camera, serve_process(tmp_path, ["--config", "tiny"], env) as serving:
         http = httpx.Client(base_url=serving.service.url, headers=bearer(ALICE), timeout=60)
-        kinds = [
-            lambda n: open_and_delete(http, {"source": "file", "path": str(video), "realtime": False}, n),
-            lambda n: open_and_delete(http, {"source": "rtsp", "url": camera.url}, n),
-            lambda n: asyncio.run(open_and_delete_webrtc(serving.service.url, n)),
-        ]
-        for run in kinds:  # warm up: every code path loaded, caches and pools at their size
+        kinds = {
+            "file": lambda n: open_and_delete(
+                http, {"source": "file", "path": str(video), "realtime": False}, n
+            ),
+            "rtsp": lambda n: open_and_delete(http, {"source": "rtsp", "url": camera.url}, n),
+            "webrtc": lambda n: asyncio.run(open_and_delete_webrtc(serving.service.url, n)),
+        }
+        for run in kinds.values():  # warm up: every code path loaded, caches and pools at their size
             run(5)
         before = resident_bytes(serving.process.pid)
-        for run in kinds:
+        growth = {}
+        for kind, run in kinds.items():
+            start = resident_bytes(serving.process.pid)
             run(CYCLES)
+            growth[kind] = (resident_bytes(serving.process.pid) - start) / 2**20
         assert http.get("/v1/streams").json()["streams"] == []
         grown = resident_bytes(serving.process.pid) - before
         http.close()
-    print(
-        f"RSS: {before / 2**20:.0f} MiB after warm-up, +{grown / 2**20:.1f} MiB after {CYCLES} of each kind"
-    )
-    assert grown < RSS_GROWTH_BOUND, f"the service grew by {grown / 2**20:.0f} MiB"
+    each = ", ".join(f"{kind} {mib:+.1f}" for kind, mib in growth.items())
+    print(f"RSS {before / 2**20:.0f} MiB after warm-up; MiB added by {CYCLES} streams of each kind: {each}")
+    assert grown < RSS_GROWTH_BOUND, f"the service grew by {grown / 2**20:.0f} MiB ({each})"
