@@ -50,7 +50,7 @@ from streamguard_client.errors import (
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.service import create_app
-from streamguard.service.protocol import ErrorCode
+from streamguard.service.protocol import PROTOCOL_VERSION, ErrorCode
 
 QUESTION = "What is happening?"
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +141,7 @@ async def test_the_async_client_opens_asks_cancels_watches_and_deletes(service, 
         logged = await client.answers(stream_id)
         assert [entry["answer"] for entry in logged["answers"]][:1] == [answer.text]
         assert (await client.service_stats())["questions_answered"] >= 2
+        assert (await client.protocol())["version"] == PROTOCOL_VERSION
         assert (await client.delete(stream_id))["id"] == stream_id
 
         with pytest.raises(UnknownStreamError) as gone:
@@ -342,6 +343,10 @@ def test_the_client_package_installs_without_torch_and_drives_a_real_serve(tmp_p
         packages = {package["name"].lower() for package in json.loads(listed.stdout)}
         assert {"streamguard-client", "httpx", "websockets"} <= packages
         assert not packages & {"torch", "transformers", "streamguard", "aiortc", "av"}, sorted(packages)
+        without_extra = subprocess.run(
+            [str(venv / "bin" / "streamguard-publish"), "clip.mp4"], env=clean, capture_output=True, text=True
+        )
+        assert without_extra.returncode != 0 and "streamguard-client[publish]" in without_extra.stderr
 
         env = {
             "STREAMGUARD_CACHE": str(tmp_path / "cache"),  # the tiny model is built here on first use

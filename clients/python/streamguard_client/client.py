@@ -92,6 +92,10 @@ class StreamGuard:
         """This worker's totals since it started (`GET /v1/stats`)."""
         return await self._request("GET", "/v1/stats")
 
+    async def protocol(self) -> dict[str, Any]:
+        """The service's websocket protocol: `version` and the JSON Schema of every event."""
+        return await self._request("GET", "/v1/protocol.json")
+
     # -- websockets ---------------------------------------------------------------------------
 
     def connect(self, stream_id: str, *, reconnect: bool = True) -> StreamSocket:

@@ -22,9 +22,14 @@ from fractions import Fraction
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamError
+try:
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+    from aiortc.mediastreams import MediaStreamError
+except ImportError as exc:  # the client installed without its [publish] extra
+    raise ImportError(
+        f"streamguard-publish needs aiortc and av ({exc}): pip install 'streamguard-client[publish]'"
+    ) from exc
 
 from streamguard_client.backoff import Backoff
 from streamguard_client.client import TOKEN_ENV, URL_ENV, StreamGuard

@@ -81,6 +81,9 @@ class Client:
     def service_stats(self) -> dict[str, Any]:
         return self._call(self.aio.service_stats())
 
+    def protocol(self) -> dict[str, Any]:
+        return self._call(self.aio.protocol())
+
     def ask(
         self,
         stream_id: str,
