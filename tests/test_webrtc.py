@@ -410,6 +410,22 @@ async def test_a_single_track_offer_streams_with_the_other_track_flagged_missing
         assert first.audio_coverage == 1.0 and np.abs(first.audio).max() > 0.1
 
 
+async def test_chunk_0_of_an_audio_and_video_peer_has_all_its_audio():
+    # The peer's audio starts a few ms after its video: it starts with the stream, so the first
+    # chunk is not flagged audio_missing for want of those few ms.
+    client, source = new_peer(audio=True, video=True), WebRtcSource(SETTINGS)
+    answer = await source.accept(await make_offer(client))
+    await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    chunks = source.chunks()
+    try:
+        first = await asyncio.wait_for(anext(chunks), TIMEOUT_S)
+    finally:
+        await client.close()
+        await source.close()
+    assert first.index == 0 and len(first.frames) == SETTINGS.frames_per_chunk
+    assert first.audio_coverage == 1.0 and not first.audio_missing
+
+
 class Wire:
     """Scripted deliveries for several tracks, handed out in arrival order; each sets the
     receiver clock to its arrival time as it is received. `observe` runs before each delivery."""
