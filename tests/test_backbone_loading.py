@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -53,3 +54,27 @@ def test_a_config_naming_a_non_omni_model_is_a_clear_error(tmp_path):
 def test_an_unknown_backbone_name_is_refused_by_the_settings():
     with pytest.raises(ValueError, match="backbone"):
         load_settings("tiny", model={"backbone": "gpt-omni"})
+
+
+def test_the_vision_tower_takes_its_own_attention_implementation(checkpoint):
+    model, chunk = settings_for(str(checkpoint))
+    eager_text = model.model_copy(
+        update={"attn_implementation": "eager", "vision_attn_implementation": "sdpa"}
+    )
+    thinker = load_backbone(eager_text, chunk).model
+    assert thinker.model.language_model.config._attn_implementation == "eager"
+    assert thinker.model.audio_tower.config._attn_implementation == "eager"
+    assert thinker.model.visual.config._attn_implementation == "sdpa"
+
+
+def test_flash_vision_attention_without_cuda_falls_back_to_sdpa_and_says_why(checkpoint, caplog):
+    model, chunk = settings_for(str(checkpoint))
+    with caplog.at_level(logging.WARNING, logger="streamguard.backbones"):
+        flash = model.model_copy(update={"vision_attn_implementation": "flash_attention_2"})
+        thinker = load_backbone(flash, chunk).model
+    assert thinker.model.visual.config._attn_implementation == "sdpa"
+    assert "asks for flash_attention_2 but no CUDA device" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamguard.backbones"):
+        auto = load_backbone(model, chunk).model  # "auto": sdpa here, nothing to warn about
+    assert auto.model.visual.config._attn_implementation == "sdpa" and "flash" not in caplog.text

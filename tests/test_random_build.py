@@ -262,3 +262,13 @@ def test_one_chunk_through_the_qwen3_omni_thinker_at_real_width_with_deepstack()
         assert logits.shape[-1] == 152064 and bool(torch.isfinite(logits).all())
         # 1 layer × 2 (keys, values) × 4 KV heads × 128 × 2 bytes a token
         assert session.cache_bytes == session.cache_tokens * 1 * 2 * 4 * 128 * 2
+
+
+@pytest.mark.parametrize(
+    "config, path", [("random-7b", "random:qwen2.5-omni-7b"), ("random-3b", "random:qwen2.5-omni-3b")]
+)
+def test_the_gpu_runbook_configs_name_the_released_builds(config, path):
+    model = load_settings(config).model
+    assert (model.path, model.backbone, model.dtype) == (path, "qwen2.5-omni", "bfloat16")
+    assert (model.min_pixels, model.max_pixels) == (100352, 602112)  # the 7B config's real bounds
+    assert model.vision_attn_implementation == "auto"

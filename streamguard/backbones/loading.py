@@ -4,6 +4,7 @@ devices, dtypes."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import torch
 from streamguard.backbones.base import BackboneError
 from streamguard.backbones.random_build import RANDOM_PREFIX, is_random_build, resolve_random
 from streamguard.backbones.tiny import TINY_MARKER, TINY_PREFIX, resolve_tiny
+from streamguard.config import ModelSettings
+
+log = logging.getLogger("streamguard.backbones")
 
 # Omni thinker checkpoints by config.json model type (a whole Omni model's or its thinker's alone).
 THINKER_FAMILIES = {
@@ -27,6 +31,42 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def attn_implementations(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """`attn_implementation` for from_pretrained, per sub-config (a sub-config left out keeps its
+    own default, not the model's): `model.attn_implementation` for the language model and the
+    audio tower, the vision tower's own (`vision_attention`)."""
+    model = settings.attn_implementation
+    vision = vision_attention(settings.vision_attn_implementation, device, dtype)
+    return {"": model, "text_config": model, "audio_config": model, "vision_config": vision}
+
+
+def vision_attention(asked: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The vision tower's attention: flash-attn's varlen kernel when asked (or "auto") and it can
+    run: one call a layer over every window of the frame, where sdpa loops over the windows in
+    Python. It needs CUDA, fp16/bf16 and the `flash-attn` package; without them, sdpa."""
+    from transformers.utils import is_flash_attn_2_available
+
+    missing = [
+        reason
+        for reason, lacking in (
+            ("no CUDA device", device.type != "cuda"),
+            (f"dtype {str(dtype).removeprefix('torch.')}", dtype not in (torch.float16, torch.bfloat16)),
+            ("flash-attn is not installed", not is_flash_attn_2_available()),
+        )
+        if lacking
+    ]
+    if asked == "sdpa" or (asked == "auto" and missing):
+        return "sdpa"
+    if not missing:
+        return "flash_attention_2"
+    log.warning(
+        "model.vision_attn_implementation asks for flash_attention_2 but %s: the vision tower runs "
+        "sdpa, a loop over its attention windows",
+        ", ".join(missing),
+    )
+    return "sdpa"
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -24,6 +24,7 @@ from streamguard.backbones.base import BackboneError, ChunkInputs, EncodedChunk,
 from streamguard.backbones.decoder import QwenDecoderBackbone, video_grid_positions
 from streamguard.backbones.loading import (
     THINKER_FAMILIES,
+    attn_implementations,
     check_family,
     checkpoint_path,
     has_random_weights,
@@ -91,7 +92,7 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
                 path,
                 dtype=dtype,
                 device=device,
-                attn_implementation=settings.attn_implementation,
+                attn_implementation=attn_implementations(settings, device, dtype),
             )
         except OSError as exc:
             raise BackboneError(

@@ -37,6 +37,7 @@ import torch
 from streamguard.backbones.base import BackboneError, ChunkInputs, EncodedChunk, PromptLayout
 from streamguard.backbones.decoder import QwenDecoderBackbone, text_positions, video_grid_positions
 from streamguard.backbones.loading import (
+    attn_implementations,
     check_family,
     checkpoint_path,
     has_random_weights,
@@ -127,16 +128,17 @@ class SalmonnBackbone(QwenDecoderBackbone):
             tokenizer = AutoTokenizer.from_pretrained(path)
             video_processor = Qwen2VLVideoProcessor.from_pretrained(path)
             random_weights = is_random_build(path)
+            attention = attn_implementations(settings, device, dtype)
             if random_weights:
                 model = instantiate(
                     Qwen2_5_VLForConditionalGeneration,
                     path,
                     dtype=dtype,
                     device=device,
-                    attn_implementation=settings.attn_implementation,
+                    attn_implementation=attention,
                 )
             else:
-                model = _load_qwen_vl(path, dtype, settings.attn_implementation)
+                model = _load_qwen_vl(path, dtype, attention)
             audio_config = getattr(model.config, "audio_config", None)
             if not isinstance(audio_config, dict):
                 raise BackboneError(
@@ -272,7 +274,7 @@ class _WithoutLoadReport(logging.Filter):
         return "LOAD REPORT" not in record.getMessage()
 
 
-def _load_qwen_vl(path: str, dtype: torch.dtype, attn_implementation: str) -> Any:
+def _load_qwen_vl(path: str, dtype: torch.dtype, attn_implementation: dict[str, str]) -> Any:
     """The checkpoint's Qwen2.5-VL part through `from_pretrained`; anything missing is an error."""
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.modeling_utils import logger as transformers_logger
