@@ -10,6 +10,7 @@ through the pipeline in test_drop_policies.py and test_replay_cli.py).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from streamguard.config import ChunkSettings, PrefilterSettings
@@ -111,3 +112,15 @@ def test_reset_forgets_the_reference(clips):
     prefilter.reset()
     assert prefilter.reference_chunk is None
     assert prefilter.screen(chunk.frames).reason == "no_reference"
+
+
+def test_frames_smaller_than_the_thumbnail_are_screened_too():
+    """A 32x32 WebRTC frame (smaller than the 64x36 thumbnail grid) is compared, not refused."""
+    rng = np.random.default_rng(0)
+    still = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)] * 4
+    prefilter = Prefilter(PrefilterSettings())
+    prefilter.record(prefilter.screen(still), 0, video_kept=True)
+    assert prefilter.screen(still).skip
+    changed = [frame.copy() for frame in still]
+    changed[-1][:8, :8] = 255 - changed[-1][:8, :8]
+    assert not prefilter.screen(changed).skip

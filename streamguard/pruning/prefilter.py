@@ -238,8 +238,9 @@ def _fit_exposure(image: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 def _area_mean(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(H, W, C) -> (rows, cols, C): the mean of each of rows x cols near-equal areas."""
     height, width = image.shape[:2]
-    if height < rows or width < cols:
-        raise ValueError(f"a {width}x{height} frame is smaller than the {cols}x{rows} thumbnail")
+    if height < rows or width < cols:  # a frame smaller than the thumbnail: repeat its pixels first
+        image = image.repeat(-(-rows // height), axis=0).repeat(-(-cols // width), axis=1)
+        height, width = image.shape[:2]
     row_edges = np.linspace(0, height, rows + 1).astype(np.int64)
     col_edges = np.linspace(0, width, cols + 1).astype(np.int64)
     sums = np.add.reduceat(np.add.reduceat(image, row_edges[:-1], axis=0), col_edges[:-1], axis=1)
