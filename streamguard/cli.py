@@ -418,7 +418,18 @@ async def _list_streams(client: StreamGuard, args: argparse.Namespace) -> int:
     table = Table(title=f"streams on {url}")
     for name in ("id", "kind", "state", "source"):
         table.add_column(name)
-    for name in ("chunks", "redundant", "shed", "pruned", "RTF", "queue", "KV MiB", "questions", "p50 ms"):
+    for name in (
+        "chunks",
+        "redundant",
+        "skipped",
+        "shed",
+        "pruned",
+        "RTF",
+        "queue",
+        "KV MiB",
+        "questions",
+        "p50 ms",
+    ):
         table.add_column(name, justify="right")
     for stream in streams:
         stats = stream["stats"]
@@ -430,6 +441,7 @@ async def _list_streams(client: StreamGuard, args: argparse.Namespace) -> int:
             stream["source"],
             f"{stats['chunks_processed']}/{stats['chunks_received']}",
             str(stats["chunks_dropped_redundant"]),
+            str(stats["chunks_encoder_skipped"]),
             str(stats["chunks_shed"]),
             f"{100 * stats['compression']:.0f}%",
             "-" if rtf is None else f"{rtf:.2f}",

@@ -55,8 +55,9 @@ def generate_frames(
 
     "static" repeats one textured scene; "moving" draws squares that cross the frame in about a
     second; "pan" slides a window slowly over a scene `PAN_WORLD` frames wide. What a fixed camera
-    shows over the static scene: "drift", its exposure swinging slowly; "clock", an MM:SS overlay; "enter", an object of `ENTER_AREA` of the frame that appears at
-    `event_at` (default: half way) and stays; "ir", the switch to grey night mode at `event_at`.
+    shows over the static scene: "drift", its exposure swinging slowly; "clock", an MM:SS
+    overlay; "enter", an object of `ENTER_AREA` of the frame that appears at `event_at` (default:
+    half way) and stays; "ir", the switch to grey night mode at `event_at`.
     `noise`: σ of fresh Gaussian sensor noise on every frame, in levels of 0..255.
     """
     world = _scene(width * PAN_WORLD if motion == "pan" else width, height, seed)
