@@ -124,3 +124,17 @@ def test_frames_smaller_than_the_thumbnail_are_screened_too():
     changed = [frame.copy() for frame in still]
     changed[-1][:8, :8] = 255 - changed[-1][:8, :8]
     assert not prefilter.screen(changed).skip
+
+
+def test_a_chunk_whose_frames_change_size_is_screened_not_refused(clips):
+    """A camera renegotiating its resolution mid-chunk: the processor resizes the chunk to its
+    first frame's size, and the pre-filter compares it (a new size is no skip) instead of failing."""
+    frames = next(iter(iter_chunks(clips["static"], ChunkSettings()))).frames
+    prefilter = Prefilter(PrefilterSettings())
+    prefilter.record(prefilter.screen(frames), 0, video_kept=True)
+    mixed = [*frames[:2], *(frame[::2, ::2] for frame in frames[2:])]
+    verdict = prefilter.screen(mixed)
+    assert verdict.signature.frame_shape == frames[0].shape[:2]
+    assert verdict.skip  # the same picture at half size is still the same scene
+    halved = prefilter.screen([frame[::2, ::2] for frame in frames])
+    assert halved.reason == "frame_size"

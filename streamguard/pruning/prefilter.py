@@ -92,19 +92,18 @@ class Screening:
 
 
 def signature(frames: list[np.ndarray], settings: PrefilterSettings) -> Signature:
-    """Thumbnails of a chunk's RGB uint8 frames (grey (H, W) frames are taken as R=G=B)."""
-    height, width = frames[0].shape[:2]
+    """Thumbnails of a chunk's RGB uint8 frames (grey (H, W) frames are taken as R=G=B). Every
+    frame gets the same thumbnail size, so a camera that changes resolution mid-chunk is compared
+    too; the chunk's `frame_shape` is its first frame's, as the processor sizes the chunk."""
     size = (settings.rows * settings.cell_pixels, settings.cols * settings.cell_pixels)
     thumbnails = []
     for frame in frames:
         rgb = np.asarray(frame, dtype=np.float32)
         if rgb.ndim == 2:
             rgb = rgb[..., None]
-        if rgb.shape[:2] != (height, width):
-            raise ValueError(f"a chunk's frames differ in size: {rgb.shape[:2]} and {(height, width)}")
         rgb = rgb[..., :3] if rgb.shape[-1] >= 3 else np.repeat(rgb[..., :1], 3, axis=-1)
         thumbnails.append(_area_mean(rgb, *size))
-    return Signature(np.stack(thumbnails), (height, width))
+    return Signature(np.stack(thumbnails), tuple(frames[0].shape[:2]))
 
 
 class Prefilter:
