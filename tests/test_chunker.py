@@ -432,6 +432,27 @@ def test_a_clock_flipping_back_and_forth_is_logged_once_per_interval(caplog) -> 
     assert len([r for r in caplog.records if "audio timestamp jumped" in r.getMessage()]) == 1
 
 
+def test_a_live_clock_that_leaps_ahead_of_its_arrivals_is_rebased_not_a_hole() -> None:
+    # The same flipping audio clock from a live source, frames arriving in real time: the
+    # leaps ahead are the clock's fault, so the timeline keeps to the 20 s that passed.
+    now = [0.0]
+    chunker = Chunker(SETTINGS, wall_clock=lambda: now[0])
+    events = video(frame_times(20.0, 30.0))
+    for second in range(20):
+        shift = 3.0 if second % 2 else 0.0
+        events += [
+            (t, lambda c, t=t, shift=shift: c.push_audio(np.zeros(160, np.float32), t + shift))
+            for t in np.arange(second, second + 1, 0.01)
+        ]
+    chunks = []
+    for t, push in sorted(events, key=lambda e: e[0]):
+        now[0] = t  # it arrives when it happens
+        push(chunker)
+        chunks += chunker.pop_ready()
+    assert len(chunks) <= 10 and chunker.position <= 20.5  # without the wall clock: 50 s, 24 chunks
+    assert all(not c.video_missing for c in chunks)
+
+
 def test_repeated_warnings_go_through_once_per_interval_and_count_the_rest(caplog) -> None:
     now = [0.0]
     warnings = RepeatedWarnings(logging.getLogger("test.repeated"), interval_s=10.0, clock=lambda: now[0])

@@ -29,7 +29,10 @@ Audio
 
 Discontinuities (never a crash, never a chunk out of order)
   A track whose timestamp leaps forward by more than `max_gap` (default 5 chunks), or goes back
-  by more than `tolerance` (a wrap, a restarted camera), is re-based: it continues at the
+  by more than `tolerance` (a wrap, a restarted camera), or, for a live source (`wall_clock`),
+  leaps forward by more than the time since its last frame arrived (plus half a chunk: a clock
+  that flips back and forth would run the stream ahead of the wall clock by every leap), is
+  re-based: it continues at the
   furthest point either track has reached, so a long jump costs no empty chunks and a short one
   (a real outage) yields at most `max_gap` of silence and the last picture. Each re-base is
   logged, at most once per 10 s and track (a clock that flips back and forth would flood the
@@ -55,6 +58,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
@@ -67,6 +71,7 @@ log = logging.getLogger(__name__)
 
 MAX_GAP_CHUNKS = 5  # default `max_gap`, in chunks
 TOLERANCE_S = 0.1  # default `tolerance`
+LEAP_SLACK_CHUNKS = 0.5  # a live track's timestamps may run this far ahead of its arrivals (jitter)
 MIN_TAIL_CHUNKS = 0.5  # `flush` keeps a last partial chunk holding at least this much media
 _EPSILON_S = 1e-3  # float slack when comparing media ends with chunk bounds
 
@@ -102,8 +107,10 @@ class Chunker:
         max_gap: float | None = None,
         tolerance: float = TOLERANCE_S,
         origin: float | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ):
         self.settings = settings
+        self._wall_clock = wall_clock  # a live source's (time.monotonic); None: a file's
         self.latency = settings.seconds if latency is None else latency
         self.max_gap = MAX_GAP_CHUNKS * settings.seconds if max_gap is None else max_gap
         self.tolerance = tolerance
@@ -197,7 +204,8 @@ class Chunker:
         else:
             reference, behind = clock.anchor, self.tolerance
         jump = at - reference
-        if -behind <= jump <= self.max_gap:
+        arrived, clock.arrived = clock.arrived, self._wall_clock() if self._wall_clock else None
+        if -behind <= jump <= self.max_gap and not self._leapt(jump, arrived, clock.arrived):
             return at
         target = max((end for end in (clock.end, other.end) if end is not None), default=0.0)
         clock.shift += target - at
@@ -209,6 +217,13 @@ class Chunker:
             target,
         )
         return target
+
+    def _leapt(self, jump: float, before: float | None, now: float | None) -> bool:
+        """A live track's timestamps ran ahead of the wall clock: its clock leapt (a camera whose
+        clock flips back and forth would run the stream ahead by every leap), no media was lost."""
+        if before is None or now is None or jump <= self.tolerance:
+            return False
+        return jump > now - before + LEAP_SLACK_CHUNKS * self.settings.seconds
 
     # -- output ------------------------------------------------------------------------------
 
@@ -267,6 +282,7 @@ class _Clock:
     shift: float | None = None  # stream time = source time + shift
     anchor: float | None = None  # jumps are measured from here: audio's next sample, video's last frame
     end: float | None = None  # where the track's media reaches on the stream timeline
+    arrived: float | None = None  # wall-clock time of its last frame (live sources)
 
 
 class _VideoSampler:

@@ -135,7 +135,7 @@ class RtspSource:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(wake.set)
 
-        chunker = Chunker(self.settings, origin=0.0)
+        chunker = Chunker(self.settings, origin=0.0, wall_clock=time.monotonic)
         failures = 0  # consecutive attempts that delivered no chunk
         resume_at = 0.0  # stream seconds where the next connection's media starts
         lost_at: float | None = None  # time.monotonic() when the last connection dropped

@@ -189,7 +189,7 @@ class WebRtcSource:
         self.stats = WebRtcStats()
         self._warnings = RepeatedWarnings(log)
         self._clock = clock
-        self._chunker = Chunker(settings)
+        self._chunker = Chunker(settings, wall_clock=clock)
         self._pending: deque[AVChunk] = deque()
         self._max_pending = max_pending_chunks
         self._wakeup = asyncio.Event()
