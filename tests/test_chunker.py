@@ -417,15 +417,21 @@ def test_a_picture_is_held_for_at_most_max_gap() -> None:
     assert [stamp(f) for f in chunks[5].frames] == [0.967] * 4  # 11.0 and 11.5 repeat the pick
 
 
-def test_a_clock_flipping_back_and_forth_is_logged_once_per_interval(caplog) -> None:
-    # An audio clock that runs 3 s ahead for one second in every two (RTCP re-syncs).
-    events = video(frame_times(20.0, 30.0))
-    for second in range(20):
-        shift = 3.0 if second % 2 else 0.0
+def flipping_audio(seconds: int, leap: float = 3.0) -> list[Event]:
+    """10 ms audio blocks from a clock that runs `leap` s ahead for one second in every two (as
+    a camera's whose RTCP keeps re-syncing it)."""
+    events = []
+    for second in range(seconds):
+        shift = leap if second % 2 else 0.0
         events += [
             (t, lambda c, t=t, shift=shift: c.push_audio(np.zeros(160, np.float32), t + shift))
             for t in np.arange(second, second + 1, 0.01)
         ]
+    return events
+
+
+def test_a_clock_flipping_back_and_forth_is_logged_once_per_interval(caplog) -> None:
+    events = video(frame_times(20.0, 30.0)) + flipping_audio(20)
     with caplog.at_level(logging.WARNING, logger="streamguard.ingest.chunker"):
         chunks, _ = run(events)
     assert len(chunks) >= 9
@@ -437,13 +443,7 @@ def test_a_live_clock_that_leaps_ahead_of_its_arrivals_is_rebased_not_a_hole() -
     # leaps ahead are the clock's fault, so the timeline keeps to the 20 s that passed.
     now = [0.0]
     chunker = Chunker(SETTINGS, wall_clock=lambda: now[0])
-    events = video(frame_times(20.0, 30.0))
-    for second in range(20):
-        shift = 3.0 if second % 2 else 0.0
-        events += [
-            (t, lambda c, t=t, shift=shift: c.push_audio(np.zeros(160, np.float32), t + shift))
-            for t in np.arange(second, second + 1, 0.01)
-        ]
+    events = video(frame_times(20.0, 30.0)) + flipping_audio(20)
     chunks = []
     for t, push in sorted(events, key=lambda e: e[0]):
         now[0] = t  # it arrives when it happens
