@@ -15,7 +15,7 @@ import pytest
 
 from streamguard.config import ChunkSettings, PrefilterSettings
 from streamguard.ingest.files import iter_chunks
-from streamguard.ingest.synthetic import write_clip
+from streamguard.ingest.synthetic import enter_box, generate_frames, write_clip
 from streamguard.pruning.prefilter import Prefilter, Screening
 
 SECONDS = 24.0
@@ -138,3 +138,19 @@ def test_a_chunk_whose_frames_change_size_is_screened_not_refused(clips):
     assert verdict.skip  # the same picture at half size is still the same scene
     halved = prefilter.screen([frame[::2, ::2] for frame in frames])
     assert halved.reason == "frame_size"
+
+
+@pytest.mark.parametrize("shift", [0, 10, 20, 30])  # where the object falls across the 40-px cells
+def test_a_faint_object_is_never_skipped_wherever_it_falls_on_the_cells(shift):
+    """The hardest 2% object: the background's own texture, only 20 levels brighter (a third of the
+    enter clip's contrast), placed across cell boundaries, with fresh σ=3 noise in every frame."""
+    frames = generate_frames(4, width=640, height=360, fps=2, noise=3.0)
+    before, after = [next(frames) for _ in range(4)], [next(frames) for _ in range(4)]
+    top, left, bottom, right = enter_box(640, 360)
+    for frame in after[2:]:  # it enters in the chunk's third frame
+        box = frame[top + shift : bottom + shift, left + shift : right + shift].astype(np.int16)
+        frame[top + shift : bottom + shift, left + shift : right + shift] = np.clip(box + 20, 0, 255)
+    prefilter = Prefilter(PrefilterSettings())
+    prefilter.record(prefilter.screen(before), 0, video_kept=True)
+    verdict = prefilter.screen(after)
+    assert (verdict.action, verdict.reason) == ("keep", "local_change")
