@@ -155,8 +155,10 @@ class MemorySettings(BaseModel):
     service_disk_bytes: int = Field(256 * 2**30, ge=0)
     # Where chunk files go, one folder per stream; None: <STREAMGUARD_CACHE>/memory.
     root: str | None = None
-    # Tokens an "auto" recall may load back beside the window.
+    # Tokens an "auto" recall loads back beside the window (the best-matching chunks).
     recall_tokens: int = Field(8192, gt=0)
+    # The most a span recall may load; a longer span is refused (recall_too_large).
+    span_tokens: int = Field(32768, gt=0)
     # Decoder layers whose queries score chunks ("auto"); None: three spread over the depth.
     score_layers: list[int] | None = None
 

@@ -34,7 +34,13 @@ def memory_service(checkpoint, root, enabled: bool = True):
         allow_file_sources=True,
         max_pending_chunks=CLIP_SECONDS,  # a file read at full speed: keep every chunk
         session={"token_budget": 300},
-        memory={"enabled": enabled, "root": str(root), "recall_tokens": RECALL_TOKENS, "host_bytes": 20_000},
+        memory={
+            "enabled": enabled,
+            "root": str(root),
+            "recall_tokens": RECALL_TOKENS,
+            "span_tokens": RECALL_TOKENS,
+            "host_bytes": 20_000,
+        },
     )
     return serve(create_app(settings))
 
@@ -96,7 +102,7 @@ def test_questions_recall_offloaded_chunks_and_the_service_shows_where_its_memor
                 ({"from": 10, "to": 2}, "invalid_recall"),
                 ({"from": "2026-12-02T14:30:00"}, "invalid_recall"),
                 ({"from": 40, "to": -5}, "invalid_recall"),  # resolved on the worker: 40 s > 25 s (now - 5)
-                ({"from": 0}, "recall_too_large"),  # the whole stream: over memory.recall_tokens
+                ({"from": 0}, "recall_too_large"),  # the whole stream: over memory.span_tokens
                 ({"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}, "recall_too_large"),
             ):
                 error = answer(ws, "bad", recall)

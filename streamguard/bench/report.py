@@ -422,8 +422,9 @@ def _long_memory(figure: dict[str, Any]) -> str:
         f"## 9. Long memory ({figure['stream_minutes']:g} minutes, {figure['chunks']} chunks of "
         f"{figure['chunk_tokens']} tokens, budget {figure['token_budget']} tokens)\n\n"
         + _table(["answer over", *(f"ms at {m} min" for m in minutes)], rows)
-        + f"\n`auto` and `span` recall up to {figure['recall_tokens']} tokens ({figure['span_minutes']:g} "
-        f"minutes of stream) from host memory and disk; `recent` is the device window; `reprefill` "
+        + f"\n`auto` recalls the best-matching {figure['recall_tokens']} tokens, `span` the "
+        f"{figure['span_minutes']:g} minutes before the window ({figure['span_tokens']} tokens), from host memory "
+        f"and disk; `recent` is the device window; `reprefill` "
         f"prefills the whole stream so far. Device cache spread over the second half: "
         f"{figure['device_kv_second_half_spread']:.3f} (0 is flat).\n\n"
         + _table(["where", "MiB (this model)", "MiB at 7B bf16"], sizes)

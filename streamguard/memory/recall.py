@@ -91,10 +91,10 @@ class ChunkRecall:
                 )
             chosen = [p for p in places if p.stream_end_s > start and p.stream_s < end]
         tokens = sum(p.tokens for p in chosen)
-        limit = self.memory.settings.recall_tokens
+        limit = self.memory.settings.span_tokens
         if tokens > limit:
             raise RecallTooLargeError(
-                f"the span holds {tokens} offloaded tokens ({len(chosen)} chunks); memory.recall_tokens "
+                f"the span holds {tokens} offloaded tokens ({len(chosen)} chunks); memory.span_tokens "
                 f"allows {limit}: ask about a shorter span"
             )
         return chosen

@@ -4,7 +4,8 @@
 - "auto": the offloaded chunks that best match the question, within `memory.recall_tokens`;
 - {"from": T0, "to": T1}: exactly the chunks that overlap that span, either in stream seconds
   (0 is the stream's start; negative counts back from now; `to` left out means now) or in
-  wall-clock ISO 8601 times with a timezone ("2026-12-02T14:32:00Z").
+  wall-clock ISO 8601 times with a timezone ("2026-12-02T14:32:00Z"), within
+  `memory.span_tokens`.
 """
 
 from __future__ import annotations
