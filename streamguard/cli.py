@@ -70,7 +70,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     info = probe(args.file)
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
-        pipeline = create_pipeline(backbone, settings)
+        pipeline = create_pipeline(backbone, settings, profile=True)
     _say_if_random(backbone)
     session = pipeline.session
     # Validate the question before spending time on the stream.
@@ -197,6 +197,7 @@ def _number_list(kind: type[int] | type[float]) -> Callable[[str], tuple]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamguard.bench import BenchOptions, run_bench
+    from streamguard.bench.report import cpu_line, engine_line
 
     options = BenchOptions(
         config=args.config,
@@ -210,6 +211,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     result = run_bench(options, console)
+    out.print(engine_line(result))
+    out.print(cpu_line(result))
     out.print(
         f"wrote {args.out / 'bench.json'}, {args.out / 'report.md'} and plots in {result['duration_s']:.0f} s"
     )

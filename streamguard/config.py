@@ -225,6 +225,25 @@ class ServiceSettings(BaseModel):
         return allow
 
 
+class EngineSettings(BaseModel):
+    """How the one worker runs the model (`engine/scheduler.py` says the whole policy)."""
+
+    # True: chunks preprocessed off the worker, encoded several streams per tower call, answers
+    # decoded across streams in one forward. False: the serial engine (one item per model call).
+    batching: bool = True
+    # Threads preprocessing chunks (video processor, log-mel); None: the CPU count less one, 1..4.
+    preprocess_workers: int | None = Field(None, gt=0)
+    # Chunks (one per stream) encoded together in one round.
+    max_chunks_per_round: int = Field(16, gt=0)
+    # Tokens each open answer decodes in one round before the round's chunks run.
+    decode_steps_per_round: int = Field(8, gt=0)
+    # Chunks a stream may hold beyond service.max_pending_chunks while it answers (and until it
+    # has caught up again): they are buffered, not shed.
+    answer_buffer_chunks: int = Field(8, ge=0)
+    # Per-stage chunk timings (ChunkReport.timings_ms), synchronising the device after each stage.
+    profile_stages: bool = False
+
+
 class ClusterSettings(BaseModel):
     # Unset: one worker, state in memory. Set (redis://[:password@]host:port/db): shared state.
     redis_url: str | None = None
@@ -248,6 +267,7 @@ class Settings(BaseSettings):
     session: SessionSettings = Field(default_factory=SessionSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("chunk")

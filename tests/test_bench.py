@@ -143,18 +143,39 @@ def test_memory_is_bounded_by_the_budget_and_pruning_shrinks_it(bench):
     assert full["chunks_evicted"] > 0  # the quick replay outgrows the budget
 
 
-def test_concurrency_accounts_for_every_chunk(bench):
+def test_concurrency_runs_both_engines_and_accounts_for_every_chunk(bench):
     _, result = bench
     figure = result["concurrency"]
-    # the quick run lists 1 and 2 streams, then doubles up to 4 while runs keep real time
-    counts = [r["streams"] for r in figure["rows"]]
-    assert counts == ([1, 2, 4] if figure["rows"][1]["realtime"] else [1, 2])
-    assert figure["largest_measured_realtime_streams"] in counts
-    for row in figure["rows"]:
-        assert row["chunks_processed"] + row["chunks_shed"] + row["chunks_failed"] == row["chunks_submitted"]
-        assert row["chunks_failed"] == 0 and row["rtf"] > 0
-        assert row["question_total"]["n"] == row["streams"]
-    assert figure["estimated_realtime_streams"] >= 1
+    assert set(figure["engines"]) == {"serial", "batched"}
+    for engine in figure["engines"].values():
+        # the quick run lists 1 and 2 streams, then doubles up to 4 while runs keep real time
+        counts = [r["streams"] for r in engine["rows"]]
+        assert counts == ([1, 2, 4] if engine["rows"][1]["realtime"] else [1, 2])
+        assert engine["largest_measured_realtime_streams"] in [0, *counts]
+        for row in engine["rows"]:
+            assert (
+                row["chunks_processed"] + row["chunks_shed"] + row["chunks_failed"] == row["chunks_submitted"]
+            )
+            assert row["chunks_failed"] == 0 and row["worker_ms_per_chunk"] > 0 and row["load"] > 0
+            # questions in flight: one per stream in the quick run's four chunks, each answered
+            assert row["questions_asked"] == row["question_total"]["n"] == row["streams"]
+            assert 0 < row["cpu_share"]["worker"] <= 1
+    summary = result["engine"]
+    for name in ("serial", "batched"):
+        assert summary[name].keys() >= {
+            "streams_real_time",
+            "worker_ms_per_chunk",
+            "lag_p95_s",
+            "first_delta_p95_s",
+            "answer_total_p95_s",
+        }
+    # the serial engine preprocesses on its worker; the batched one on its pool
+    assert (
+        summary["serial"]["cpu_share"]["preprocessing"]
+        == 0
+        < summary["batched"]["cpu_share"]["preprocessing"]
+    )
+    assert "batched keeps" in (bench[0] / "report.md").read_text()
 
 
 def test_bad_arguments_are_one_clear_line(tmp_path, capsys):

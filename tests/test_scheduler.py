@@ -4,7 +4,6 @@ cancellation. The test hook `chunk_delay_s` slows the real model down; nothing i
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
 import threading
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from service_helpers import random_chunks, tiny_settings
 
 from streamguard.backbones import load_backbone
 from streamguard.backbones.tiny import build_tiny_checkpoint
+from streamguard.config import EngineSettings
 from streamguard.engine import kv
 from streamguard.engine.pipeline import ChunkPipeline, create_pipeline
 from streamguard.engine.scheduler import (
@@ -79,12 +79,12 @@ def processed(log: list, name: str) -> list[int]:
     return [index for kind, stream, index in log if kind == "chunk" and stream == name]
 
 
-async def feed(scheduler: Scheduler, names: str, chunks: list[AVChunk]) -> None:
+async def feed(scheduler: Scheduler, names: str, chunks: list[AVChunk], interval_s: float = 0.01) -> None:
     """Keep submitting chunks faster than the slowed worker takes them."""
     for chunk in chunks:
         for name in names:
             scheduler.submit_chunk(name, chunk)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval_s)
 
 
 async def answered(answer: Answer) -> AnswerResult:
@@ -104,6 +104,8 @@ async def test_chunks_keep_their_order_and_streams_take_turns(settings, backbone
         scheduler.submit_chunk("a", chunk)
     for chunk in chunks[3:]:
         scheduler.submit_chunk("b", chunk)
+    # ... and preprocessed (off the worker), so every chunk is model-ready when it starts
+    await until(lambda: all(scheduler.queue_stats(s).ready == 3 for s in "ab"), "six chunks preprocessed")
     scheduler.start()
     try:
         await until(lambda: len(log) == 6, "six chunks")
@@ -137,12 +139,18 @@ async def test_a_slow_worker_sheds_the_oldest_pending_chunks(settings, backbone)
     assert [c.index for c in pipelines["a"].session.chunks] == done
 
 
-async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_coming(settings, backbone):
-    scheduler = Scheduler(max_pending_chunks=4, chunk_delay_s=0.05)
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "serial"])
+async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_coming(
+    settings, backbone, batching
+):
+    # one token a round, so an 8-token answer spans rounds with chunks between them
+    engine = EngineSettings(batching=batching, decode_steps_per_round=1)
+    scheduler = Scheduler(max_pending_chunks=4, chunk_delay_s=0.05, engine=engine)
     log: list = []
     add_streams(scheduler, settings, backbone, "ab", log)
     scheduler.start()
-    producer = asyncio.create_task(feed(scheduler, "ab", random_chunks(400)))
+    # faster than the worker, but slow enough that a chunk outlives its preprocessing in the queue
+    producer = asyncio.create_task(feed(scheduler, "ab", random_chunks(400), interval_s=0.06))
     try:
         await until(lambda: processed(log, "a"), "a first chunk of stream a")
         log.append(("ask", "a", -1))
@@ -162,12 +170,18 @@ async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_com
     result = answer.result
     assert result is not None and result.text == "".join(deltas) and deltas
     assert result.finish_reason in ("stop", "length") and result.generated_tokens >= len(deltas)
-    chunks_during = [event for event in during if event[0] == "chunk"]
-    # the asking stream's chunks wait (its cache holds the question); the other stream flows
-    assert chunks_during and all(stream == "b" for _, stream, _ in chunks_during)
-    # priority: never two chunk prefills in a row while the question is open
-    kinds = [event[0] for event in during if event[0] in ("chunk", "delta")]
-    assert all(not (x == y == "chunk") for x, y in itertools.pairwise(kinds))
+    first_delta = during.index(("delta", "a", 1))
+    chunks_during = [(at, event) for at, event in enumerate(during) if event[0] == "chunk"]
+    # the asking stream's chunks wait (its cache holds the question), but for one the worker
+    # had already taken when the question came; the other stream flows
+    own = [at for at, (_, stream, _) in chunks_during if stream == "a"]
+    assert len(own) <= 1 and all(at < first_delta for at in own)
+    assert any(stream == "b" for _, (_, stream, _) in chunks_during)
+    # priority: each round decodes one token of the answer and takes at most one chunk of each
+    # stream, so after its first delta the other stream gets at most one chunk per token (and
+    # one for the round that found the end)
+    after = [event for event in during[first_delta:] if event[0] == "chunk"]
+    assert len(after) <= result.generated_tokens + 1
 
 
 async def test_cancel_stops_at_the_next_token_and_leaves_the_cache_as_it_was(settings, backbone):

@@ -117,6 +117,16 @@ class Backbone(Protocol):
         """(L, d) audio tokens in the LLM space."""
         ...
 
+    def encode_visions(
+        self, batch: Sequence[ChunkInputs]
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """`encode_vision` of several chunks in one vision-encoder call."""
+        ...
+
+    def encode_audios(self, batch: Sequence[ChunkInputs]) -> list[torch.Tensor]:
+        """`encode_audio` of several chunks in one audio-encoder call."""
+        ...
+
     def encode(self, inputs: ChunkInputs) -> EncodedChunk: ...
 
     def chunk_order(self, encoded: EncodedChunk) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +171,11 @@ class Backbone(Protocol):
         """Run the language model over (N, d) embeds at (3, N) positions, appending to `cache`;
         return the logits of the last token ("last"), of every token ("all") or none ("none").
         `deepstack` carries the video tokens' deepstack features on a model that has them."""
+        ...
+
+    def forward_batch(self, rows: Sequence[Any]) -> list[torch.Tensor]:
+        """Several streams' `forward`s in one: each row (`RaggedRow`: embeds, positions, its own
+        cache) is appended to its cache; the last token's logits of each row."""
         ...
 
     def rotate_cache(self, cache: Any, delta: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE, ChunkInputs, DeepstackFeatures, EncodedChunk
+from streamguard.backbones.ragged import RaggedRow, ragged_forward
 from streamguard.config import ChunkSettings, ModelSettings
 
 log = logging.getLogger("streamguard.backbones")
@@ -53,29 +54,45 @@ class QwenDecoderBackbone(ABC):
 
     # -- encoders --------------------------------------------------------------------------
 
-    @abstractmethod
     def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
-        """(L, d) audio tokens in the LLM space."""
+        return self.encode_audios([inputs])[0]
+
+    @abstractmethod
+    def encode_audios(self, batch: Sequence[ChunkInputs]) -> list[torch.Tensor]:
+        """Several chunks' audio in one audio-encoder call, (L, d) each."""
 
     def encode_video(self, inputs: ChunkInputs) -> torch.Tensor | None:
         return self.encode_vision(inputs)[0]
 
-    @torch.inference_mode()
     def encode_vision(self, inputs: ChunkInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(F, H, W, d) video tokens and, where the vision tower has deepstack mergers (Qwen3-Omni),
         their (K, F, H, W, d) deepstack features."""
-        if inputs.pixel_values_videos is None:
-            return None, None
-        pixels = inputs.pixel_values_videos.to(self.device)
-        out = self.model.model.get_video_features(pixels, inputs.video_grid_thw.to(self.device))
-        t, h, w = (int(x) for x in inputs.video_grid_thw[0])
+        return self.encode_visions([inputs])[0]
+
+    @torch.inference_mode()
+    def encode_visions(
+        self, batch: Sequence[ChunkInputs]
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """`encode_vision` of several chunks in one vision-tower call: each row of
+        `video_grid_thw` is an item and no attention crosses items, so each comes out as if
+        encoded alone."""
+        items = [i for i, inputs in enumerate(batch) if inputs.pixel_values_videos is not None]
+        out: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)] * len(batch)
+        if not items:
+            return out
+        pixels = torch.cat([batch[i].pixel_values_videos for i in items]).to(self.device, non_blocking=True)
+        grids = torch.cat([batch[i].video_grid_thw for i in items])
+        features = self.model.model.get_video_features(pixels, grids.to(self.device))
+        layers = getattr(features, "deepstack_features", None) or []
         merge = int(self.model.model.visual.spatial_merge_size)
-        grid = (t, h // merge, w // merge, -1)
-        video = out.pooler_output[0].reshape(grid)
-        layers = getattr(out, "deepstack_features", None)
-        if not layers:
-            return video, None
-        return video, torch.stack([layer[0] for layer in layers]).reshape(len(layers), *grid)
+        for k, (i, (t, h, w)) in enumerate(zip(items, grids.tolist(), strict=True)):
+            grid = (t, h // merge, w // merge, -1)
+            video = features.pooler_output[k].reshape(grid)
+            deepstack = (
+                torch.stack([layer[k] for layer in layers]).reshape(len(layers), *grid) if layers else None
+            )
+            out[i] = (video, deepstack)
+        return out
 
     def encode(self, inputs: ChunkInputs) -> EncodedChunk:
         video, deepstack = self.encode_vision(inputs)
@@ -133,6 +150,12 @@ class QwenDecoderBackbone(ABC):
         if logits == "last":
             hidden = hidden[-1:]
         return self.model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def forward_batch(self, rows: Sequence[RaggedRow]) -> list[torch.Tensor]:
+        """Several streams' new tokens, each appended to its own cache, in one forward; the last
+        token's logits of each row (see `ragged`). Text rows only: no deepstack injection."""
+        return ragged_forward(self.model.model.language_model, self.model.lm_head, rows)
 
     @torch.inference_mode()
     def rotate_cache(self, cache: Any, delta: int) -> None:

@@ -128,12 +128,24 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
         return out["input_features"][0, :, :frames]
 
     @torch.inference_mode()
-    def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
-        features = inputs.input_features.to(self.device, self.dtype)
-        mask = torch.ones(1, features.shape[-1], dtype=torch.long, device=self.device)
-        return self.model.model.get_audio_features(
-            features[None], feature_attention_mask=mask
-        ).last_hidden_state
+    def encode_audios(self, batch: Sequence[ChunkInputs]) -> list[torch.Tensor]:
+        """One audio-tower call per log-mel length (every chunk has the same: one call): the items
+        side by side with a full mask; the tower cuts each item by its own length, so none sees
+        another, and each gives the same number of tokens."""
+        tokens: list[torch.Tensor | None] = [None] * len(batch)
+        by_length: dict[int, list[int]] = {}
+        for i, inputs in enumerate(batch):
+            by_length.setdefault(int(inputs.input_features.shape[-1]), []).append(i)
+        for length, items in by_length.items():
+            features = torch.stack([batch[i].input_features for i in items])
+            mask = torch.ones(len(items), length, dtype=torch.long)
+            out = self.model.model.get_audio_features(
+                features.to(self.device, self.dtype, non_blocking=True),
+                feature_attention_mask=mask.to(self.device),
+            ).last_hidden_state
+            for i, item_tokens in zip(items, out.reshape(len(items), -1, out.shape[-1]), strict=True):
+                tokens[i] = item_tokens
+        return tokens  # type: ignore[return-value]  # every item filled
 
     # -- text ------------------------------------------------------------------------------
 

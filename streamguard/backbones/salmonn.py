@@ -193,10 +193,11 @@ class SalmonnBackbone(QwenDecoderBackbone):
         return ChunkInputs(pixels, grid, features, resized)
 
     @torch.inference_mode()
-    def encode_audio(self, inputs: ChunkInputs) -> torch.Tensor:
-        features = inputs.input_features.to(self.device, self.dtype)
+    def encode_audios(self, batch: Sequence[ChunkInputs]) -> list[torch.Tensor]:
+        """One call of the audio branch over the items' 30 s windows, one batch row each."""
+        features = torch.stack([inputs.input_features for inputs in batch]).to(self.device, self.dtype)
         windows = self.audio_tokens_per_chunk // self.audio.query_length
-        return self.audio(features[None], windows)[0]
+        return list(self.audio(features, windows))
 
     # -- positions -------------------------------------------------------------------------
 

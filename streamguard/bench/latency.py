@@ -96,7 +96,7 @@ def run_long_stream(
     checkpoint (none: a replay for the memory and cost figures alone)."""
     seconds = settings.chunk.seconds
     method_settings = method.settings(settings)
-    pipeline = create_pipeline(backbone, method_settings)
+    pipeline = create_pipeline(backbone, method_settings, profile=True)
     params = SamplingParams(max_new_tokens=settings.session.max_new_tokens)
     features: dict[int, EncodedChunk] = {}
     kept: list[KeptChunk] = []

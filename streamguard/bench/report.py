@@ -108,7 +108,8 @@ def _headline(result: dict[str, Any]) -> str:
             + f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
         ]
     )
-    rows.append(["streams one worker keeps real time", _realtime_limit(result["concurrency"])])
+    rows.append(["engines, batched vs serial", engine_line(result).removeprefix("engine: ")])
+    rows.append(["CPU", cpu_line(result).removeprefix("cpu share of all cores ")])
     pre = head["prefilter"]
     rows.append(
         [
@@ -300,57 +301,98 @@ def _memory(memory: dict[str, Any], plot: str) -> str:
     )
 
 
-def _concurrency(concurrency: dict[str, Any], plot: str) -> str:
-    rows = [
-        [
-            r["streams"],
-            r["rtf"],
-            r["load"],
-            100 * r["shed_rate"],
-            r["lag"]["p95_ms"],
-            r["question_first_delta"]["median_ms"],
-            r["question_total"]["median_ms"],
-            r["realtime"],
-        ]
-        for r in concurrency["rows"]
-    ]
-    pace = "real time" if concurrency["speed"] == 1 else f"{concurrency['speed']:g}× real time"
-    return (
-        f"## 6. Concurrency ({concurrency['chunks_per_stream']} chunks per stream, paced at {pace}, "
-        f"at most {concurrency['max_pending_chunks']} pending chunks per stream)\n\n"
-        + _table(
-            [
-                "streams",
-                "RTF",
-                "worker load",
-                "shed %",
-                "lag p95 ms",
-                "question first delta ms",
-                "question total ms",
-                "real time",
-            ],
-            rows,
+def engine_line(result: dict[str, Any]) -> str:
+    """The one line comparing the engines: streams kept real time, then worker time per chunk and
+    answer p95 at the same number of streams (and the GPU's busy share on CUDA)."""
+    serial, batched = result["engine"]["serial"], result["engine"]["batched"]
+    line = (
+        f"engine: batched keeps {batched['streams_real_time']} streams real time vs {serial['streams_real_time']} "
+        f"serial; worker {_cell(batched['worker_ms_per_chunk'])} ms/chunk vs {_cell(serial['worker_ms_per_chunk'])}; "
+        f"answer p95 {_cell(batched['answer_total_p95_s'])} s vs {_cell(serial['answer_total_p95_s'])} s "
+        f"(at {batched['at_streams']} streams)"
+    )
+    if batched["gpu_busy_share"] is not None:
+        line += f"; GPU busy {100 * batched['gpu_busy_share']:.0f}% vs {100 * serial['gpu_busy_share']:.0f}%"
+    return line
+
+
+def cpu_line(result: dict[str, Any]) -> str:
+    """Where the CPU went at that number of streams: worker thread, preprocessing pool, the whole
+    process, and the machine's load (other processes included), as shares of all cores."""
+    parts = []
+    for name, summary in result["engine"].items():
+        share = summary["cpu_share"]
+        parts.append(
+            f"{name}: worker {100 * share['worker']:.0f}%, preprocessing {100 * share['preprocessing']:.0f}%, "
+            f"process {100 * share['whole_process']:.0f}%, machine {100 * share['machine_load']:.0f}%"
         )
-        + f"\n{_realtime_limit(concurrency)}\n\n"
-        + f"![concurrency]({plot})\n"
+    return f"cpu share of all cores at {result['engine']['batched']['at_streams']} streams: " + "; ".join(
+        parts
     )
 
 
-def _realtime_limit(concurrency: dict[str, Any]) -> str:
+def _concurrency(concurrency: dict[str, Any], plot: str) -> str:
+    pace = "real time" if concurrency["speed"] == 1 else f"{concurrency['speed']:g}× real time"
+    source, question = concurrency["source"], concurrency["question"]
+    size = "×".join(str(x) for x in source["frame_size"]) if source["frame_size"] else "no video"
+    text = (
+        f"## 6. Concurrency ({concurrency['chunks_per_stream']} chunks per stream, paced at {pace}, "
+        f"at most {concurrency['max_pending_chunks']} pending chunks per stream)\n\n"
+        f"Source: the {source['clip']} clip, {size}, at {source['min_pixels']}..{source['max_pixels']} pixels a "
+        f"frame. Each stream asks a question of up to {question['max_tokens']} tokens every "
+        f"{question['every_s']:g} s. Load counts the worker's time on chunks and answers; a run keeps real "
+        f"time with nothing shed, load < 1 and lag p95 ≤ {concurrency['lag_bound_s']:g} s (at real time). "
+        "CPU: shares of all cores (preprocessing runs on the worker in the serial engine).\n\n"
+    )
+    for name, figure in concurrency["engines"].items():
+        rows = [
+            [
+                r["streams"],
+                r["worker_ms_per_chunk"],
+                r["load"],
+                100 * r["shed_rate"],
+                r["lag"]["p95_ms"],
+                r["question_first_delta"]["p95_ms"],
+                r["question_total"]["p95_ms"],
+                f"{100 * r['cpu_share']['worker']:.0f}% / {100 * r['cpu_share']['preprocessing']:.0f}%",
+                r["realtime"],
+            ]
+            for r in figure["rows"]
+        ]
+        text += (
+            f"### {name}\n\n"
+            + _table(
+                [
+                    "streams",
+                    "worker ms/chunk",
+                    "worker load",
+                    "shed %",
+                    "lag p95 ms",
+                    "first delta p95 ms",
+                    "answer total p95 ms",
+                    "CPU worker / preprocessing",
+                    "real time",
+                ],
+                rows,
+            )
+            + f"\n{_realtime_limit(figure)}\n\n"
+        )
+    return text + f"![concurrency]({plot})\n"
+
+
+def _realtime_limit(figure: dict[str, Any]) -> str:
     largest, behind = (
-        concurrency["largest_measured_realtime_streams"],
-        concurrency["smallest_measured_behind_streams"],
+        figure["largest_measured_realtime_streams"],
+        figure["smallest_measured_behind_streams"],
     )
     line = f"Largest N measured that stays real time: {largest}"
     if behind is not None:
         line += f"; at {behind} streams the worker fell behind"
-    elif concurrency["searched_up_to"] is None:
+    elif figure["searched_up_to"] is None:
         line += " (every count listed kept up)"
     else:
-        line += f" (the search stopped at its cap, {concurrency['searched_up_to']} streams)"
-    return line + (
-        f". 1 / RTF at the largest N run: about {concurrency['estimated_realtime_streams']} streams."
-    )
+        line += f" (the search stopped at its cap, {figure['searched_up_to']} streams)"
+    return line + "."
 
 
 def _fidelity(fidelity: dict[str, Any]) -> str:

@@ -21,12 +21,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
 from streamguard.bench import compression, long_memory, plots, prefilter, report, selection
-from streamguard.bench.concurrency import measure_concurrency
+from streamguard.bench.concurrency import engine_summary, measure_concurrency
 from streamguard.bench.costs import compare_costs
 from streamguard.bench.fidelity import QUESTIONS
 from streamguard.bench.latency import QUESTION, Checkpoints, LongStream, run_long_stream
 from streamguard.bench.memory import samples_as_columns, summarize_memory
-from streamguard.bench.workload import FULL, Clip, Tick, configured_method, generated_clips, load_clip, looped
+from streamguard.bench.workload import (
+    FULL,
+    Clip,
+    Tick,
+    concurrency_clip,
+    configured_method,
+    generated_clips,
+    load_clip,
+    looped,
+)
 from streamguard.config import Settings, load_settings
 from streamguard.pruning.a2v import fallback_warnings_muted
 
@@ -43,6 +52,8 @@ class Scale:
     concurrency_chunks: int
     concurrency_speed: float  # 1: streams paced at real time
     concurrency_search_max: int  # double N past `streams` up to this while runs keep real time
+    concurrency_source: tuple[int, int, float] | None  # a camera (width, height, fps); None: the moving clip
+    concurrency_pixels: tuple[int, int] | None  # (min, max) pixels a frame; None: the config's
     selection_grids: tuple[tuple[int, int], ...]
     selection_reps: int
     question_rounds: int  # each a re-prefill answer and `question_reps` rolling ones
@@ -51,11 +62,29 @@ class Scale:
     memory_minutes: tuple[float, ...]  # long memory: when the question is asked
 
 
+# Concurrency at a 720p camera and Qwen2.5-Omni's own pixel bounds (smart_resize to 560×1008).
+CAMERA_720P = (1280, 720, 25.0)
+QWEN_PIXEL_BOUNDS = (128 * 28 * 28, 768 * 28 * 28)
 FULL_SCALE = Scale(
-    30.0, (1, 2, 5, 10), (1, 2, 4, 8), 8, 1.0, 512, selection.GRIDS, 10, 3, 3, 60.0, (10, 30, 60)
+    30.0,
+    (1, 2, 5, 10),
+    (1, 2, 4),
+    10,
+    1.0,
+    512,
+    CAMERA_720P,
+    QWEN_PIXEL_BOUNDS,
+    selection.GRIDS,
+    10,
+    3,
+    3,
+    60.0,
+    (10, 30, 60),
 )
 # the quick long-memory stream still outgrows the tiny config's budget (about 2.3 minutes)
-QUICK_SCALE = Scale(8.0, (0.25, 2), (1, 2), 4, 8.0, 4, selection.GRIDS[:1], 2, 2, 2, 12.0, (2.5, 4))
+QUICK_SCALE = Scale(
+    8.0, (0.25, 2), (1, 2), 4, 8.0, 4, None, None, selection.GRIDS[:1], 2, 2, 2, 12.0, (2.5, 4)
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +125,11 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk) + files
     cameras = prefilter.camera_clips(out / "clips", scale.camera_seconds, settings)
+    source = (
+        None
+        if scale.concurrency_source is None
+        else concurrency_clip(out / "clips", scale.concurrency_source, settings.chunk)
+    )
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
     if backbone.random_weights:
@@ -109,8 +143,9 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     # on a machine shared with other work, threads waiting for each other make every timing erratic.
     threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
     with _torch_threads(threads), fallback_warnings_muted(), _progress(console) as section:
-        result = _measure(backbone, settings, scale, clips, cameras, section, out)
+        result = _measure(backbone, settings, scale, clips, cameras, source, section, out)
     result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
+    result["engine"] = engine_summary(result["concurrency"])
     result["headline"] = headline(result)
     result["duration_s"] = time.perf_counter() - started
     result["plots"] = {
@@ -129,10 +164,12 @@ def _measure(
     scale: Scale,
     clips: list[Clip],
     cameras: list[Clip],
+    source: Clip | None,  # the concurrency figure's; None: the moving clip
     section: Callable[[str, int | None], Tick],
     out: Path,
 ) -> dict[str, Any]:
     moving = next(c for c in clips if c.name == "moving")
+    source = source or moving
     long_methods = [FULL, configured_method(settings)]
     checkpoints = Checkpoints.at_minutes(
         scale.minutes, settings.chunk.seconds, scale.question_rounds, scale.question_reps
@@ -160,17 +197,25 @@ def _measure(
 
     # The search past the listed counts runs as long as the machine keeps up: no known total.
     searching = scale.concurrency_search_max > max(scale.streams)
-    tick = section("6 concurrency", None if searching else sum(scale.streams) * scale.concurrency_chunks)
-    concurrency_chunks = list(looped(moving.chunks, scale.concurrency_chunks, settings.chunk.seconds))
+    total = 2 * sum(scale.streams) * scale.concurrency_chunks  # both engines
+    tick = section("6 concurrency, both engines", None if searching else total)
+    concurrency_chunks = list(looped(source.chunks, scale.concurrency_chunks, settings.chunk.seconds))
+    at_bounds, bound_settings = at_pixel_bounds(backbone, settings, scale.concurrency_pixels)
     concurrency = measure_concurrency(
-        backbone,
-        settings,
+        at_bounds,
+        bound_settings,
         concurrency_chunks,
         scale.streams,
         scale.concurrency_speed,
         tick,
         scale.concurrency_search_max,
     )
+    concurrency["source"] = {
+        "clip": source.name,
+        "frame_size": list(source.chunks[0].frames[0].shape[1::-1]) if source.chunks[0].frames else None,
+        "min_pixels": bound_settings.model.min_pixels,
+        "max_pixels": bound_settings.model.max_pixels,
+    }
     tick = section("9 long memory", long_memory.steps(scale.memory_minutes, settings.chunk.seconds))
     long = long_memory.measure_long_memory(
         backbone, settings, scale.memory_minutes, scale.question_reps, tick, out
@@ -209,6 +254,17 @@ def _measure(
     }
 
 
+def at_pixel_bounds(
+    backbone: Backbone, settings: Settings, pixels: tuple[int, int] | None
+) -> tuple[Backbone, Settings]:
+    """The backbone and settings at other per-frame pixel bounds (the processor's, fixed when a
+    backbone loads): loaded again unless the config already has them."""
+    if pixels is None or (settings.model.min_pixels, settings.model.max_pixels) == pixels:
+        return backbone, settings
+    model = settings.model.model_copy(update={"min_pixels": pixels[0], "max_pixels": pixels[1]})
+    return load_backbone(model, settings.chunk), settings.model_copy(update={"model": model})
+
+
 def _memory_entry(stream: LongStream, settings: Settings) -> dict[str, Any]:
     summary = summarize_memory(
         stream.memory,
@@ -240,7 +296,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "kv_bytes_per_minute_at_7b_bf16": {
             m: memory[m]["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m in (full, pruned)
         },
-        "largest_realtime_streams": result["concurrency"]["largest_measured_realtime_streams"],
+        "largest_realtime_streams": result["engine"]["batched"]["streams_real_time"],
         "prefilter": {
             "static_encoder_skipped_pct": result["prefilter"]["cases"]["static"]["encoder_skipped_pct"],
             "vision_encode_ratio": result["prefilter"]["encoder_time"]["vision_encode_ratio"],

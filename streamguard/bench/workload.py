@@ -82,6 +82,24 @@ def generated_clips(folder: Path, seconds: float, chunk: ChunkSettings) -> list[
     ]
 
 
+CONCURRENCY_CLIP = "concurrency"  # the concurrency figure's source: a moving camera
+CONCURRENCY_CLIP_SECONDS = 6.0  # looped: three distinct chunks are enough to keep the drop rule honest
+
+
+def concurrency_clip(folder: Path, size: tuple[int, int, float], chunk: ChunkSettings) -> Clip:
+    """A moving camera at `size` (width, height, fps) with a tone track, written to `folder`."""
+    width, height, fps = size
+    path = write_clip(
+        folder / f"concurrency-{width}x{height}.mp4",
+        CONCURRENCY_CLIP_SECONDS,
+        width=width,
+        height=height,
+        fps=fps,
+        motion="moving",
+    )
+    return load_clip(CONCURRENCY_CLIP, path, chunk)
+
+
 def load_clip(name: str, path: Path, chunk: ChunkSettings) -> Clip:
     chunks = list(iter_chunks(path, chunk))
     if not chunks:

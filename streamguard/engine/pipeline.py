@@ -1,21 +1,24 @@
 """One chunk through the model path: pre-filter → preprocess → encoders → selection → append.
 
-The pixel pre-filter (`ChunkPipeline.screen`) comes first: a chunk it finds unchanged goes
-through the audio encoder only (`encode_chunk(..., screening)`) and is appended without video.
-Blocking and GPU-bound: callers on an event loop run it in the model's worker thread.
+Preprocessing needs no model and runs anywhere (`prepare_chunk`: the scheduler's pool). The pixel
+pre-filter (`ChunkPipeline.screen`, `screened`) judges a chunk before any encoder: one it finds
+unchanged goes through the audio encoder only and is appended without video. The encoders take
+several chunks of any streams at once (`encode_chunks`); selection and the append are one
+stream's (`ChunkPipeline.process_encoded`). The model calls are blocking and GPU-bound: callers
+on an event loop run them in the model's worker thread.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from streamguard.backbones.base import Backbone, EncodedChunk
+from streamguard.backbones.base import Backbone, ChunkInputs, EncodedChunk
 from streamguard.config import ReferenceMode, Settings
 from streamguard.engine.session import CachedChunk, StreamSession
 from streamguard.pruning.prefilter import Screening
@@ -61,13 +64,24 @@ class ChunkReport:
 
 
 @dataclass
+class PreparedChunk:
+    """A chunk through preprocessing: the encoders' inputs, ready for the model (in pinned host
+    memory when the model is on CUDA, so the copy to the device does not block)."""
+
+    chunk: AVChunk
+    inputs: ChunkInputs
+    preprocess_ms: float
+    screening: Screening | None = None  # the pre-filter's verdict, None when it did not run
+
+
+@dataclass
 class EncodedAVChunk:
     """A chunk through preprocessing and the encoders, before selection."""
 
     chunk: AVChunk
     encoded: EncodedChunk
     resized_hw: tuple[int, int] | None
-    timings_ms: dict[str, float]  # preprocess, vision_encode, audio_encode
+    timings_ms: dict[str, float]  # preprocess, vision_encode, audio_encode (when profiled)
     screening: Screening | None = None  # the pre-filter's verdict, None when it did not run
 
     @property
@@ -75,24 +89,65 @@ class EncodedAVChunk:
         return self.screening is not None and self.screening.skip
 
 
-def encode_chunk(backbone: Backbone, chunk: AVChunk, screening: Screening | None = None) -> EncodedAVChunk:
-    """Preprocess a chunk and run its encoders, timing each stage; a chunk the pre-filter
-    skips (`screening.skip`) has its frames neither preprocessed nor encoded."""
-    skip = screening is not None and screening.skip
-    frames = [] if skip else chunk.frames
-    timings: dict[str, float] = {}
-    inputs = _timed(backbone, timings, "preprocess", lambda: backbone.preprocess(frames, chunk.audio))
-    video, deepstack = (
-        (None, None)
-        if skip
-        else _timed(backbone, timings, "vision_encode", lambda: backbone.encode_vision(inputs))
+def prepare_chunk(backbone: Backbone, chunk: AVChunk) -> PreparedChunk:
+    """The official video processor and log-mel on one chunk: CPU work that needs no model, so it
+    runs off the worker thread (the scheduler's pool)."""
+    started = time.perf_counter()
+    inputs = backbone.preprocess(chunk.frames, chunk.audio)
+    if backbone.device.type == "cuda":
+        inputs = _pinned(inputs)
+    return PreparedChunk(chunk, inputs, (time.perf_counter() - started) * 1000)
+
+
+def _pinned(inputs: ChunkInputs) -> ChunkInputs:
+    def pin(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None or tensor.is_cuda else tensor.pin_memory()
+
+    return replace(
+        inputs, pixel_values_videos=pin(inputs.pixel_values_videos), input_features=pin(inputs.input_features)
     )
-    audio = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audio(inputs))
-    encoded = EncodedChunk(video=video, audio=audio, deepstack=deepstack)
-    return EncodedAVChunk(chunk, encoded, inputs.resized_hw, timings, screening)
 
 
-def _timed(backbone: Backbone, timings: dict[str, float], stage: str, work: Callable[[], T]) -> T:
+def encode_chunks(
+    backbone: Backbone, prepared: Sequence[PreparedChunk], profile: bool = False
+) -> list[EncodedAVChunk]:
+    """Several chunks (of any streams) through the encoders: one vision-tower call for those with
+    video (a chunk the pre-filter skipped has none left) and one audio-tower call for all.
+    Profiled, each stage's time is shared out evenly."""
+    timings: dict[str, float] = {}
+    batch = [p.inputs for p in prepared]
+    visions = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_visions(batch), profile)
+    audios = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audios(batch), profile)
+    shares = {stage: ms / len(prepared) for stage, ms in timings.items()}
+    return [
+        EncodedAVChunk(
+            p.chunk,
+            EncodedChunk(video=video, audio=audio, deepstack=deepstack),
+            p.inputs.resized_hw,
+            {"preprocess": p.preprocess_ms, **shares} if profile else {},
+            p.screening,
+        )
+        for p, (video, deepstack), audio in zip(prepared, visions, audios, strict=True)
+    ]
+
+
+def encode_chunk(
+    backbone: Backbone, chunk: AVChunk, screening: Screening | None = None, profile: bool = True
+) -> EncodedAVChunk:
+    """Preprocess a chunk and run its encoders (each stage timed unless `profile` is off); a
+    chunk the pre-filter skips (`screening.skip`) has its frames neither preprocessed nor encoded."""
+    skip = screening is not None and screening.skip
+    prepared = prepare_chunk(backbone, replace(chunk, frames=[]) if skip else chunk)
+    return encode_chunks(backbone, [replace(prepared, chunk=chunk, screening=screening)], profile)[0]
+
+
+def _timed(
+    backbone: Backbone, timings: dict[str, float], stage: str, work: Callable[[], T], profile: bool
+) -> T:
+    """Run one stage; profiled, wait for the device to finish it and note its time (serving does
+    not: a synchronize per stage would keep CPU and GPU work from overlapping)."""
+    if not profile:
+        return work()
     started = time.perf_counter()
     result = work()
     if backbone.device.type == "cuda":
@@ -104,10 +159,11 @@ def _timed(backbone: Backbone, timings: dict[str, float], stage: str, work: Call
 class ChunkPipeline:
     """Drives one stream's session with its pruner, chunk after chunk."""
 
-    def __init__(self, backbone: Backbone, session: StreamSession, pruner: Pruner):
+    def __init__(self, backbone: Backbone, session: StreamSession, pruner: Pruner, profile: bool = False):
         self.backbone = backbone
         self.session = session
         self.pruner = pruner
+        self.profile = profile  # per-stage timings in each report
         # The newest appended chunk and its features: the `previous` drop policy may evict its video.
         self._last: tuple[CachedChunk, EncodedChunk] | None = None
         # The token grid and resized frame size of the last chunk whose video was kept: a chunk
@@ -125,7 +181,7 @@ class ChunkPipeline:
             self.session.settings = self.session.settings.model_copy(update=dict(sampling))
 
     def process(self, chunk: AVChunk) -> ChunkReport:
-        return self.process_encoded(encode_chunk(self.backbone, chunk, self.screen(chunk)))
+        return self.process_encoded(encode_chunk(self.backbone, chunk, self.screen(chunk), self.profile))
 
     def screen(self, chunk: AVChunk) -> Screening | None:
         """The pre-filter's verdict on a chunk, before any encoder: pass it to `encode_chunk`
@@ -139,16 +195,28 @@ class ChunkPipeline:
             self._forget_references_leaving_the_cache(largest)
         return prefilter.screen(chunk.frames)
 
+    def screened(self, prepared: PreparedChunk) -> PreparedChunk:
+        """A chunk preprocessed ahead (off the worker) with the pre-filter's verdict, taken now, in
+        the stream's order; a skipped chunk loses its video inputs, so no encoder sees its frames."""
+        screening = self.screen(prepared.chunk)
+        if screening is None:
+            return prepared
+        inputs = prepared.inputs
+        if screening.skip:
+            inputs = replace(inputs, pixel_values_videos=None, video_grid_thw=None, resized_hw=None)
+        return replace(prepared, inputs=inputs, screening=screening)
+
     def process_encoded(self, prepared: EncodedAVChunk) -> ChunkReport:
         """Select, then append, a chunk already through the encoders (one encoding can feed the
         pipelines of several methods: `eval` replays every method off the same features, unscreened)."""
         chunk, encoded, screening = prepared.chunk, prepared.encoded, prepared.screening
         timings = dict(prepared.timings_ms)
-        if screening is not None:
+        if screening is not None and self.profile:
             timings["prefilter"] = screening.ms
         self._forget_references_leaving_the_cache(encoded.num_video_tokens + int(encoded.audio.shape[0]))
         decision = self.pruner.plan(encoded, chunk.index, screening)
-        timings["select"] = decision.select_ms
+        if self.profile:
+            timings["select"] = decision.select_ms
         evicted = self._evict_previous(decision)
         skipped_grid = self._kept_grid if prepared.encoder_skipped else None
         cached = _timed(
@@ -162,6 +230,7 @@ class ChunkPipeline:
                 index=chunk.index,
                 video_tokens_in=None if skipped_grid is None else math.prod(skipped_grid[0]),
             ),
+            self.profile,
         )
         self._last = (cached, encoded)
         video_kept = encoded.video is not None and not decision.drop_video
@@ -218,7 +287,9 @@ def _grid(encoded: EncodedChunk) -> tuple[int, int, int] | None:
     return None if encoded.video is None else tuple(encoded.video.shape[:3])
 
 
-def create_pipeline(backbone: Backbone, settings: Settings) -> ChunkPipeline:
-    """A fresh stream on `backbone`: its session (prefix prefilled) and its pruner."""
+def create_pipeline(backbone: Backbone, settings: Settings, profile: bool | None = None) -> ChunkPipeline:
+    """A fresh stream on `backbone`: its session (prefix prefilled) and its pruner; per-stage
+    timings when `profile` (None: `engine.profile_stages`)."""
     session = StreamSession(backbone, settings.session, settings.model.system_prompt)
-    return ChunkPipeline(backbone, session, Pruner(settings.pruning, backbone))
+    profile = settings.engine.profile_stages if profile is None else profile
+    return ChunkPipeline(backbone, session, Pruner(settings.pruning, backbone), profile)

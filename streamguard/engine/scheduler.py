@@ -1,27 +1,37 @@
 """The one inference worker: every model call of the process runs on its single thread.
 
-Work it runs, in rounds:
+A chunk is preprocessed (video processor, log-mel) as it is submitted, on a small pool of
+threads off the worker (`engine.preprocess_workers`); the worker takes model-ready chunks only.
+It runs in rounds:
 
 1. calls (`await scheduler.call(fn)`: stream set-up such as the prefix prefill, or a live
    stream's new pruning and sampling settings, `reconfigure`),
-2. one step of the head question of every stream that has questions (a step is one
-   `next()` on `StreamSession.ask`, i.e. one generated token), oldest streams first,
-3. one chunk prefill (`ChunkPipeline.process`), taken round-robin from the streams that have
-   pending chunks and no question in flight.
+2. answers: every stream's head question decodes `engine.decode_steps_per_round` tokens, all
+   streams' tokens in ONE batched forward per step (a new question's prompt goes in the same
+   forward as the others' next tokens; `Backbone.forward_batch`),
+3. chunks: the next preprocessed chunk of up to `engine.max_chunks_per_round` streams without a
+   question in flight, taken round-robin, encoded in ONE vision-tower and ONE audio-tower call,
+   then selected and prefilled stream by stream.
 
-So a question waits for at most the chunk prefill that is running when it arrives, and
-between two of its tokens at most one chunk prefill runs: answers stay fast while streams keep
-flowing. A stream's own chunks wait while it answers (the question sits at the end of its
-cache until it is cut off again). Each stream's chunks are processed in arrival order.
+So a question waits for at most the round that is running when it arrives, and between two of
+its rounds' tokens at most one round of chunks runs. A stream's own chunks wait while it
+answers (the question sits at the end of its cache until it is cut off again): they are
+buffered, not shed, up to `engine.answer_buffer_chunks` beyond the pending bound until the
+stream has caught up. Each stream's chunks are processed in arrival order.
 
-Backpressure: each stream holds at most `max_pending_chunks` chunks waiting for the worker.
-When one more arrives the oldest pending chunk is shed (it never reaches the model) and
-counted; the newest chunks are the ones a live question is about. A stream takes at most
-`max_questions_per_stream` questions waiting or answering; one more is `TooManyQuestionsError`.
+`engine.batching: false` is the serial engine: chunks preprocessed on the worker, one question
+token per stream per round (a forward each), one chunk per round, no answer buffer.
 
-Every call, question step and chunk runs guarded: whatever one raises fails that item alone
-(the caller hears the error, it is logged) and the worker serves on. `alive` says whether the
-worker thread runs.
+Backpressure: each stream holds at most `max_pending_chunks` chunks waiting for the worker
+(plus the answer buffer). When one more arrives the oldest pending chunk is shed (it never
+reaches the model) and counted; the newest chunks are the ones a live question is about. A
+stream takes at most `max_questions_per_stream` questions waiting or answering; one more is
+`TooManyQuestionsError`. `cancel()` ends an answer before its next token.
+
+Every call, question, chunk and preprocessing job runs guarded: whatever one raises fails that
+item alone (the caller hears the error, it is logged) and the worker serves on; a batched step
+that fails fails the items in it, each encoder batch is retried chunk by chunk to find the
+culprit. `alive` says whether the worker thread runs; `stats().busy_s` how long it worked.
 
 Test hook: `chunk_delay_s` (default: env `STREAMGUARD_TEST_CHUNK_DELAY_S`, else 0) sleeps in the
 worker before every chunk prefill, slowing the real model down so shedding can be exercised.
@@ -39,14 +49,19 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from streamguard.engine.session import Recall, SamplingParams, SessionStats, StreamSession
+from streamguard.backbones.ragged import RaggedRow
+from streamguard.config import EngineSettings
+from streamguard.engine.pipeline import EncodedAVChunk, PreparedChunk, encode_chunks, prepare_chunk
+from streamguard.engine.session import AnswerDecoder, Recall, SamplingParams, SessionStats, StreamSession
 
 if TYPE_CHECKING:
+    from streamguard.backbones.base import Backbone
     from streamguard.engine.pipeline import ChunkPipeline, ChunkReport
     from streamguard.ingest.chunker import AVChunk
 
@@ -106,6 +121,7 @@ class AnswerResult:
 class QueueStats:
     depth: int  # chunks waiting for the worker
     shed: int  # chunks dropped unprocessed so far
+    ready: int = 0  # of the waiting chunks, those preprocessed (model-ready)
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,9 @@ class SchedulerStats:
     chunks_shed: int
     questions_answered: int
     alive: bool  # the worker thread runs
+    busy_s: float = 0.0  # worker seconds spent on calls, answers and chunks since start
+    worker_cpu_s: float = 0.0  # CPU seconds of the worker thread in that time
+    preprocess_cpu_s: float = 0.0  # CPU seconds of the preprocessing pool
 
 
 class Answer:
@@ -168,10 +187,22 @@ class _Question:
     params: SamplingParams
     recall: Recall | None = None
     submitted: float = field(default_factory=time.perf_counter)
-    generator: Iterator[str] | None = None
+    decoder: AnswerDecoder | None = None  # once the session took the question
     parts: list[str] = field(default_factory=list)
     first_delta_s: float | None = None
     done: bool = False
+
+
+@dataclass
+class _Pending:
+    """A chunk waiting for the worker, and its preprocessing (None: the worker's own, serial)."""
+
+    chunk: AVChunk
+    prepared: Future[PreparedChunk] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.prepared is None or self.prepared.done()
 
 
 @dataclass
@@ -179,7 +210,7 @@ class _Stream:
     id: str
     pipeline: ChunkPipeline
     listener: StreamListener
-    pending: deque[AVChunk] = field(default_factory=deque)
+    pending: deque[_Pending] = field(default_factory=deque)
     questions: deque[_Question] = field(default_factory=deque)
     shed: int = 0
 
@@ -193,17 +224,25 @@ class Scheduler:
         chunk_delay_s: float | None = None,
         *,
         max_questions_per_stream: int | None = None,
+        engine: EngineSettings | None = None,
     ):
-        """`max_questions_per_stream` None: a stream takes any number of questions."""
+        """`max_questions_per_stream` None: a stream takes any number of questions. `engine`
+        None: the batched engine with its defaults."""
         if max_pending_chunks < 1:
             raise ValueError("max_pending_chunks must be at least 1")
         if max_questions_per_stream is not None and max_questions_per_stream < 1:
             raise ValueError("max_questions_per_stream must be at least 1")
         self.max_pending_chunks = max_pending_chunks
         self.max_questions_per_stream = max_questions_per_stream
+        self.engine = engine or EngineSettings()
         if chunk_delay_s is None:
             chunk_delay_s = float(os.environ.get(CHUNK_DELAY_ENV, "0") or 0)
         self.chunk_delay_s = chunk_delay_s
+        self._pool = (
+            ThreadPoolExecutor(preprocess_workers(self.engine), thread_name_prefix="streamguard-preprocess")
+            if self.engine.batching
+            else None
+        )
         self._cond = threading.Condition()
         self._streams: dict[str, _Stream] = {}  # insertion order: the question order
         self._turns: deque[str] = deque()  # round-robin order for chunks
@@ -215,6 +254,9 @@ class Scheduler:
         self._shed_total = 0
         self._processed_total = 0
         self._answered_total = 0
+        self._busy_s = 0.0
+        self._worker_cpu_s = 0.0
+        self._preprocess_cpu_s = 0.0
 
     # -- lifecycle (event loop) ------------------------------------------------------------
 
@@ -235,6 +277,8 @@ class Scheduler:
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
@@ -257,28 +301,59 @@ class Scheduler:
             if stream is None:
                 return
             self._turns.remove(stream_id)
+            for pending in stream.pending:
+                _cancel(pending)
             stream.pending.clear()
             self._closing.extend(stream.questions)
             self._cond.notify()
 
     def submit_chunk(self, stream_id: str, chunk: AVChunk) -> None:
-        """Queue a chunk; never blocks. Over the bound, the oldest pending chunk is shed."""
+        """Queue a chunk (its preprocessing starts); never blocks. Over the bound, the oldest
+        pending chunk is shed."""
         shed: list[AVChunk] = []
         with self._cond:
             stream = self._stream(stream_id)
-            while len(stream.pending) >= self.max_pending_chunks:
-                shed.append(stream.pending.popleft())
-            stream.pending.append(chunk)
+            bound = self._bound(stream)
+            while len(stream.pending) >= bound:
+                dropped = stream.pending.popleft()
+                _cancel(dropped)
+                shed.append(dropped.chunk)
+            stream.pending.append(_Pending(chunk, self._prepare(stream, chunk)))
             stream.shed += len(shed)
             self._shed_total += len(shed)
             self._cond.notify()
-        for dropped in shed:
-            stream.listener.chunk_shed(dropped)
+        for dropped_chunk in shed:
+            stream.listener.chunk_shed(dropped_chunk)
+
+    def _bound(self, stream: _Stream) -> int:
+        """Pending chunks the stream may hold (lock held): more while it answers, and until it
+        has caught up after (only then can it hold more than `max_pending_chunks`)."""
+        answering = stream.questions or len(stream.pending) > self.max_pending_chunks
+        extra = self.engine.answer_buffer_chunks if self.engine.batching and answering else 0
+        return self.max_pending_chunks + extra
+
+    def _prepare(self, stream: _Stream, chunk: AVChunk) -> Future[PreparedChunk] | None:
+        """Start preprocessing on the pool; the worker hears when it is done."""
+        if self._pool is None:
+            return None
+        future = self._pool.submit(self._prepare_counted, stream.pipeline.backbone, chunk)
+        future.add_done_callback(lambda _: self._wake())
+        return future
+
+    def _prepare_counted(self, backbone: Backbone, chunk: AVChunk) -> PreparedChunk:
+        """On a pool thread: preprocess, counting the CPU time it takes."""
+        started = time.thread_time()
+        try:
+            return prepare_chunk(backbone, chunk)
+        finally:
+            with self._cond:
+                self._preprocess_cpu_s += time.thread_time() - started
 
     def queue_stats(self, stream_id: str) -> QueueStats:
         with self._cond:
             stream = self._stream(stream_id)
-            return QueueStats(len(stream.pending), stream.shed)
+            ready = sum(p.ready for p in stream.pending)
+            return QueueStats(len(stream.pending), stream.shed, ready)
 
     def stats(self) -> SchedulerStats:
         with self._cond:
@@ -290,6 +365,9 @@ class Scheduler:
                 chunks_shed=self._shed_total,
                 questions_answered=self._answered_total,
                 alive=self.alive,
+                busy_s=self._busy_s,
+                worker_cpu_s=self._worker_cpu_s,
+                preprocess_cpu_s=self._preprocess_cpu_s,
             )
 
     # -- questions and calls ---------------------------------------------------------------
@@ -368,20 +446,29 @@ class Scheduler:
                 calls = list(self._calls)
                 self._calls.clear()
                 heads = [s.questions[0] for s in self._streams.values() if s.questions]
-                picked = self._next_chunk()
+                picked = self._next_chunks()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             for question in closing:
                 self._end_guarded(question, StreamEndedError("the stream ended"))
             for run in calls:
                 run()
-            for question in heads:
-                self._guarded("a question", partial(self._step, question), partial(self._abandon, question))
-            if picked is not None:
-                stream, chunk = picked
-                self._guarded(
-                    f"stream {stream.id}: chunk {chunk.index}",
-                    partial(self._process, stream, chunk),
-                    partial(_call_soon, self._loop, stream.listener.chunk_failed, chunk.index),
-                )
+            if self.engine.batching:
+                self._answer_batched(heads)
+                self._process_batched(picked)
+            else:
+                for question in heads:
+                    self._guarded(
+                        "a question", partial(self._step_alone, question), partial(self._abandon, question)
+                    )
+                for stream, pending in picked:
+                    self._guarded(
+                        f"stream {stream.id}: chunk {pending.chunk.index}",
+                        partial(self._process_alone, stream, pending.chunk),
+                        partial(_call_soon, self._loop, stream.listener.chunk_failed, pending.chunk.index),
+                    )
+            with self._cond:
+                self._busy_s += time.perf_counter() - started
+                self._worker_cpu_s += time.thread_time() - cpu_started
         for question in leftover:
             self._end_guarded(question, StreamEndedError("the service is shutting down"))
         for run in calls:
@@ -401,8 +488,12 @@ class Scheduler:
         )
 
     def _abandon(self, question: _Question, error: Exception) -> None:
-        """End a question whose handling failed: off its stream, with the error."""
+        """End a question whose handling failed: off its stream, with the error, its question cut
+        off the cache."""
         question.done = True
+        if question.decoder is not None:
+            with contextlib.suppress(Exception):
+                question.decoder.close()
         self._dequeue(question, answered=False)
         question.answer._post("error", error)
 
@@ -410,28 +501,92 @@ class Scheduler:
         return (
             self._stopping
             or bool(self._closing or self._calls)
-            or any(s.questions or s.pending for s in self._streams.values())
+            or any(s.questions or (s.pending and s.pending[0].ready) for s in self._streams.values())
         )
 
-    def _next_chunk(self) -> tuple[_Stream, AVChunk] | None:
-        """The next stream in turn with a pending chunk and no question in flight (lock held)."""
+    def _next_chunks(self) -> list[tuple[_Stream, _Pending]]:
+        """The round's chunks (lock held): the next model-ready chunk of each stream in turn
+        without a question in flight, as many streams as a round takes."""
+        limit = self.engine.max_chunks_per_round if self.engine.batching else 1
+        picked: list[tuple[_Stream, _Pending]] = []
         for _ in range(len(self._turns)):
+            if len(picked) == limit:
+                break
             stream = self._streams[self._turns[0]]
             self._turns.rotate(-1)
-            if stream.pending and not stream.questions:
-                return stream, stream.pending.popleft()
-        return None
+            if stream.pending and stream.pending[0].ready and not stream.questions:
+                picked.append((stream, stream.pending.popleft()))
+        return picked
 
-    def _process(self, stream: _Stream, chunk: AVChunk) -> None:
-        """Prefill one chunk; a failure is the guard's to report (`chunk_failed`)."""
+    # -- chunks ----------------------------------------------------------------------------
+
+    def _process_alone(self, stream: _Stream, chunk: AVChunk) -> None:
+        """The serial engine: preprocess, encode, select and prefill one chunk on the worker."""
         started = time.perf_counter()
         if self.chunk_delay_s:
             time.sleep(self.chunk_delay_s)
+        self._deliver(stream, stream.pipeline.process(chunk), time.perf_counter() - started)
+
+    def _process_batched(self, picked: list[tuple[_Stream, _Pending]]) -> None:
+        """Encode the round's chunks together, then select and prefill them stream by stream."""
+        started = time.perf_counter()
+        prepared: list[tuple[_Stream, PreparedChunk]] = []
+        for stream, pending in picked:
+            assert pending.prepared is not None  # the batched engine prepares every chunk
+            # the pre-filter judges it now, in the stream's order: a chunk it skips has no video left
+            self._guarded(
+                f"stream {stream.id}: preparing chunk {pending.chunk.index}",
+                partial(
+                    lambda s, f: prepared.append((s, s.pipeline.screened(f.result()))),
+                    stream,
+                    pending.prepared,
+                ),
+                partial(_call_soon, self._loop, stream.listener.chunk_failed, pending.chunk.index),
+            )
+        encoded = [
+            (stream, chunk) for group in _by_backbone(prepared) for stream, chunk in self._encode(group)
+        ]
+        shared = (time.perf_counter() - started) / max(len(encoded), 1)
+        for stream, chunk in encoded:
+            self._guarded(
+                f"stream {stream.id}: chunk {chunk.chunk.index}",
+                partial(self._append, stream, chunk, shared),
+                partial(_call_soon, self._loop, stream.listener.chunk_failed, chunk.chunk.index),
+            )
+
+    def _encode(self, group: list[tuple[_Stream, PreparedChunk]]) -> list[tuple[_Stream, EncodedAVChunk]]:
+        """One encoder call per tower for the group; if it fails, chunk by chunk, so the chunk
+        that fails is the only one to."""
+        backbone = group[0][0].pipeline.backbone
+        profile = any(stream.pipeline.profile for stream, _ in group)
+        try:
+            encoded = encode_chunks(backbone, [prepared for _, prepared in group], profile)
+        except BaseException as exc:  # as `_guarded`: nothing one chunk raises ends the worker
+            if len(group) > 1:
+                log.warning(
+                    "worker: a batch of %d chunks failed to encode; encoding them one by one", len(group)
+                )
+                return [pair for item in group for pair in self._encode([item])]
+            stream, prepared = group[0]
+            log.exception("worker: stream %s: encoding chunk %d failed", stream.id, prepared.chunk.index)
+            error = exc if isinstance(exc, Exception) else RuntimeError(f"encoding failed: {exc!r}")
+            _call_soon(self._loop, stream.listener.chunk_failed, prepared.chunk.index, error)
+            return []
+        return [(stream, chunk) for (stream, _), chunk in zip(group, encoded, strict=True)]
+
+    def _append(self, stream: _Stream, encoded: EncodedAVChunk, shared_s: float) -> None:
+        """Select and prefill one encoded chunk; `shared_s` is its share of the round's encoding."""
+        started = time.perf_counter()
+        if self.chunk_delay_s:
+            time.sleep(self.chunk_delay_s)
+        report = stream.pipeline.process_encoded(encoded)
+        self._deliver(stream, report, shared_s + time.perf_counter() - started)
+
+    def _deliver(self, stream: _Stream, report: ChunkReport, seconds: float) -> None:
         session = stream.pipeline.session
-        report = stream.pipeline.process(chunk)
         outcome = ChunkOutcome(
             report=report,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             cache_tokens=session.cache_tokens,
             cache_bytes=session.cache_bytes,
             session=replace(session.stats),
@@ -440,49 +595,101 @@ class Scheduler:
             self._processed_total += 1
         _call_soon(self._loop, stream.listener.chunk_processed, outcome)
 
-    def _step(self, question: _Question) -> None:
-        """Advance a question by one delta, or end it (cancelled, finished or failed)."""
-        if question.done:
+    # -- answers ---------------------------------------------------------------------------
+
+    def _answer_batched(self, heads: list[_Question]) -> None:
+        """Up to `decode_steps_per_round` tokens of every head question, one forward per step."""
+        for _ in range(self.engine.decode_steps_per_round):
+            active = [q for q in heads if self._begin_guarded(q)]
+            if not active:
+                return
+            for group in _by_backbone([(q.session, q) for q in active]):
+                questions = [q for _, q in group]
+                self._guarded(
+                    f"a batched step of {len(questions)} answers",
+                    partial(self._decode_step, questions),
+                    partial(self._abandon_all, questions),
+                )
+
+    def _decode_step(self, questions: list[_Question]) -> None:
+        rows = [RaggedRow(*q.decoder.next_input(), q.session.cache) for q in questions]  # type: ignore[union-attr]
+        logits = questions[0].session.backbone.forward_batch(rows)
+        for question, row_logits in zip(questions, logits, strict=True):
+            self._guarded(
+                "a question", partial(self._accept, question, row_logits), partial(self._abandon, question)
+            )
+
+    def _abandon_all(self, questions: list[_Question], error: Exception) -> None:
+        for question in questions:
+            self._abandon(question, error)
+
+    def _step_alone(self, question: _Question) -> None:
+        """The serial engine: one token of one question, a forward of its own."""
+        if not self._begin(question):
             return
+        assert question.decoder is not None
+        embeds, positions = question.decoder.next_input()
+        self._accept(
+            question, question.session.backbone.forward(embeds, positions, question.session.cache)[-1]
+        )
+
+    def _begin_guarded(self, question: _Question) -> bool:
+        try:
+            return self._begin(question)
+        except Exception as exc:
+            log.exception("worker: a question failed to start")
+            self._abandon(question, exc)
+            return False
+
+    def _begin(self, question: _Question) -> bool:
+        """Whether the question decodes now: not ended, not cancelled, taken by its session."""
+        if question.done:
+            return False
         if question.answer.cancel_requested:
             self._end(question, reason="cancelled")
-            return
-        try:
-            if question.generator is None:
-                question.generator = question.session.ask(question.text, question.params, question.recall)
-            delta = next(question.generator)
-        except StopIteration:
+            return False
+        if question.decoder is None:
+            try:
+                question.decoder = question.session.start_answer(
+                    question.text, question.params, question.recall
+                )
+            except ValueError as exc:  # the session refused the question (empty, too long)
+                self._end(question, error=exc)
+                return False
+        return True
+
+    def _accept(self, question: _Question, logits: Any) -> None:
+        """The question's next token from its logits: post its text, end it when it is done."""
+        assert question.decoder is not None
+        delta = question.decoder.accept(logits)
+        if delta is not None:
+            if question.first_delta_s is None:
+                question.first_delta_s = time.perf_counter() - question.submitted
+            question.parts.append(delta)
+            question.answer._post("delta", delta)
+        if question.decoder.finished:
             self._end(question)
-            return
-        except Exception as exc:
-            if not isinstance(exc, ValueError):  # ValueError: the session rejected the question
-                log.exception("question failed")
-            self._end(question, error=exc)
-            return
-        if question.first_delta_s is None:
-            question.first_delta_s = time.perf_counter() - question.submitted
-        question.parts.append(delta)
-        question.answer._post("delta", delta)
 
     def _end(self, question: _Question, reason: str | None = None, error: Exception | None = None) -> None:
-        """Close the question's generator here, on the worker: its `finally` cuts the cache back."""
+        """Close the question's decoder here, on the worker: it cuts the cache back."""
         if question.done:
             return
         question.done = True
-        started = question.generator is not None
-        if question.generator is not None:
-            question.generator.close()
+        decoder = question.decoder
+        if decoder is not None:
+            decoder.close()
         if error is not None:
             self._dequeue(question, answered=False)
             question.answer._post("error", error)
             return
-        stats = question.session.stats.last_answer
         result = AnswerResult(
             text="".join(question.parts),
-            generated_tokens=stats.generated_tokens if started else 0,
-            context_tokens=stats.context_tokens if started else question.session.context_tokens,
-            prompt_tokens=stats.prompt_tokens if started else 0,
-            finish_reason=reason or stats.finish_reason,
+            generated_tokens=0 if decoder is None else decoder.stats.generated_tokens,
+            context_tokens=question.session.context_tokens
+            if decoder is None
+            else decoder.stats.context_tokens,
+            prompt_tokens=0 if decoder is None else decoder.stats.prompt_tokens,
+            finish_reason=reason or ("cancelled" if decoder is None else decoder.stats.finish_reason),
             time_to_first_delta_s=question.first_delta_s,
             total_s=time.perf_counter() - question.submitted,
         )
@@ -515,6 +722,27 @@ class Scheduler:
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify()
+
+
+def preprocess_workers(engine: EngineSettings) -> int:
+    """Preprocessing threads: as configured, else the CPU count less the worker's, 1 to 4."""
+    return engine.preprocess_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _by_backbone(items: Sequence[tuple[Any, T]]) -> list[list[tuple[Any, T]]]:
+    """Items grouped by the backbone their stream or session runs on (one per process in
+    practice): a batch goes to one model."""
+    groups: dict[int, list[tuple[Any, T]]] = {}
+    for owner, item in items:
+        backbone: Backbone = owner.pipeline.backbone if isinstance(owner, _Stream) else owner.backbone
+        groups.setdefault(id(backbone), []).append((owner, item))
+    return list(groups.values())
+
+
+def _cancel(pending: _Pending) -> None:
+    """A pending chunk leaves the queue: its preprocessing is dropped if it has not started."""
+    if pending.prepared is not None:
+        pending.prepared.cancel()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:

@@ -303,46 +303,34 @@ class StreamSession:
     ) -> Iterator[str]:
         """Yield the answer's text deltas as they decode; the stream's cache is left as it was.
         `recall` puts older chunks' KV beside the window for this answer only."""
+        decoder = self.start_answer(question, params, recall)
+        try:
+            while not decoder.finished:
+                embeds, positions = decoder.next_input()
+                delta = decoder.accept(self.backbone.forward(embeds, positions, self.cache)[-1])
+                if delta is not None:
+                    yield delta
+        finally:  # a cancelled answer (generator closed early) still reports what it generated
+            decoder.close()
+
+    def start_answer(
+        self, question: str, params: SamplingParams | None = None, recall: Recall | None = None
+    ) -> AnswerDecoder:
+        """An answer to decode step by step (`ask` drives one; the scheduler drives several
+        streams' in one batched forward), its recalled chunks already loaded. A question the
+        session refuses raises here, as does a failed recall (the cache left as it was)."""
         params = params or SamplingParams(
             self.settings.max_new_tokens, self.settings.temperature, self.settings.top_p
         )
         ids = self.question_tokens(question)
-        started = time.perf_counter()
-        stats = AnswerStats(prompt_tokens=len(ids), context_tokens=self.context_tokens)
-        context_length = kv.cache_length(self.cache)
-        positions = self.question_positions(len(ids))
-        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        generated: list[int] = []
-        try:
-            if recall is not None:
-                stats.context_tokens += recall.load(self, ids)
-            logits = self.backbone.forward(self.backbone.embed_tokens(ids), positions, self.cache)
-            next_position = int(positions[0, -1]) + 1
-            emitted = ""
-            for _ in range(params.max_new_tokens):
-                token = _sample(logits[-1], params, generator)
-                if token in self.backbone.eos_token_ids:
-                    stats.finish_reason = "stop"
-                    break
-                generated.append(token)
-                text = self.backbone.decode(generated)
-                # hold back a partly decoded multi-byte character until it completes
-                if len(text) > len(emitted) and not text.endswith("\ufffd"):
-                    delta, emitted = text[len(emitted) :], text
-                    if stats.time_to_first_delta_s is None:
-                        stats.time_to_first_delta_s = time.perf_counter() - started
-                    yield delta
-                if len(generated) == params.max_new_tokens:
-                    break
-                pos = torch.full((3, 1), next_position, dtype=torch.long)
-                logits = self.backbone.forward(self.backbone.embed_tokens([token]), pos, self.cache)
-                next_position += 1
-        finally:  # a cancelled answer (generator closed early) still reports what it generated
-            kv.truncate(self.cache, context_length)
-            stats.generated_tokens = len(generated)
-            stats.total_s = time.perf_counter() - started
-            self.stats.questions += 1
-            self.stats.last_answer = stats
+        decoder = AnswerDecoder(self, ids, params)
+        if recall is not None:
+            try:
+                decoder.stats.context_tokens += recall.load(self, ids)
+            except BaseException:
+                decoder.close()
+                raise
+        return decoder
 
     def answer(self, question: str, params: SamplingParams | None = None) -> str:
         return "".join(self.ask(question, params))
@@ -361,6 +349,68 @@ class StreamSession:
     @property
     def cache_bytes(self) -> int:
         return kv.cache_bytes(self.cache)
+
+
+class AnswerDecoder:
+    """One answer being decoded: whoever runs the model feeds it `next_input()` (the question's
+    prompt, then each new token) appended to the session's cache, and hands the last token's
+    logits to `accept()`, until `finished`. `close()` cuts the question (and anything recalled for
+    it) off again, so the cache is left as it was however the answer ended."""
+
+    def __init__(self, session: StreamSession, ids: list[int], params: SamplingParams):
+        self.session = session
+        self.params = params
+        self.stats = AnswerStats(prompt_tokens=len(ids), context_tokens=session.context_tokens)
+        self.generated: list[int] = []
+        self.finished = False
+        self._started = time.perf_counter()
+        self._context_length = kv.cache_length(session.cache)
+        self._generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self._emitted = ""
+        self._closed = False
+        backbone = session.backbone
+        self._input = (backbone.embed_tokens(ids), session.question_positions(len(ids)))
+        self._next_position = int(self._input[1][0, -1]) + 1
+
+    def next_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d) embeds and (3, n) positions to append to the session's cache next."""
+        return self._input
+
+    def accept(self, logits: torch.Tensor) -> str | None:
+        """Take the last fed token's (vocab,) logits: pick the next token; the new text, if any."""
+        backbone = self.session.backbone
+        token = _sample(logits, self.params, self._generator)
+        if token in backbone.eos_token_ids:
+            self.stats.finish_reason = "stop"
+            self.finished = True
+            return None
+        self.generated.append(token)
+        if len(self.generated) == self.params.max_new_tokens:
+            self.finished = True
+        else:
+            position = torch.full((3, 1), self._next_position, dtype=torch.long)
+            self._input = (backbone.embed_tokens([token]), position)
+            self._next_position += 1
+        text = backbone.decode(self.generated)
+        # hold back a partly decoded multi-byte character until it completes
+        if len(text) <= len(self._emitted) or text.endswith("\ufffd"):
+            return None
+        delta, self._emitted = text[len(self._emitted) :], text
+        if self.stats.time_to_first_delta_s is None:
+            self.stats.time_to_first_delta_s = time.perf_counter() - self._started
+        return delta
+
+    def close(self) -> None:
+        """Cut the question and answer off the cache and record the answer's stats (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        session = self.session
+        kv.truncate(session.cache, self._context_length)
+        self.stats.generated_tokens = len(self.generated)
+        self.stats.total_s = time.perf_counter() - self._started
+        session.stats.questions += 1
+        session.stats.last_answer = self.stats
 
 
 def _kept_deepstack(

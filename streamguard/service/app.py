@@ -205,6 +205,7 @@ def create_app(
                 settings.service.max_pending_chunks,
                 chunk_delay_s,
                 max_questions_per_stream=settings.service.max_questions_per_stream,
+                engine=settings.engine,
             )
             scheduler.start()
             registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
