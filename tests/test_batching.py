@@ -6,6 +6,7 @@ transformers' own forward."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import torch
@@ -185,3 +186,26 @@ def test_a_ragged_batch_refuses_two_rows_on_one_cache(backbone, settings):
     with pytest.raises(ValueError, match="cache of its own"):
         backbone.forward_batch([row, row])
     decoder.close()
+
+
+async def test_the_prefilter_still_spares_the_vision_encoder_in_a_batched_round(backbone, settings):
+    still = random_chunks(1, seed=5)[0]
+    chunks = [dataclasses.replace(still, index=i, start=2.0 * i) for i in range(4)]
+    reports: list = []
+    listener = _NoChunks()
+    listener.chunk_processed = lambda outcome: reports.append(outcome.report)  # type: ignore[method-assign]
+    scheduler = Scheduler(max_pending_chunks=8, engine=settings.engine)
+    scheduler.register("still", create_pipeline(backbone, settings), listener)
+    scheduler.start()
+    try:
+        for chunk in chunks:
+            scheduler.submit_chunk("still", chunk)
+        for _ in range(3000):  # bounded: a minute
+            if len(reports) == len(chunks):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await scheduler.stop()
+    assert not reports[0].encoder_skipped  # the first chunk is the reference
+    skipped = [r for r in reports[1:] if r.encoder_skipped]
+    assert skipped and all(r.prefilter == "unchanged" and r.video_tokens_kept == 0 for r in skipped)

@@ -21,7 +21,7 @@ import torch
 from streamguard.backbones.base import Backbone, ChunkInputs, EncodedChunk
 from streamguard.config import ReferenceMode, Settings
 from streamguard.engine.session import CachedChunk, StreamSession
-from streamguard.pruning.prefilter import Screening
+from streamguard.pruning.prefilter import Screening, Signature, signature
 from streamguard.pruning.pruner import PruneDecision, Pruner
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class PreparedChunk:
     chunk: AVChunk
     inputs: ChunkInputs
     preprocess_ms: float
+    signature: Signature | None = None  # the pre-filter's view of the frames, made ahead
     screening: Screening | None = None  # the pre-filter's verdict, None when it did not run
 
 
@@ -113,21 +114,28 @@ def encode_chunks(
 ) -> list[EncodedAVChunk]:
     """Several chunks (of any streams) through the encoders: one vision-tower call for those with
     video (a chunk the pre-filter skipped has none left) and one audio-tower call for all.
-    Profiled, each stage's time is shared out evenly."""
+    Profiled, each stage's time is shared out evenly among the chunks that went through it."""
     timings: dict[str, float] = {}
     batch = [p.inputs for p in prepared]
-    visions = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_visions(batch), profile)
+    with_video = [inputs.pixel_values_videos is not None for inputs in batch]
+    visions: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)] * len(batch)
+    if any(with_video):
+        visions = _timed(backbone, timings, "vision_encode", lambda: backbone.encode_visions(batch), profile)
     audios = _timed(backbone, timings, "audio_encode", lambda: backbone.encode_audios(batch), profile)
-    shares = {stage: ms / len(prepared) for stage, ms in timings.items()}
+
+    def shares(video: bool) -> dict[str, float]:
+        through = {"vision_encode": sum(with_video) if video else 0, "audio_encode": len(batch)}
+        return {stage: ms / through[stage] for stage, ms in timings.items() if through[stage]}
+
     return [
         EncodedAVChunk(
             p.chunk,
             EncodedChunk(video=video, audio=audio, deepstack=deepstack),
             p.inputs.resized_hw,
-            {"preprocess": p.preprocess_ms, **shares} if profile else {},
+            {"preprocess": p.preprocess_ms, **shares(has_video)} if profile else {},
             p.screening,
         )
-        for p, (video, deepstack), audio in zip(prepared, visions, audios, strict=True)
+        for p, (video, deepstack), audio, has_video in zip(prepared, visions, audios, with_video, strict=True)
     ]
 
 
@@ -183,7 +191,16 @@ class ChunkPipeline:
     def process(self, chunk: AVChunk) -> ChunkReport:
         return self.process_encoded(encode_chunk(self.backbone, chunk, self.screen(chunk), self.profile))
 
-    def screen(self, chunk: AVChunk) -> Screening | None:
+    def prepare(self, chunk: AVChunk) -> PreparedChunk:
+        """All of a chunk's work that needs neither the model nor the stream's state, for any
+        thread: the encoders' inputs, and the pre-filter's signature of its frames."""
+        prepared = prepare_chunk(self.backbone, chunk)
+        prefilter = self.pruner.prefilter
+        if prefilter is not None and chunk.frames:
+            prepared.signature = signature(chunk.frames, prefilter.settings)
+        return prepared
+
+    def screen(self, chunk: AVChunk, current: Signature | None = None) -> Screening | None:
         """The pre-filter's verdict on a chunk, before any encoder: pass it to `encode_chunk`
         (a skip spares the vision encoder), then `process_encoded`. None: no pre-filter here
         (disabled, or the drop rule is off) or no frames; the chunk is encoded."""
@@ -193,12 +210,12 @@ class ChunkPipeline:
         if self.session.chunks:  # a skip must not be the append that evicts the reference
             largest = max(cached.video_tokens_in + cached.audio_tokens for cached in self.session.chunks)
             self._forget_references_leaving_the_cache(largest)
-        return prefilter.screen(chunk.frames)
+        return prefilter.screen(chunk.frames, current)
 
     def screened(self, prepared: PreparedChunk) -> PreparedChunk:
         """A chunk preprocessed ahead (off the worker) with the pre-filter's verdict, taken now, in
         the stream's order; a skipped chunk loses its video inputs, so no encoder sees its frames."""
-        screening = self.screen(prepared.chunk)
+        screening = self.screen(prepared.chunk, prepared.signature)
         if screening is None:
             return prepared
         inputs = prepared.inputs

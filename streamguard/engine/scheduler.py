@@ -1,7 +1,8 @@
 """The one inference worker: every model call of the process runs on its single thread.
 
-A chunk is preprocessed (video processor, log-mel) as it is submitted, on a small pool of
-threads off the worker (`engine.preprocess_workers`); the worker takes model-ready chunks only.
+A chunk is preprocessed (video processor, log-mel, the pre-filter's thumbnails) as it is
+submitted, on a small pool of threads off the worker (`engine.preprocess_workers`); the worker
+takes model-ready chunks only.
 It runs in rounds:
 
 1. calls (`await scheduler.call(fn)`: stream set-up such as the prefix prefill, or a live
@@ -10,8 +11,10 @@ It runs in rounds:
    streams' tokens in ONE batched forward per step (a new question's prompt goes in the same
    forward as the others' next tokens; `Backbone.forward_batch`),
 3. chunks: the next preprocessed chunk of up to `engine.max_chunks_per_round` streams without a
-   question in flight, taken round-robin, encoded in ONE vision-tower and ONE audio-tower call,
-   then selected and prefilled stream by stream.
+   question in flight, taken round-robin, judged by each stream's pixel pre-filter (a chunk it
+   skips leaves the vision batch), encoded in ONE vision-tower and ONE audio-tower call, then
+   selected and prefilled stream by stream (prefills are not batched: each is already hundreds of
+   tokens, and a stream's drop rule, evictions and re-bases run in its order).
 
 So a question waits for at most the round that is running when it arrives, and between two of
 its rounds' tokens at most one round of chunks runs. A stream's own chunks wait while it
@@ -26,7 +29,9 @@ Backpressure: each stream holds at most `max_pending_chunks` chunks waiting for 
 (plus the answer buffer). When one more arrives the oldest pending chunk is shed (it never
 reaches the model) and counted; the newest chunks are the ones a live question is about. A
 stream takes at most `max_questions_per_stream` questions waiting or answering; one more is
-`TooManyQuestionsError`. `cancel()` ends an answer before its next token.
+`TooManyQuestionsError`. `cancel()` ends an answer before its next token. A chunk is only taken
+once preprocessed: at real chunk rates it waits seconds before it could be shed, far longer than
+the pool takes; a pool that falls that far behind (the CPU saturated) sheds like a slow worker.
 
 Every call, question, chunk and preprocessing job runs guarded: whatever one raises fails that
 item alone (the caller hears the error, it is logged) and the worker serves on; a batched step
@@ -57,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from streamguard.backbones.ragged import RaggedRow
 from streamguard.config import EngineSettings
-from streamguard.engine.pipeline import EncodedAVChunk, PreparedChunk, encode_chunks, prepare_chunk
+from streamguard.engine.pipeline import EncodedAVChunk, PreparedChunk, encode_chunks
 from streamguard.engine.session import AnswerDecoder, Recall, SamplingParams, SessionStats, StreamSession
 
 if TYPE_CHECKING:
@@ -336,15 +341,15 @@ class Scheduler:
         """Start preprocessing on the pool; the worker hears when it is done."""
         if self._pool is None:
             return None
-        future = self._pool.submit(self._prepare_counted, stream.pipeline.backbone, chunk)
+        future = self._pool.submit(self._prepare_counted, stream.pipeline, chunk)
         future.add_done_callback(lambda _: self._wake())
         return future
 
-    def _prepare_counted(self, backbone: Backbone, chunk: AVChunk) -> PreparedChunk:
+    def _prepare_counted(self, pipeline: ChunkPipeline, chunk: AVChunk) -> PreparedChunk:
         """On a pool thread: preprocess, counting the CPU time it takes."""
         started = time.thread_time()
         try:
-            return prepare_chunk(backbone, chunk)
+            return pipeline.prepare(chunk)
         finally:
             with self._cond:
                 self._preprocess_cpu_s += time.thread_time() - started

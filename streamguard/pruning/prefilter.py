@@ -128,10 +128,11 @@ class Prefilter:
         """Forget the reference (it is leaving the cache): the next chunk with video is encoded."""
         self._reference, self._reference_chunk = None, None
 
-    def screen(self, frames: list[np.ndarray]) -> Screening:
-        """The verdict on a chunk's frames (at least one), against the kept and previous chunks."""
+    def screen(self, frames: list[np.ndarray], current: Signature | None = None) -> Screening:
+        """The verdict on a chunk's frames (at least one), against the kept and previous chunks;
+        `current` is their `signature` when it was made ahead (off the model's worker)."""
         s, started = self.settings, time.perf_counter()
-        current = signature(frames, s)
+        current = current or signature(frames, s)
         history = self._next_history(current)
         masked = history.sum(axis=0) >= s.mask_after
         if masked.sum() > s.max_masked_fraction * masked.size:  # too much always changes: mask nothing
