@@ -117,7 +117,7 @@ def _encoder_time(on: list[ChunkReport], off: list[ChunkReport]) -> dict[str, An
 
 
 def _replay(backbone: Backbone, settings: Settings, clip: Clip, tick: Tick) -> list[ChunkReport]:
-    pipeline = create_pipeline(backbone, settings)
+    pipeline = create_pipeline(backbone, settings, profile=True)
     reports = []
     for chunk in clip.chunks:
         reports.append(pipeline.process(chunk))
