@@ -2,8 +2,7 @@
 
 A chunk is preprocessed (video processor, log-mel, the pre-filter's thumbnails) as it is
 submitted, on a small pool of threads off the worker (`engine.preprocess_workers`); the worker
-takes model-ready chunks only.
-It runs in rounds:
+takes model-ready chunks only. It runs in rounds:
 
 1. calls (`await scheduler.call(fn)`: stream set-up such as the prefix prefill, or a live
    stream's new pruning and sampling settings, `reconfigure`),
