@@ -498,7 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--minutes", type=_number_list(float), help="stream lengths for question latency (default 1,2,5,10)"
     )
-    bench.add_argument("--streams", type=_number_list(int), help="concurrent stream counts (default 1,2,4,8)")
+    bench.add_argument(
+        "--streams",
+        type=_number_list(int),
+        help="concurrent stream counts, each engine, then doubling while real time (default 1,2)",
+    )
     bench.add_argument(
         "--memory-minutes",
         type=_number_list(float),
