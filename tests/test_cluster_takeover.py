@@ -77,9 +77,11 @@ def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_
             file_id = filed.json()["id"]
             wait_until(lambda: a.stream(camera_id)["stats"]["chunks_processed"] > 0, "A to run the camera")
 
-            # While A heartbeats, B leaves its streams alone (two lease periods is plenty to see it).
+            # While A heartbeats, B leaves its streams alone (two lease periods is plenty to see it):
+            # it shows them as A has them (asking A), and runs none itself.
             time.sleep(2 * LEASE_TTL_S)
-            assert worker_b.http.get(f"/v1/streams/{camera_id}").status_code == 404
+            assert worker_b.http.get(f"/v1/streams/{camera_id}").json()["stats"]["chunks_processed"] > 0
+            assert metric(worker_b, "streamguard_streams_taken_over_total") == 0
             record = worker_b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
             assert SECRET not in json.dumps(record)  # the record another worker reads shows no credentials
             worker_of_a = record["worker"]

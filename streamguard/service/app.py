@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
+from streamguard.cluster.routing import Router
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.webrtc import MAX_SDP_BYTES
@@ -50,7 +51,8 @@ from streamguard.service.protocol import (
     protocol_schema,
     validation_code,
 )
-from streamguard.service.streams import Stream, StreamRegistry, open_source, unknown_stream
+from streamguard.service.remote import ClusterStreams
+from streamguard.service.streams import StreamRegistry, open_source, unknown_stream
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web"  # clients/web, shipped as package data
 
@@ -68,12 +70,11 @@ def registry_of(request: Request) -> StreamRegistry:
 Registry = Annotated[StreamRegistry, Depends(registry_of)]
 
 
-def stream_seen_by(caller: Caller, registry: StreamRegistry, stream_id: str) -> Stream:
-    """The stream, if the caller may see it; another token's stream is as absent as no stream."""
-    stream = registry.get(stream_id)
-    if not caller.may_see(stream.owner):
-        raise unknown_stream(stream_id)
-    return stream
+def cluster_of(request: Request) -> ClusterStreams:
+    return request.app.state.cluster
+
+
+Cluster = Annotated[ClusterStreams, Depends(cluster_of)]
 
 
 api = APIRouter(prefix="/v1", tags=["streams"], responses=ERROR_RESPONSES)
@@ -92,22 +93,24 @@ async def create_stream(
 
 
 @api.get("/streams")
-async def list_streams(caller: Authenticated, registry: Registry) -> StreamList:
-    """The streams the token may see (a user token: those it opened; an admin token: all)."""
-    streams = [stream.info() for stream in registry.all() if caller.may_see(stream.owner)]
+async def list_streams(caller: Authenticated, cluster: Cluster) -> StreamList:
+    """The streams the token may see (a user token: those it opened; an admin token: all), on
+    every worker of the cluster."""
+    streams = await cluster.list(caller)
     viewer = Viewer(name=caller.name, role=caller.role, sees_all_streams=caller.sees_all_streams)
     return StreamList(streams=streams, viewer=viewer)
 
 
 @api.get("/streams/{stream_id}")
-async def get_stream(stream_id: str, caller: Authenticated, registry: Registry) -> StreamInfo:
-    return stream_seen_by(caller, registry, stream_id).info()
+async def get_stream(stream_id: str, caller: Authenticated, cluster: Cluster) -> StreamInfo:
+    """The stream, whichever worker of the cluster holds it."""
+    return await cluster.info(caller, stream_id)
 
 
 @api.delete("/streams/{stream_id}")
-async def delete_stream(stream_id: str, caller: Authenticated, registry: Registry) -> StreamInfo:
-    """Stop the stream and free its cache; returns its final stats."""
-    return await registry.delete(stream_seen_by(caller, registry, stream_id).id)
+async def delete_stream(stream_id: str, caller: Authenticated, cluster: Cluster) -> StreamInfo:
+    """Stop the stream and free its cache, whichever worker holds it; returns its final stats."""
+    return await cluster.delete(caller, stream_id)
 
 
 @api.get("/streams/{stream_id}/answers")
@@ -135,7 +138,9 @@ async def service_stats(_: Authenticated, registry: Registry) -> ServiceStats:
 async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     """Questions and stats of one stream; see `streamguard.service.protocol` for the messages.
     Refusals send an `error` event, then close with 4000 + the HTTP status (4401, 4403, 4404);
-    a deleted stream closes with 4410, a client that does not read its events with 4429."""
+    a deleted stream closes with 4410, a client that does not read its events with 4429. A
+    stream another worker holds is served from there (`remote.ClusterStreams.relay`); should that
+    worker die, an `error` event (`stream_lost`) and close 4503."""
     await websocket.accept()
     state = websocket.app.state
     try:
@@ -144,7 +149,11 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
             state.settings.service,
             presented_token(websocket.headers.get("authorization"), websocket.query_params.get("token")),
         )
-        stream = stream_seen_by(caller, state.registry, stream_id)
+        cluster: ClusterStreams = state.cluster
+        stream = cluster.local(caller, stream_id)
+        if stream is None:
+            await cluster.relay(websocket, caller, stream_id)
+            return
     except ServiceError as error:
         await refuse(websocket, error)
         return
@@ -210,6 +219,13 @@ def create_app(
             scheduler.start()
             registry = StreamRegistry(settings, model, scheduler, app.state.metrics, store)
             app.state.registry = registry
+            cluster = ClusterStreams(registry, app.state.metrics)
+            app.state.cluster = cluster
+            if settings.cluster.redis_url:  # other workers exist only with a shared store
+                cluster.router = Router(
+                    settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket
+                )
+                cluster.router.start()
             heartbeat = Heartbeat(
                 store, registry.active_streams, registry.lease_lost, settings.cluster.lease_ttl_s / 3
             )
@@ -219,6 +235,8 @@ def create_app(
                 yield
             finally:
                 await heartbeat.stop()
+                if cluster.router is not None:
+                    await cluster.router.stop()
                 await registry.close()
                 await scheduler.stop()
                 event("service.stopped")

@@ -18,9 +18,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocketDisconnect
 from pydantic import BaseModel
 
+from streamguard.cluster.routing import ClientSocket
 from streamguard.cluster.store import AnswerRecord, Store
 from streamguard.config import ServiceSettings
 from streamguard.engine.scheduler import Answer, StreamEndedError
@@ -75,7 +76,7 @@ class _Close:
     reason: str
 
 
-async def refuse(websocket: WebSocket, error: ServiceError) -> None:
+async def refuse(websocket: ClientSocket, error: ServiceError) -> None:
     """An accepted socket that may not go on: the error event, then close with 4000 + status."""
     await websocket.send_text(error.event().model_dump_json())
     await websocket.close(code=WS_CLOSE_OFFSET + error.status, reason=error.code)
@@ -84,7 +85,7 @@ async def refuse(websocket: WebSocket, error: ServiceError) -> None:
 class Connection:
     def __init__(
         self,
-        websocket: WebSocket,
+        websocket: ClientSocket,  # a client's own, or one another worker forwards (`RemoteSocket`)
         stream: Stream,
         settings: ServiceSettings,
         store: Store,

@@ -29,7 +29,7 @@ from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec
 
 # Additions (a new event, a new optional field) raise the minor version; anything a client
 # written for an older one would trip on raises the major one.
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 
 ErrorCode = Literal[
     # websocket messages
@@ -46,6 +46,7 @@ ErrorCode = Literal[
     "memory_disabled",
     "recall_too_large",
     "stream_ended",
+    "stream_lost",  # the worker holding the stream (another than the socket's) went away
     "internal_error",
     # REST and auth
     "invalid_request",
@@ -54,6 +55,7 @@ ErrorCode = Literal[
     "invalid_token",
     "too_many_streams",
     "service_full",
+    "worker_unavailable",  # the worker holding the stream did not answer in time
     "file_sources_disabled",
     "invalid_source",
     "unsupported_scheme",

@@ -712,6 +712,9 @@ class StreamRegistry:
             except Exception:  # one failed round (Redis away) must not end the next
                 event("stream.take_over_failed", logging.ERROR, exc_info=True)
 
+    def find(self, stream_id: str) -> Stream | None:
+        return self._streams.get(stream_id)
+
     def get(self, stream_id: str) -> Stream:
         stream = self._streams.get(stream_id)
         if stream is None:

@@ -121,11 +121,24 @@ class StreamEndedError(ServiceError):
     code = "stream_ended"
 
 
+class StreamLostError(ServiceError):
+    """The worker holding the stream (not the one this socket reached) went away mid-way; the
+    socket then closes with 4503. Reconnect: the stream may have moved to another worker."""
+
+    code = "stream_lost"
+
+
 class InternalServiceError(ServiceError):
     code = "internal_error"
 
 
 # -- REST and auth ---------------------------------------------------------------------------
+
+
+class WorkerUnavailableError(ServiceError):
+    """The worker holding the stream did not answer in time (HTTP 503); try again."""
+
+    code = "worker_unavailable"
 
 
 class InvalidRequestError(ServiceError):

@@ -1,0 +1,107 @@
+"""Any worker answers for any stream: two `streamguard serve` processes on one real Redis, a
+GStreamer RTSP camera opened on worker A, and everything asked of worker B. B lists and shows
+A's stream, answers a question over its own websocket with A's deltas in order, subscribes to
+its stats, cancels across workers, deletes it; and when A is killed (-9) mid-answer, B's client
+gets `stream_lost` within about one lease TTL instead of waiting for good."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from redis_helpers import redis_server
+from rtsp_helpers import rtsp_camera
+from service_helpers import TOKEN, receive, receive_until, serve_process, wait_until
+from websockets.exceptions import ConnectionClosed
+
+pytestmark = [pytest.mark.redis, pytest.mark.rtsp]
+
+LEASE_TTL_S = 1.5
+QUESTION = "What do you see?"
+
+
+def ask(ws, question_id: str, max_tokens: int = 16) -> None:
+    ws.send(
+        json.dumps({"type": "question.ask", "id": question_id, "text": QUESTION, "max_tokens": max_tokens})
+    )
+
+
+def test_a_camera_on_worker_a_is_listed_asked_cancelled_and_deleted_through_worker_b(tmp_path):
+    with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
+        env = {
+            "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
+            "STREAMGUARD_SESSION__MAX_NEW_TOKENS": "256",
+            "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
+            "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
+        }
+        with (
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_a,
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_b,
+        ):
+            a, b = worker_a.service, worker_b.service
+            opened = [
+                a.http.post("/v1/streams", json={"source": "rtsp", "url": camera.url}) for _ in range(2)
+            ]
+            assert all(r.status_code == 201 for r in opened), [r.text for r in opened]
+            first, second = (r.json()["id"] for r in opened)
+            wait_until(lambda: a.stream(first)["stats"]["chunks_processed"] > 0, "A to run the camera")
+
+            # B shows and lists A's streams as its own
+            shown = b.stream(first)
+            assert shown["id"] == first and shown["kind"] == "rtsp"
+            listed = {s["id"] for s in b.http.get("/v1/streams").json()["streams"]}
+            assert {first, second} <= listed
+
+            with b.ws(f"/v1/streams/{first}/ws") as ws:
+                ws.send(json.dumps({"type": "stats.subscribe", "interval_s": 0.5}))
+                ask(ws, "q1")
+                events = receive_until(ws, lambda e: e["type"] in ("answer.done", "error"))
+                done = events[-1]
+                assert done["type"] == "answer.done", done
+                deltas = [e["text"] for e in events if e["type"] == "answer.delta" and e["id"] == "q1"]
+                assert deltas and "".join(deltas) == done["text"]  # every delta, in order
+                stats = [e for e in events if e["type"] == "stream.stats"]
+                stats = stats or receive_until(ws, lambda e: e["type"] == "stream.stats")[-1:]
+                assert stats[0]["stream"]["id"] == first
+
+                ask(ws, "q2", max_tokens=256)
+                receive_until(ws, lambda e: e["type"] == "answer.delta" and e["id"] == "q2")
+                ws.send(json.dumps({"type": "question.cancel", "id": "q2"}))
+                done = receive_until(
+                    ws, lambda e: e["type"] in ("answer.done", "error") and e.get("id") == "q2"
+                )
+                assert done[-1]["type"] == "answer.done" and done[-1]["stats"]["finish_reason"] in (
+                    "cancelled",
+                    "length",  # the cancel came after the last token
+                )
+
+                deleted = b.http.delete(f"/v1/streams/{first}")
+                assert deleted.status_code == 200, deleted.text
+                assert deleted.json()["id"] == first and deleted.json()["state"] == "ended"
+                ended = receive_until(ws, lambda e: e["type"] == "error")[-1]
+                assert ended["code"] == "stream_ended"
+                with pytest.raises(ConnectionClosed) as closed:
+                    receive(ws, timeout_s=30)
+                assert closed.value.rcvd.code == 4410
+            assert a.http.get(f"/v1/streams/{first}").status_code == 404
+            assert b.http.get(f"/v1/streams/{first}").status_code == 404
+            answers = b.http.get(f"/v1/streams/{first}/answers").json()["answers"]
+            assert [entry["question_id"] for entry in answers][:1] == ["q1"]
+
+            # A dies mid-answer: B's client hears of it within about a lease TTL
+            wait_until(lambda: a.stream(second)["stats"]["chunks_processed"] > 0, "A to run the 2nd camera")
+            with b.ws(f"/v1/streams/{second}/ws") as ws:
+                ask(ws, "q3", max_tokens=256)
+                receive_until(ws, lambda e: e["type"] == "answer.delta")
+                worker_a.process.kill()
+                killed = time.monotonic()
+                lost = receive_until(ws, lambda e: e["type"] == "error")[-1]
+                waited = time.monotonic() - killed
+                assert lost["code"] == "stream_lost", lost
+                # the owner's liveness key lapses within one TTL; the relay looks every third of one
+                assert waited < LEASE_TTL_S * 4 / 3 + 1.0, waited
+                with pytest.raises(ConnectionClosed) as closed:
+                    receive(ws, timeout_s=30)
+                assert closed.value.rcvd.code == 4503
+            worker_a.process.wait(30)
