@@ -8,6 +8,7 @@ down (real, non-silent audio). One shared media: every client sees the same live
 
 The options make the kinds of camera met in the field:
   --video h264|h265|mjpeg|none   --size 320x240   --fps 15   --drop 0.95 (VFR: drops raw frames)
+  --video junk                   H.264 by its SDP, random bytes on the wire: nothing decodes
   --audio aac|pcmu|pcma|none     --channels 1|2   --volume 0.5
   --auth user:password           basic authentication
   --audio-jump S                 the audio's RTP timestamps leap S seconds back and forth again,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 import gi
@@ -39,6 +41,11 @@ VIDEO_ENCODERS = {
     "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} ! rtph265pay",
     "mjpeg": "jpegenc ! rtpjpegpay",
 }
+# H.264 as the SDP says, but random bytes: a camera whose media nothing can decode.
+JUNK_VIDEO = (
+    "appsrc name=junk is-live=true do-timestamp=true format=time "
+    'caps="video/x-h264,stream-format=byte-stream,alignment=au" ! rtph264pay name=pay0 pt=96'
+)
 AUDIO_ENCODERS = {
     "aac": "audio/x-raw,rate=16000 ! avenc_aac ! rtpmp4gpay",
     "pcmu": "audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay",
@@ -50,7 +57,9 @@ def launch_line(args: argparse.Namespace) -> str:
     limit = "" if args.frames is None else f"num-buffers={args.frames}"
     width, height = args.size.split("x")
     parts = []
-    if args.video != "none":
+    if args.video == "junk":
+        parts.append(JUNK_VIDEO)
+    elif args.video != "none":
         # A live test source holds each frame for its whole period before it sends it; a slow
         # camera sends a picture as soon as it is taken: take them from a faster capture.
         capture = max(args.fps, SLOW_CAPTURE_FPS)
@@ -76,7 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8554, help="TCP port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--frames", type=int, help="end each client's stream after this many frames")
-    parser.add_argument("--video", choices=[*VIDEO_ENCODERS, "none"], default="h264")
+    parser.add_argument("--video", choices=[*VIDEO_ENCODERS, "junk", "none"], default="h264")
     parser.add_argument("--audio", choices=[*AUDIO_ENCODERS, "none"], default="aac")
     parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT")
     parser.add_argument("--fps", type=int, default=15)
@@ -98,6 +107,8 @@ def main() -> int:
     factory.set_shared(args.frames is None)  # a short media ends for good: each client gets its own
     if args.audio != "none":
         factory.connect("media-configure", _sweep_tone)
+    if args.video == "junk":
+        factory.connect("media-configure", _feed_junk, args.fps)
     if args.audio_jump:
         factory.connect("media-configure", _jump_audio_clock, args)
     if args.auth:
@@ -142,6 +153,18 @@ def _jump_audio_clock(
         return Gst.PadProbeReturn.OK
 
     pay.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, shift)
+
+
+def _feed_junk(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia, fps: int) -> None:
+    """Push `fps` access units of random bytes a second (after a start code and an IDR NAL
+    header, so the payloader sends them)."""
+    source = media.get_element().get_by_name("junk")
+
+    def push() -> bool:
+        source.emit("push-buffer", Gst.Buffer.new_wrapped(b"\x00\x00\x00\x01\x65" + os.urandom(3000)))
+        return True
+
+    _while_prepared(media, GLib.timeout_add(1000 // fps, push))
 
 
 def _while_prepared(media: GstRtspServer.RTSPMedia, timer: int) -> None:

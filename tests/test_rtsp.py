@@ -183,6 +183,16 @@ async def test_a_camera_whose_audio_clock_flips_keeps_the_timeline_to_the_clock_
     assert len(jumps) == 1, [record.getMessage() for record in jumps]
 
 
+async def test_a_camera_whose_media_cannot_be_decoded_is_given_up_saying_so():
+    with rtsp_camera(video="junk", audio="none") as camera:
+        source = RtspSource(camera.url, SETTINGS, read_timeout_s=2.0, max_attempts=1, **FAST_RETRY)
+        with pytest.raises(SourceUnreachable, match=r"media cannot be decoded: .*video: Invalid data"):
+            async with asyncio.timeout(TIMEOUT_S):
+                await source.check()
+                async for _ in source.chunks():
+                    pass
+
+
 async def test_a_camera_with_basic_auth_refuses_a_url_without_its_password():
     with rtsp_camera(auth="viewer:secret") as camera, pytest.raises(SourceUnreachable, match="401"):
         async with asyncio.timeout(TIMEOUT_S):

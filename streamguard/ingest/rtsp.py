@@ -317,13 +317,16 @@ class _Connection(threading.Thread):
         self.chunker.expect_tracks(video=bool(container.streams.video), audio=bool(container.streams.audio))
         shift: float | None = None  # this connection's timestamps + shift = stream seconds
         progress = time.monotonic()
+        undecodable: list[str] = []  # why packets failed to decode, while none has decoded
         for packet in container.demux(*streams):
             if self._stopped.is_set():
                 return
             try:
                 frames = packet.decode()
-            except av.InvalidDataError:  # a damaged packet costs its frames, not the connection
+            except av.InvalidDataError as exc:  # a damaged packet costs its frames, not the connection
                 frames = []
+                if self.media_from is None:
+                    undecodable.append(f"{packet.stream.type}: {_reason(exc)}")
             for frame in frames:
                 if frame.time is None:  # a frame decoded before the stream's first timestamp
                     continue
@@ -340,6 +343,11 @@ class _Connection(threading.Thread):
             if ready:
                 self._hand_over(ready)
                 progress = now
+            elif now - progress > self.stall_s and self.media_from is None and undecodable:
+                raise _Stalled(
+                    f"the camera's media cannot be decoded: {len(undecodable)} packets failed "
+                    f"({undecodable[-1]}) and none decoded in {self.stall_s:g} s"
+                )
             elif now - progress > self.stall_s:
                 raise _Stalled(f"packets arrive but no chunk was completed for {self.stall_s:g} s")
 
