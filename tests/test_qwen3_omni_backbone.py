@@ -329,6 +329,7 @@ def test_qwen3_serve_streams_a_file_and_answers_over_the_websocket(folder, tmp_p
     env = {
         "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
         "STREAMGUARD_SERVICE__ALLOW_FILE_SOURCES": "true",
+        "STREAMGUARD_SERVICE__FILE_ROOT": str(tmp_path),
     }
     with serve_process(tmp_path, ["--config", "tiny-qwen3-omni", "--model", str(folder)], env) as serving:
         service = serving.service
