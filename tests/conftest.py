@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny real Qwen3-Omni thinker (`build_tiny_qwen3_checkpoint`), built once per session."""
     return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(autouse=True)
+def no_stream_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Streams a test left open on its module's live `service` are deleted after it, passed or
+    failed, so the next test starts from an empty service."""
+    from service_helpers import LiveService
+
+    service = request.getfixturevalue("service") if "service" in request.fixturenames else None
+    yield
+    if isinstance(service, LiveService):
+        service.delete_every_stream()
 
 
 @pytest.fixture(scope="session")

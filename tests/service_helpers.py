@@ -4,6 +4,8 @@ serve` as a process of its own, and bounded waits (no test sleeps for a fixed ti
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -14,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +35,8 @@ from streamguard.service import server_config
 T = TypeVar("T")
 
 TOKEN = "test-token"
+# An admin token every test service also knows: it sees every stream, to clean them all up.
+CLEANUP_TOKEN = {"token": "test-cleanup-token", "name": "tests", "role": "admin"}
 TIMEOUT_S = 60.0
 
 
@@ -50,7 +54,11 @@ def tiny_settings(
     return load_settings(
         config,
         model={"path": str(checkpoint)},
-        service={"tokens": [TOKEN], "file_root": tempfile.gettempdir(), **service},
+        service={
+            "file_root": tempfile.gettempdir(),
+            **service,
+            "tokens": [*service.get("tokens", [TOKEN]), CLEANUP_TOKEN],
+        },
         session=session or {},
         memory=memory or {},
     )
@@ -94,6 +102,23 @@ def processed_stream(service, stream_id: str) -> dict:
     return wait_until(settled, "the file stream to be processed")
 
 
+async def eventually(
+    check: Callable[[], T | Awaitable[T | None] | None], what: str, timeout_s: float = TIMEOUT_S
+) -> T:
+    """`wait_until` for async tests: poll `check` (plain, or returning an awaitable) on the
+    running loop until it gives something truthy; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 class LiveService:
     """A running service: `url`, an authenticated `http` client and websocket helpers."""
 
@@ -132,6 +157,12 @@ class LiveService:
             open_timeout=TIMEOUT_S,
             max_size=None,
         )
+
+    def delete_every_stream(self) -> None:
+        """Delete whatever streams are left, whichever token opened them."""
+        admin = {"Authorization": f"Bearer {CLEANUP_TOKEN['token']}"}
+        for stream in self.http.get("/v1/streams", headers=admin).json()["streams"]:
+            self.http.delete(f"/v1/streams/{stream['id']}", headers=admin)
 
     def stream(self, stream_id: str, token: str = TOKEN) -> dict:
         response = self.http.get(f"/v1/streams/{stream_id}", headers={"Authorization": f"Bearer {token}"})

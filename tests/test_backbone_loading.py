@@ -9,13 +9,7 @@ import pytest
 import torch
 
 from streamguard.backbones import BackboneError, load_backbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import load_settings
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def settings_for(path: str):
@@ -23,17 +17,17 @@ def settings_for(path: str):
     return settings.model.model_copy(update={"path": path}), settings.chunk
 
 
-def test_tiny_checkpoint_loads_back_as_the_real_thinker_class(tiny_folder):
+def test_tiny_checkpoint_loads_back_as_the_real_thinker_class(checkpoint):
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-    backbone = load_backbone(*settings_for(str(tiny_folder)))
+    backbone = load_backbone(*settings_for(str(checkpoint)))
     assert type(backbone.model) is Qwen2_5OmniThinkerForConditionalGeneration
     assert type(backbone.processor) is Qwen2_5OmniProcessor
     assert backbone.model.config._attn_implementation == "sdpa"
     assert backbone.dtype == torch.float32 and backbone.device.type == "cpu"
     assert not any("talker" in name for name, _ in backbone.model.named_parameters())
     # A second load of the same folder gives the same weights: nothing random at load time.
-    again = load_backbone(*settings_for(str(tiny_folder)))
+    again = load_backbone(*settings_for(str(checkpoint)))
     for (name, a), (_, b) in zip(
         backbone.model.state_dict().items(), again.model.state_dict().items(), strict=True
     ):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import Qwen2_5OmniThinkerConfig
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.bench.flops import QWEN25_OMNI_7B, ThinkerDims, prefill_flops
 from streamguard.cli import main
 from streamguard.engine.fidelity import first_token_kl
@@ -30,9 +29,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory, clip):
+def bench(tmp_path_factory, clip, checkpoint):
     """One quick bench run, with a panning clip passed as a file of the user's."""
-    model = str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+    model = str(checkpoint)
     extra = clip("pan.mp4", 6, width=320, height=240, motion="pan")
     out = tmp_path_factory.mktemp("bench")
     assert (

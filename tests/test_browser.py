@@ -23,7 +23,6 @@ from playwright.sync_api import Page, Route, expect
 from rtsp_helpers import rtsp_camera
 from service_helpers import TOKEN, serve, tiny_settings, wait_until
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.service import create_app
 
 pytestmark = pytest.mark.browser
@@ -61,11 +60,6 @@ CARD_CHUNKS_ABOVE = """([id, above]) => {
   const value = document.querySelector(`[data-stream-id="${id}"] dd[data-stat=chunks_received]`);
   return Number(value?.textContent) > above;
 }"""
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from rtsp_helpers import rtsp_camera
 from service_helpers import TOKEN, receive_until, serve, serve_process, tiny_settings, wait_until
 
 from streamguard.backbones import load_backbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cluster import Heartbeat
 from streamguard.cluster.redis_store import RedisStore
 from streamguard.config import ClusterSettings
@@ -45,8 +44,9 @@ def metric(service, name: str) -> float | None:
     return None
 
 
-def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_marked_lost(tmp_path):
-    checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
+def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_marked_lost(
+    checkpoint, tmp_path
+):
     clip = write_clip(tmp_path / "long.mp4", 60)  # read at real time: still running when A dies
     with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
         cluster = {"redis_url": redis_process.url, "lease_ttl_s": LEASE_TTL_S}
@@ -118,13 +118,12 @@ def test_a_dead_workers_camera_runs_on_in_another_worker_and_its_file_stream_is_
 
 
 async def test_a_worker_back_from_a_stall_stops_a_stream_taken_over_and_keeps_one_that_could_not_move(
-    tmp_path,
+    checkpoint, tmp_path
 ):
     """A worker stalls past its leases. Another worker claims one of its streams (as it takes a
     camera over) and finds the other a file stream it cannot move, so records it as lost. Back,
     the stalled worker's writes cannot overwrite the claimed stream's record, its heartbeat stops
     its copy of that one, and takes the lost one back (its record still names it)."""
-    checkpoint = build_tiny_checkpoint(tmp_path / "tiny")
     settings = tiny_settings(checkpoint)
     settings.cluster = ClusterSettings(lease_ttl_s=LEASE_TTL_S)
     clip = write_clip(tmp_path / "long.mp4", 60)

@@ -15,7 +15,6 @@ import torch
 from cpu_helpers import one_torch_thread
 from parity_helpers import QUESTION, load_tiny_backbone, official_inputs, offline_logits
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import load_settings
 from streamguard.engine.pipeline import ChunkReport, create_pipeline
 from streamguard.ingest.chunker import AVChunk
@@ -34,13 +33,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def backbone(folder):
-    return load_tiny_backbone(folder)
+def backbone(checkpoint):
+    return load_tiny_backbone(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +57,11 @@ def oracle_inputs(backbone, clip):
     return official_inputs(backbone, *clip)
 
 
-def run_pipeline(backbone, folder, clip, prefilter: bool = False, **pruning):
+def run_pipeline(backbone, checkpoint, clip, prefilter: bool = False, **pruning):
     """The clip through a fresh pipeline; the pixel pre-filter off unless asked for, so the drop
     rule sees every chunk."""
     pruning = {"prefilter": {"enabled": prefilter}, **pruning}
-    settings = load_settings("tiny", model={"path": str(folder)}, pruning=pruning)
+    settings = load_settings("tiny", model={"path": str(checkpoint)}, pruning=pruning)
     pipeline = create_pipeline(backbone, settings)
     frames, audio = clip
     reports = [
@@ -113,9 +107,9 @@ def test_the_clip_has_exactly_two_redundant_chunks(encoded):
 
 
 def test_policy_current_leaves_the_redundant_chunks_video_out_and_keeps_their_audio(
-    backbone, folder, clip, encoded, oracle_inputs
+    backbone, checkpoint, clip, encoded, oracle_inputs
 ):
-    session, reports = run_pipeline(backbone, folder, clip, drop_policy="current")
+    session, reports = run_pipeline(backbone, checkpoint, clip, drop_policy="current")
     assert [r.video_dropped for r in reports] == REDUNDANT
     assert not any(r.previous_video_evicted for r in reports)
     # each redundant chunk was compared with chunk 1, the last one whose video was kept
@@ -131,11 +125,11 @@ def test_policy_current_leaves_the_redundant_chunks_video_out_and_keeps_their_au
 
 
 def test_the_prefilter_skips_the_encoder_on_the_repeated_chunks_and_the_cache_is_the_same(
-    backbone, folder, clip, encoded, oracle_inputs
+    backbone, checkpoint, clip, encoded, oracle_inputs
 ):
     """Chunks 2 and 3 repeat chunk 1's pixels: the pre-filter leaves their video unencoded and
     the cache is exactly the one the drop rule alone builds (parity with the offline forward)."""
-    session, reports = run_pipeline(backbone, folder, clip, prefilter=True, drop_policy="current")
+    session, reports = run_pipeline(backbone, checkpoint, clip, prefilter=True, drop_policy="current")
     assert [r.encoder_skipped for r in reports] == REDUNDANT
     assert [r.video_dropped for r in reports] == REDUNDANT
     assert [r.prefilter == "unchanged" for r in reports] == REDUNDANT
@@ -149,8 +143,10 @@ def test_the_prefilter_skips_the_encoder_on_the_repeated_chunks_and_the_cache_is
     assert_parity(backbone, session, oracle_inputs, encoded, keeps, REDUNDANT)
 
 
-def test_policy_previous_evicts_each_predecessors_video_span(backbone, folder, clip, encoded, oracle_inputs):
-    session, reports = run_pipeline(backbone, folder, clip, drop_policy="previous")
+def test_policy_previous_evicts_each_predecessors_video_span(
+    backbone, checkpoint, clip, encoded, oracle_inputs
+):
+    session, reports = run_pipeline(backbone, checkpoint, clip, drop_policy="previous")
     assert [r.previous_video_evicted for r in reports] == REDUNDANT
     assert not any(r.video_dropped for r in reports)
     # chunk 2 evicted chunk 1's video, chunk 3 then evicted chunk 2's: chunk 3 holds the picture
@@ -163,8 +159,8 @@ def test_policy_previous_evicts_each_predecessors_video_span(backbone, folder, c
     assert_parity(backbone, session, oracle_inputs, encoded, keeps, evicted)
 
 
-def test_policy_off_keeps_every_chunks_video(backbone, folder, clip, encoded, oracle_inputs):
-    session, reports = run_pipeline(backbone, folder, clip, drop_policy="off")
+def test_policy_off_keeps_every_chunks_video(backbone, checkpoint, clip, encoded, oracle_inputs):
+    session, reports = run_pipeline(backbone, checkpoint, clip, drop_policy="off")
     assert not any(r.video_dropped or r.previous_video_evicted for r in reports)
     keeps = [kept_indices(r) for r in reports]
     assert_cache_layout(session, [len(keep) for keep in keeps])
@@ -173,10 +169,10 @@ def test_policy_off_keeps_every_chunks_video(backbone, folder, clip, encoded, or
 
 @pytest.mark.parametrize(("rho_sem", "rho_spa"), [(0.5, 0.1), (0.25, 0.5)])
 def test_contextguard_keeps_the_union_of_its_two_branches_with_parity(
-    backbone, folder, clip, encoded, oracle_inputs, rho_sem, rho_spa
+    backbone, checkpoint, clip, encoded, oracle_inputs, rho_sem, rho_spa
 ):
     session, reports = run_pipeline(
-        backbone, folder, clip, drop_policy="off", rho_sem=rho_sem, rho_spa=rho_spa
+        backbone, checkpoint, clip, drop_policy="off", rho_sem=rho_sem, rho_spa=rho_spa
     )
     keeps = []
     for report, chunk in zip(reports, encoded, strict=True):
@@ -194,7 +190,7 @@ def test_contextguard_keeps_the_union_of_its_two_branches_with_parity(
 
 @pytest.mark.parametrize("prefilter", [False, True])
 def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_compares_with(
-    backbone, folder, clip, prefilter
+    backbone, checkpoint, clip, prefilter
 ):
     """A camera on one still scene for 8 chunks, a budget that holds three: under `current` every
     chunk after the first repeats it, but when the kept chunk is about to leave the cache the next
@@ -203,7 +199,7 @@ def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_co
     frames, audio = clip
     settings = load_settings(
         "tiny",
-        model={"path": str(folder)},
+        model={"path": str(checkpoint)},
         pruning={"drop_policy": "current", "prefilter": {"enabled": prefilter}},
         session={"token_budget": 200},  # 3 chunks of 50 audio tokens and one chunk's kept video
     )
@@ -224,10 +220,10 @@ def test_policy_current_keeps_video_again_when_the_budget_evicts_the_chunk_it_co
     assert session.stats.video_tokens_kept == 3 * held_video[0]
 
 
-def test_full_tokens_compute_no_semantic_reference(backbone, folder, clip, caplog):
+def test_full_tokens_compute_no_semantic_reference(backbone, checkpoint, clip, caplog):
     """Method "none" scores nothing: no predictor call, no fallback warning, reference "none"."""
     with caplog.at_level("WARNING", logger="streamguard.pruning"):
-        _, reports = run_pipeline(backbone, folder, clip, method="none")
+        _, reports = run_pipeline(backbone, checkpoint, clip, method="none")
     assert {r.reference_mode for r in reports} == {"none"}
     assert all(r.video_tokens_kept == r.video_tokens_in for r in reports)
     assert not [r for r in caplog.records if r.name == "streamguard.pruning"]

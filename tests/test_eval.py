@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
 from streamguard.eval.datasets import DatasetError, load_dataset
 from streamguard.ingest.synthetic import write_clip
@@ -26,8 +25,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def model(checkpoint: Path) -> str:
+    return str(checkpoint)
 
 
 @pytest.fixture(scope="module")

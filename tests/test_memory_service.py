@@ -9,18 +9,12 @@ import json
 import pytest
 from service_helpers import processed_stream, receive_until, serve, tiny_settings
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.ingest.synthetic import write_clip
 from streamguard.memory.manager import OWNER_FILE, _host_prefix
 from streamguard.service import create_app
 
 RECALL_TOKENS = 250  # more than two chunks (at most 64 video + 50 audio tokens each), less than five
 CLIP_SECONDS = 30
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from cpu_helpers import one_torch_thread
 from parity_helpers import QUESTION, SYSTEM, load_tiny_backbone, official_inputs, offline_logits
 
 from streamguard.backbones.base import EncodedChunk
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import load_settings
 from streamguard.engine.replay import append_offline_plan
 from streamguard.engine.session import StreamSession
@@ -32,8 +31,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    return load_tiny_backbone(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def backbone(checkpoint):
+    return load_tiny_backbone(checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,15 @@ import torch
 from transformers.audio_utils import load_audio
 
 from streamguard.backbones.qwen_omni import QwenOmniBackbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import ChunkSettings, load_settings
 from streamguard.ingest.chunker import Chunker
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
+def backbone(checkpoint):
     settings = load_settings("tiny")
-    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
     return QwenOmniBackbone.from_settings(
-        settings.model.model_copy(update={"path": str(folder)}), settings.chunk
+        settings.model.model_copy(update={"path": str(checkpoint)}), settings.chunk
     )
 
 

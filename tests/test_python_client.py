@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import queue
@@ -13,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
@@ -26,6 +25,7 @@ from service_helpers import (
     TIMEOUT_S,
     TOKEN,
     console_script,
+    eventually,
     serve,
     serve_process,
     tiny_settings,
@@ -48,7 +48,6 @@ from streamguard_client.errors import (
     UnsupportedSchemeError,
 )
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.service import create_app
 from streamguard.service.protocol import PROTOCOL_VERSION, ErrorCode
 
@@ -59,8 +58,7 @@ INSTALL_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+def service(checkpoint):
     settings = tiny_settings(checkpoint, allow_file_sources=True, session={"max_new_tokens": 256})
     with serve(create_app(settings)) as live:
         yield live
@@ -71,24 +69,12 @@ def moving(clip) -> str:
     return str(clip("moving.mp4", 6, motion="moving"))
 
 
-async def eventually(
-    read: Callable[[], Awaitable[dict[str, Any]]], done: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    """Poll `read` until `done` holds (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT_S
-    while not done(value := await read()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
-
-
-def processed(stream: dict[str, Any]) -> bool:
+async def processed(client: StreamGuard, stream_id: str) -> dict[str, Any] | None:
+    """The stream once its source has ended and every chunk was processed or shed."""
+    stream = await client.stream(stream_id)
     stats = stream["stats"]
-    return (
-        stream["state"] == "ended"
-        and stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
-    )
+    done = stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
+    return stream if stream["state"] == "ended" and done else None
 
 
 def test_every_service_error_code_has_an_exception_of_its_own():
@@ -101,7 +87,7 @@ async def test_the_async_client_opens_asks_cancels_watches_and_deletes(service, 
     async with StreamGuard(service.url, TOKEN) as client:
         stream_id = (await client.open_file(moving, realtime=False))["id"]
         assert stream_id in {stream["id"] for stream in await client.streams()}
-        await eventually(lambda: client.stream(stream_id), processed, "the file to be processed")
+        await eventually(lambda: processed(client, stream_id), "the file to be processed")
 
         async with client.connect(stream_id) as socket:
             answer = socket.ask(QUESTION, max_tokens=4)
@@ -162,7 +148,7 @@ async def test_a_dropped_socket_reconnects_and_resubscribes(service, moving):
     with tcp_proxy(urlsplit(service.url).port) as proxy:
         async with StreamGuard(proxy.url, TOKEN, backoff=Backoff(initial_s=0.05)) as client:
             stream_id = (await client.open_file(moving, realtime=False))["id"]
-            await eventually(lambda: client.stream(stream_id), processed, "the file to be processed")
+            await eventually(lambda: processed(client, stream_id), "the file to be processed")
             async with client.connect(stream_id) as socket:
                 stats = socket.stats(interval_s=0.1)
                 await anext(stats)

@@ -267,12 +267,9 @@ def test_qwen3_checkpoint_without_vision_start_token_id_is_refused(folder, tmp_p
         load(str(broken))
 
 
-def test_qwen3_backbone_refuses_a_qwen25_checkpoint_naming_the_setting(tmp_path):
-    from streamguard.backbones.tiny import build_tiny_checkpoint
-
-    folder = build_tiny_checkpoint(tmp_path / "qwen25")
+def test_qwen3_backbone_refuses_a_qwen25_checkpoint_naming_the_setting(checkpoint):
     with pytest.raises(BackboneError, match=r"set model\.backbone to qwen2\.5-omni"):
-        load(str(folder))
+        load(str(checkpoint))
 
 
 # -- end to end ------------------------------------------------------------------------------

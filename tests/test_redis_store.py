@@ -7,15 +7,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from redis_helpers import redis_server
-from service_helpers import free_port, receive_until, serve, tiny_settings, wait_until
+from service_helpers import eventually, free_port, receive_until, serve, tiny_settings, wait_until
 
 from streamguard.backbones import load_backbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
 from streamguard.cluster import AnswerRecord, StoreUnavailableError, StreamRecord, open_store
 from streamguard.cluster.fallback import FallbackStore
@@ -71,15 +69,6 @@ def answer_record(stream_id: str, n: int) -> AnswerRecord:
         time_to_first_delta_ms=None if n % 2 else 12.5,
         at=1000.0 + n,
     )
-
-
-async def eventually(check: Callable[[], Awaitable[object]], what: str) -> object:
-    """Poll an async `check` until it gives something truthy; fail after `BOUND_S`."""
-    deadline = time.monotonic() + BOUND_S
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
 
 
 # -- round trips -------------------------------------------------------------------------------
@@ -312,11 +301,6 @@ def test_serve_refuses_an_unreachable_redis_before_loading_a_model(monkeypatch, 
 
 
 # -- the service riding out an outage ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def ask(service, stream_id: str, question_id: str) -> dict:

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
 from streamguard.ingest.synthetic import write_clip
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def tiny_model(checkpoint):
+    return str(checkpoint)
 
 
 def replay(tiny_model, *args):

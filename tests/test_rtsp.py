@@ -17,9 +17,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from rtsp_helpers import RtspCamera, rtsp_camera
-from service_helpers import TIMEOUT_S, receive_until, serve, tiny_settings, wait_until
+from service_helpers import TIMEOUT_S, eventually, receive_until, serve, tiny_settings, wait_until
 
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import ChunkSettings
 from streamguard.ingest.chunker import AVChunk
 from streamguard.ingest.rtsp import RtspSource, SourceUnreachable
@@ -54,17 +53,9 @@ def source_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("rtsp ")]
 
 
-async def until(check, what: str) -> None:
-    """Poll `check` on the loop until it holds; fail after `TIMEOUT_S`."""
-    async with asyncio.timeout(TIMEOUT_S):
-        while not check():
-            await asyncio.sleep(0.05)
-    assert check(), what
-
-
 async def no_source_threads() -> None:
     # a closed source does not wait for its connection thread: it ends after its current read
-    await until(lambda: not source_threads(), "the connection threads to end")
+    await eventually(lambda: not source_threads(), "the connection threads to end")
 
 
 async def take_chunks(source: RtspSource, count: int) -> list[AVChunk]:
@@ -254,7 +245,7 @@ async def test_chunks_the_consumer_leaves_unread_are_dropped_oldest_first_and_co
     source = RtspSource(camera.url, SETTINGS, max_pending_chunks=1)
     async with asyncio.timeout(TIMEOUT_S), contextlib.aclosing(source.chunks()) as stream:
         first = await anext(stream)
-        await until(lambda: source.chunks_dropped >= 1, "a chunk dropped while nobody reads")
+        await eventually(lambda: source.chunks_dropped >= 1, "a chunk dropped while nobody reads")
         after = await anext(stream)  # the newest: the ones between were dropped
         assert source.chunks_dropped == after.index - first.index - 1 >= 1
     await no_source_threads()
@@ -265,7 +256,7 @@ async def test_closing_the_source_does_not_wait_for_a_camera_that_never_answers(
     source = RtspSource(own_camera.url, SETTINGS, open_timeout_s=60.0, read_timeout_s=60.0)
     stream = source.chunks()
     reading = asyncio.create_task(anext(stream))
-    await until(source_threads, "the connection thread")
+    await eventually(source_threads, "the connection thread")
     reading.cancel()  # what deleting the stream does
     async with asyncio.timeout(TIMEOUT_S / 4):  # far less than the open's minute
         with contextlib.suppress(asyncio.CancelledError):
@@ -401,11 +392,6 @@ async def test_a_camera_that_stops_sending_fails_the_read_and_is_reconnected(own
 
 
 # -- through the service ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
 
 import pytest
 import torch
-from service_helpers import random_chunks, tiny_settings
+from service_helpers import eventually, random_chunks, tiny_settings
 
 from streamguard.backbones import load_backbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.config import EngineSettings
 from streamguard.engine import kv
 from streamguard.engine.pipeline import ChunkPipeline, create_pipeline
@@ -32,8 +30,8 @@ QUESTION = "What is happening?"
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    return tiny_settings(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def settings(checkpoint):
+    return tiny_settings(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +55,6 @@ class Recorder:
 
     def chunk_shed(self, chunk: AVChunk) -> None:
         self.log.append(("shed", self.name, chunk.index))
-
-
-async def until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def add_streams(scheduler: Scheduler, settings, backbone, names: str, log: list) -> dict[str, ChunkPipeline]:
@@ -105,10 +95,12 @@ async def test_chunks_keep_their_order_and_streams_take_turns(settings, backbone
     for chunk in chunks[3:]:
         scheduler.submit_chunk("b", chunk)
     # ... and preprocessed (off the worker), so every chunk is model-ready when it starts
-    await until(lambda: all(scheduler.queue_stats(s).ready == 3 for s in "ab"), "six chunks preprocessed")
+    await eventually(
+        lambda: all(scheduler.queue_stats(s).ready == 3 for s in "ab"), "six chunks preprocessed"
+    )
     scheduler.start()
     try:
-        await until(lambda: len(log) == 6, "six chunks")
+        await eventually(lambda: len(log) == 6, "six chunks")
     finally:
         await scheduler.stop()
     assert log == [("chunk", s, i) for s, i in [("a", 0), ("b", 3), ("a", 1), ("b", 4), ("a", 2), ("b", 5)]]
@@ -127,7 +119,7 @@ async def test_a_slow_worker_sheds_the_oldest_pending_chunks(settings, backbone)
         for chunk in random_chunks(8):
             scheduler.submit_chunk("a", chunk)
             depths.append(scheduler.queue_stats("a").depth)
-        await until(lambda: len(log) == 8, "every chunk processed or shed")
+        await eventually(lambda: len(log) == 8, "every chunk processed or shed")
     finally:
         await scheduler.stop()
     done, shed = processed(log, "a"), [i for kind, _, i in log if kind == "shed"]
@@ -152,7 +144,7 @@ async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_com
     # faster than the worker, but slow enough that a chunk outlives its preprocessing in the queue
     producer = asyncio.create_task(feed(scheduler, "ab", random_chunks(400), interval_s=0.06))
     try:
-        await until(lambda: processed(log, "a"), "a first chunk of stream a")
+        await eventually(lambda: processed(log, "a"), "a first chunk of stream a")
         log.append(("ask", "a", -1))
         answer = scheduler.ask("a", QUESTION, max_tokens=8)
         deltas = []
@@ -162,7 +154,9 @@ async def test_a_question_is_served_between_chunk_prefills_while_chunks_keep_com
         log.append(("done", "a", -1))
         asked_at = log.index(("ask", "a", -1))
         during = log[asked_at : log.index(("done", "a", -1))]
-        await until(lambda: len(processed(log[asked_at:], "a")) >= 2, "stream a to resume after its answer")
+        await eventually(
+            lambda: len(processed(log[asked_at:], "a")) >= 2, "stream a to resume after its answer"
+        )
         assert not producer.done()  # the answer came while chunks kept arriving
     finally:
         producer.cancel()
@@ -194,14 +188,14 @@ async def test_cancel_stops_at_the_next_token_and_leaves_the_cache_as_it_was(set
     try:
         for chunk in random_chunks(2, seed=1):
             scheduler.submit_chunk("a", chunk)
-        await until(lambda: len(processed(log, "a")) == 2, "stream a's chunks")
+        await eventually(lambda: len(processed(log, "a")) == 2, "stream a's chunks")
         full = [delta async for delta in scheduler.ask("a", QUESTION)]
         assert len(full) >= 3
         before, tokens_before = kv.snapshot(session.cache), session.cache_tokens
 
         # stream b keeps the worker busy, so the cancel lands between two of the answer's tokens
         producer = asyncio.create_task(feed(scheduler, "b", random_chunks(400, seed=2)))
-        await until(lambda: processed(log, "b"), "stream b to flow")
+        await eventually(lambda: processed(log, "b"), "stream b to flow")
         answer = scheduler.ask("a", QUESTION)
         first = await anext(answer)
         answer.cancel()
@@ -280,7 +274,7 @@ async def test_whatever_one_call_raises_fails_that_call_and_the_worker_serves_on
             await asyncio.wait_for(scheduler.call(sys.exit, 3), 60)
         assert scheduler.alive and scheduler.stats().alive
         scheduler.submit_chunk("a", random_chunks(1)[0])
-        await until(lambda: processed(log, "a") == [0], "the chunk")
+        await eventually(lambda: processed(log, "a") == [0], "the chunk")
         assert (await answered(scheduler.ask("a", QUESTION, max_tokens=2))).finish_reason in (
             "stop",
             "length",

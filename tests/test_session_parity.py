@@ -219,7 +219,5 @@ def test_long_stream_stays_in_range_and_answers_as_without_rebasing(tiny_backbon
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    from streamguard.backbones.tiny import build_tiny_checkpoint
-
-    return load_tiny_backbone(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def tiny_backbone(checkpoint):
+    return load_tiny_backbone(checkpoint)

@@ -16,7 +16,6 @@ from parity_helpers import load_tiny_backbone
 from safetensors.torch import load_file
 
 import streamguard.train.trainer as trainer_module
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cli import main
 from streamguard.config import load_settings
 from streamguard.engine.pipeline import create_pipeline
@@ -62,18 +61,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+def backbone(checkpoint):
+    return load_tiny_backbone(checkpoint)
 
 
 @pytest.fixture(scope="module")
-def backbone(model_folder):
-    return load_tiny_backbone(model_folder)
-
-
-@pytest.fixture(scope="module")
-def settings(model_folder):
-    return load_settings("tiny", model={"path": str(model_folder)})
+def settings(checkpoint):
+    return load_settings("tiny", model={"path": str(checkpoint)})
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +83,10 @@ def videos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, videos, model_folder):
+def cli_run(tmp_path_factory, videos, checkpoint):
     """One `streamguard train-a2v` run; its feature cache is shared by the other tests."""
     out = tmp_path_factory.mktemp("cli") / "a2v"
-    assert cli(videos, model_folder, out, "--epochs", "6", *SMALL_FLAGS) == 0
+    assert cli(videos, checkpoint, out, "--epochs", "6", *SMALL_FLAGS) == 0
     return out
 
 
@@ -115,11 +109,11 @@ def test_the_cli_extracts_trains_and_reports(cli_run):
     assert report["backbone"]["hidden_size"] == 64
 
 
-def test_a_second_run_reuses_the_cached_features(cli_run, videos, model_folder, tmp_path, capsys):
+def test_a_second_run_reuses_the_cached_features(cli_run, videos, checkpoint, tmp_path, capsys):
     cache = cli_run / "features"
     before = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
     again = tmp_path / "again"
-    assert cli(videos, model_folder, again, "--cache", str(cache), "--epochs", "1", *SMALL_FLAGS) == 0
+    assert cli(videos, checkpoint, again, "--cache", str(cache), "--epochs", "1", *SMALL_FLAGS) == 0
     printed = one_line(capsys.readouterr().out)
     assert "features: 0 video(s) extracted, 8 from the cache, 0 skipped" in printed
     assert "A2V training" in printed and "validation audio→video retrieval" in printed
@@ -129,9 +123,9 @@ def test_a_second_run_reuses_the_cached_features(cli_run, videos, model_folder, 
     assert not (again / "features").exists()
 
 
-def test_the_trained_predictor_drives_the_pruner(cli_run, videos, model_folder, backbone):
+def test_the_trained_predictor_drives_the_pruner(cli_run, videos, checkpoint, backbone):
     settings = load_settings(
-        "tiny", model={"path": str(model_folder)}, pruning={"predictor_path": str(cli_run)}
+        "tiny", model={"path": str(checkpoint)}, pruning={"predictor_path": str(cli_run)}
     )
     pipeline = create_pipeline(backbone, settings)
     chunk = next(iter_chunks(videos / "scene2" / "moving.mp4", settings.chunk))
@@ -227,7 +221,7 @@ def test_retrieval_ranks_count_ties_against_the_match():
 # -- bad input ---------------------------------------------------------------------------------
 
 
-def cli(videos, model_folder, out, *extra) -> int:
+def cli(videos, checkpoint, out, *extra) -> int:
     return main(
         [
             "train-a2v",
@@ -235,7 +229,7 @@ def cli(videos, model_folder, out, *extra) -> int:
             "--config",
             "tiny",
             "--model",
-            str(model_folder),
+            str(checkpoint),
             "--out",
             str(out),
             *extra,
@@ -248,17 +242,17 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_an_empty_folder_or_one_without_videos_is_refused(model_folder, tmp_path, capsys):
+def test_an_empty_folder_or_one_without_videos_is_refused(checkpoint, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert cli(empty, model_folder, tmp_path / "out") == 2
+    assert cli(empty, checkpoint, tmp_path / "out") == 2
     assert f"no video files under {empty}" in one_line(capsys.readouterr().err)
     (empty / "notes.txt").write_text("not a video")
     with pytest.raises(NoVideosError, match="no video files under"):
-        train(empty, load_settings("tiny", model={"path": str(model_folder)}), None, tmp_path / "out")
-    assert cli(tmp_path / "missing", model_folder, tmp_path / "out") == 2
+        train(empty, load_settings("tiny", model={"path": str(checkpoint)}), None, tmp_path / "out")
+    assert cli(tmp_path / "missing", checkpoint, tmp_path / "out") == 2
     assert f"video folder {tmp_path / 'missing'} does not exist" in one_line(capsys.readouterr().err)
-    assert cli(empty / "notes.txt", model_folder, tmp_path / "out") == 2
+    assert cli(empty / "notes.txt", checkpoint, tmp_path / "out") == 2
     assert "notes.txt is a file; train-a2v takes a folder of videos" in one_line(capsys.readouterr().err)
 
 
@@ -320,9 +314,9 @@ def test_a_feature_cache_of_another_backbone_is_refused(cli_run, videos, setting
 
 
 def test_an_existing_run_is_neither_overwritten_nor_resumed_on_another_backbone_or_settings(
-    cli_run, videos, model_folder, settings, backbone, tmp_path, capsys
+    cli_run, videos, checkpoint, settings, backbone, tmp_path, capsys
 ):
-    assert cli(videos, model_folder, cli_run, "--epochs", "6", *SMALL_FLAGS) == 2
+    assert cli(videos, checkpoint, cli_run, "--epochs", "6", *SMALL_FLAGS) == 2
     assert f"{cli_run} already holds a training run" in one_line(capsys.readouterr().err)
     with pytest.raises(TrainingStateError, match="nothing to resume"):
         train(videos, settings, backbone, tmp_path / "fresh", resume=True)

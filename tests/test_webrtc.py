@@ -21,7 +21,6 @@ from aiortc.mediastreams import MediaStreamError
 from service_helpers import TIMEOUT_S, TOKEN, receive_until, serve, tiny_settings, wait_until
 
 from streamguard.backbones import load_backbone
-from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.cluster import MemoryStore
 from streamguard.config import ChunkSettings
 from streamguard.engine.scheduler import Scheduler
@@ -144,11 +143,6 @@ class ClientPeer:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def service(checkpoint):
     settings = tiny_settings(checkpoint, tokens=[TOKEN, QUOTA_TOKEN], max_streams_per_token=2)
     with serve(create_app(settings)) as live:
@@ -235,7 +229,7 @@ def test_shutting_the_service_down_closes_its_peer_connections(checkpoint, peer)
     with serve(create_app(tiny_settings(checkpoint))) as live:
         connect(live, peer)
         wait_until(lambda: peer.pc.connectionState == "connected", "the peer to connect")
-    wait_until(lambda: peer.pc.connectionState in ("closed", "failed"), "the server to hang up")
+    wait_until(lambda: peer.pc.connectionState == "closed", "the server to hang up")
 
 
 def test_the_stream_quota_holds_for_offers(service):
