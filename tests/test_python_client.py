@@ -69,12 +69,18 @@ def moving(clip) -> str:
     return str(clip("moving.mp4", 6, motion="moving"))
 
 
-async def processed(client: StreamGuard, stream_id: str) -> dict[str, Any] | None:
-    """The stream once its source has ended and every chunk was processed or shed."""
-    stream = await client.stream(stream_id)
+def processed(stream: dict[str, Any]) -> bool:
     stats = stream["stats"]
-    done = stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
-    return stream if stream["state"] == "ended" and done else None
+    return (
+        stream["state"] == "ended"
+        and stats["chunks_processed"] + stats["chunks_shed"] == stats["chunks_received"] > 0
+    )
+
+
+async def processed_stream(client: StreamGuard, stream_id: str) -> dict[str, Any] | None:
+    """The stream once `processed`, else None (for `eventually`)."""
+    stream = await client.stream(stream_id)
+    return stream if processed(stream) else None
 
 
 def test_every_service_error_code_has_an_exception_of_its_own():
@@ -87,7 +93,7 @@ async def test_the_async_client_opens_asks_cancels_watches_and_deletes(service, 
     async with StreamGuard(service.url, TOKEN) as client:
         stream_id = (await client.open_file(moving, realtime=False))["id"]
         assert stream_id in {stream["id"] for stream in await client.streams()}
-        await eventually(lambda: processed(client, stream_id), "the file to be processed")
+        await eventually(lambda: processed_stream(client, stream_id), "the file to be processed")
 
         async with client.connect(stream_id) as socket:
             answer = socket.ask(QUESTION, max_tokens=4)
@@ -148,7 +154,7 @@ async def test_a_dropped_socket_reconnects_and_resubscribes(service, moving):
     with tcp_proxy(urlsplit(service.url).port) as proxy:
         async with StreamGuard(proxy.url, TOKEN, backoff=Backoff(initial_s=0.05)) as client:
             stream_id = (await client.open_file(moving, realtime=False))["id"]
-            await eventually(lambda: processed(client, stream_id), "the file to be processed")
+            await eventually(lambda: processed_stream(client, stream_id), "the file to be processed")
             async with client.connect(stream_id) as socket:
                 stats = socket.stats(interval_s=0.1)
                 await anext(stats)
