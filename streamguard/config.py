@@ -256,6 +256,8 @@ class ClusterSettings(BaseModel):
     answer_log_max: int = Field(1000, gt=0)  # answers kept per stream
     outage_buffer_max: int = Field(10000, gt=0)  # answers held for Redis while it is down
     finished_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # an ended stream's keys then expire
+    # SIGTERM or POST /v1/admin/drain: cameras handed over, clients told, then exit; at most this long.
+    drain_timeout_s: float = Field(10.0, gt=0)
 
 
 class Settings(BaseSettings):

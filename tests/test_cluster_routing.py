@@ -7,6 +7,7 @@ gets `stream_lost` within about one lease TTL instead of waiting for good."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -105,3 +106,60 @@ def test_a_camera_on_worker_a_is_listed_asked_cancelled_and_deleted_through_work
                     receive(ws, timeout_s=30)
                 assert closed.value.rcvd.code == 4503
             worker_a.process.wait(30)
+
+
+def test_a_worker_sent_sigterm_hands_its_camera_over_at_once_and_tells_its_clients(tmp_path):
+    admin = {"token": "admin-token", "name": "ops", "role": "admin"}
+    with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
+        env = {
+            "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN, admin]),
+            "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
+            "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
+            "STREAMGUARD_CLUSTER__DRAIN_TIMEOUT_S": "20",
+        }
+        with (
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_a,
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_b,
+        ):
+            a, b = worker_a.service, worker_b.service
+            refused = a.http.post("/v1/admin/drain")  # a user token may not drain a worker
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_only"
+            created = a.http.post("/v1/streams", json={"source": "rtsp", "url": camera.url})
+            assert created.status_code == 201, created.text
+            camera_id = created.json()["id"]
+            wait_until(lambda: a.stream(camera_id)["stats"]["chunks_processed"] > 0, "A to run the camera")
+            # one client on A itself, one on B (forwarded to A)
+            with a.ws(f"/v1/streams/{camera_id}/ws") as on_a, b.ws(f"/v1/streams/{camera_id}/ws") as on_b:
+                on_b.send(json.dumps({"type": "stats.subscribe", "interval_s": 0.5}))
+                receive_until(on_b, lambda e: e["type"] == "stream.stats")  # the relay is up
+                worker_a.process.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                moved = [receive_until(ws, lambda e: e["type"] == "stream.moved")[-1] for ws in (on_a, on_b)]
+                record = b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
+                handed_in = time.monotonic() - sent
+                assert handed_in < 2.0, handed_in
+                assert record["state"] in ("starting", "live") and record["worker"] == moved[0]["worker"]
+                assert (
+                    moved[0]
+                    == moved[1]
+                    == {"type": "stream.moved", "stream": camera_id, "worker": record["worker"]}
+                )
+                for ws in (on_a, on_b):
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            receive(ws, timeout_s=30)
+                    assert closed.value.rcvd.code == 4307
+            worker_a.process.wait(30)  # drained, then it exits
+            assert "service.drained" in worker_a.output()
+            # B runs the camera now under the same id
+            stream = wait_until(
+                lambda: (s := b.stream(camera_id))["stats"]["chunks_processed"] > 0 and s,
+                "B to run the camera",
+            )
+            assert stream["state"] == "live"
+            with b.ws(f"/v1/streams/{camera_id}/ws") as ws:
+                ask(ws, "after")
+                assert (
+                    receive_until(ws, lambda e: e["type"] in ("answer.done", "error"))[-1]["type"]
+                    == "answer.done"
+                )

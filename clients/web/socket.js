@@ -13,7 +13,8 @@ const FINAL_CLOSES = {
 
 /**
  * Events (CustomEvent, payload in `detail`): "open"; "stats" (StreamInfo); "delta" and "done"
- * (answer.delta / answer.done); "error" (the error event); "reconnecting" ({attempt, delayMs});
+ * (answer.delta / answer.done); "error" (the error event); "moved" (stream.moved: its worker
+ * drained, it runs on elsewhere); "reconnecting" ({attempt, delayMs});
  * "ended" ({reason: "bad-token" | "ended", code, message}).
  */
 export class StreamSocket extends EventTarget {
@@ -86,6 +87,14 @@ export class StreamSocket extends EventTarget {
         break;
       case "stream.stats":
         this.#emit("stats", message.stream);
+        break;
+      case "stream.moved":
+        // its worker drained; the close (4307) that follows reconnects, through any worker
+        this.#emit("moved", message);
+        break;
+      case "stream.ending":
+        // a WebRTC or file stream whose worker shuts down; the close (4410) ends it with this
+        this.#lastError = { message: "the stream ended: its worker is shutting down" };
         break;
       case "error":
         this.#lastError = message;

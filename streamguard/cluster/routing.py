@@ -228,21 +228,22 @@ class Router:
             await self.client.srem(self.key("workers"), *gone)
         return [name for name, flag in zip(names, up, strict=True) if flag is not None]
 
-    async def call(self, worker: str, op: str, args: dict[str, Any]) -> Any:
+    async def call(self, worker: str, op: str, args: dict[str, Any], timeout_s: float | None = None) -> Any:
         """`op` run by `worker`'s call handler, its reply; `CallFailedError` when it refused,
-        `WorkerUnavailableError` when it did not answer within a lease TTL."""
+        `WorkerUnavailableError` when it did not answer within `timeout_s` (a lease TTL)."""
+        timeout_s = timeout_s or self.lease_ttl_s
         reply_key = self.key("reply", uuid.uuid4().hex)
         message = {"op": op, "args": json.dumps(args), "reply": reply_key}
         try:
             await self.append(self.key("inbox", worker), message, maxlen=INBOX_MAX)
-            deadline = time.monotonic() + self.lease_ttl_s
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 entries = await self.read(reply_key, "0")
                 if entries:
                     reply = json.loads(entries[0][1]["reply"])
                     break
             else:
-                raise WorkerUnavailableError(f"worker {worker} did not answer within {self.lease_ttl_s:g} s")
+                raise WorkerUnavailableError(f"worker {worker} did not answer within {timeout_s:g} s")
         except (RedisError, OSError) as exc:
             raise WorkerUnavailableError(f"cannot reach worker {worker} through Redis: {exc}") from None
         finally:

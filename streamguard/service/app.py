@@ -32,6 +32,7 @@ from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.webrtc import MAX_SDP_BYTES
 from streamguard.service.auth import Caller, authenticate, check_origin, presented_token, require_token
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.drain import Drain
 from streamguard.service.headers import SecurityHeaders
 from streamguard.service.limits import BodyLimit
 from streamguard.service.logs import event
@@ -163,6 +164,17 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
 ops = APIRouter(tags=["operations"])
 
 
+@ops.post("/v1/admin/drain", status_code=202, responses=ERROR_RESPONSES)
+async def drain_worker(request: Request, caller: Authenticated) -> dict[str, Any]:
+    """Drain this worker as SIGTERM does (an admin token): no new stream, its cameras handed to
+    other workers at once, its clients told (`stream.moved`, `stream.ending`), then it exits."""
+    if not caller.sees_all_streams:
+        raise ServiceError("admin_only", "draining a worker takes an admin token", status=403)
+    drain: Drain = request.app.state.drain
+    drain.start()
+    return {"draining": True, "worker": request.app.state.registry.worker}
+
+
 @ops.get("/metrics", responses=ERROR_RESPONSES)
 async def metrics(request: Request, _: Authenticated) -> Response:
     """Prometheus text exposition (scrape it with the bearer token)."""
@@ -226,6 +238,9 @@ def create_app(
                     settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket
                 )
                 cluster.router.start()
+            drain = Drain(registry, cluster.hand_over, settings.cluster.drain_timeout_s)
+            app.state.drain = drain
+            restore_sigterm = drain.on_sigterm()
             heartbeat = Heartbeat(
                 store, registry.active_streams, registry.lease_lost, settings.cluster.lease_ttl_s / 3
             )
@@ -234,6 +249,7 @@ def create_app(
             try:
                 yield
             finally:
+                restore_sigterm()
                 await heartbeat.stop()
                 if cluster.router is not None:
                     await cluster.router.stop()

@@ -43,6 +43,7 @@ from streamguard.service.protocol import (
     RecallSummary,
     ServiceError,
     StatsSubscribe,
+    StreamMoved,
     StreamStatsEvent,
     StreamUpdate,
     StreamUpdated,
@@ -61,6 +62,7 @@ _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
 }
 
 WS_CLOSE_STREAM_ENDED = WS_CLOSE_OFFSET + 410
+WS_CLOSE_STREAM_MOVED = WS_CLOSE_OFFSET + 307  # reason "stream_moved": its worker drained; reconnect
 WS_CLOSE_SLOW_READER = WS_CLOSE_OFFSET + 429  # reason "slow_reader": the outbox overflowed
 # Questions one socket may have open at once: each holds the stream's chunks back while it runs.
 MAX_OPEN_QUESTIONS = 4
@@ -179,6 +181,15 @@ class Connection:
 
     async def _close_when_removed(self) -> None:
         await self.stream.removed.wait()
+        farewell = self.stream.farewell  # set when the worker drains
+        if isinstance(farewell, StreamMoved):
+            self._send(farewell)
+            self._send(_Close(WS_CLOSE_STREAM_MOVED, "stream_moved"))
+            return
+        if farewell is not None:
+            self._send(farewell)
+            self._send(_Close(WS_CLOSE_STREAM_ENDED, farewell.reason))
+            return
         self._send(ErrorEvent(code="stream_ended", message=f"stream {self.stream.id} was deleted"))
         self._send(_Close(WS_CLOSE_STREAM_ENDED, "stream_ended"))
 

@@ -29,7 +29,7 @@ from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec
 
 # Additions (a new event, a new optional field) raise the minor version; anything a client
 # written for an older one would trip on raises the major one.
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 
 ErrorCode = Literal[
     # websocket messages
@@ -53,9 +53,11 @@ ErrorCode = Literal[
     "unknown_stream",
     "missing_token",
     "invalid_token",
+    "admin_only",  # an operation for an admin token
     "too_many_streams",
     "service_full",
     "worker_unavailable",  # the worker holding the stream did not answer in time
+    "worker_draining",  # this worker is shutting down and takes no new stream
     "file_sources_disabled",
     "invalid_source",
     "unsupported_scheme",
@@ -557,6 +559,26 @@ class StreamUpdated(BaseModel):
     stream: StreamInfo
 
 
+class StreamMoved(BaseModel):
+    """The worker holding the stream is draining and handed it to `worker`, which runs it on
+    under the same id with a fresh cache; the socket then closes (4307): reconnect, through any
+    worker, to go on asking."""
+
+    type: Literal["stream.moved"] = "stream.moved"
+    stream: str
+    worker: str
+
+
+class StreamEnding(BaseModel):
+    """The stream ends now and cannot move (a WebRTC peer, a file); the socket then closes
+    (4410). `worker_draining`: its worker is shutting down; a browser offers again through
+    the load balancer."""
+
+    type: Literal["stream.ending"] = "stream.ending"
+    stream: str
+    reason: Literal["worker_draining"]
+
+
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     code: ErrorCode
@@ -566,7 +588,8 @@ class ErrorEvent(BaseModel):
 
 
 ServerMessage = Annotated[
-    AnswerDelta | AnswerDone | StreamStatsEvent | StreamUpdated | ErrorEvent, Field(discriminator="type")
+    AnswerDelta | AnswerDone | StreamStatsEvent | StreamUpdated | StreamMoved | StreamEnding | ErrorEvent,
+    Field(discriminator="type"),
 ]
 
 

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from fastapi import WebSocket
+from redis.exceptions import RedisError
 
 from streamguard.cluster.routing import CallFailedError, RemoteSocket, Router, WorkerUnavailableError
 from streamguard.cluster.store import StreamRecord
@@ -22,6 +23,8 @@ from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import ServiceError, StreamInfo
 from streamguard.service.streams import Stream, StreamRegistry, unknown_stream
+
+ADOPT_TIMEOUT_S = 10.0  # how long a draining worker waits for one other worker to take a camera
 
 
 class ClusterStreams:
@@ -99,7 +102,33 @@ class ClusterStreams:
 
     # -- the owner's side: what other workers ask of this one ------------------------------------
 
+    async def hand_over(self, stream_id: str) -> str | None:
+        """Offer a camera this worker let go of to each other live worker in turn: the one that
+        took it over, or None when none could (it stays claimable)."""
+        if self.router is None:
+            return None
+        try:
+            workers = await self.router.workers()
+        except (RedisError, OSError) as exc:
+            event("stream.hand_over_failed", logging.WARNING, stream=stream_id, error=str(exc))
+            return None
+        for worker in workers:
+            try:  # a take-over opens the camera's pipeline: allow it more than a lease
+                if await self.router.call(worker, "adopt", {"stream": stream_id}, timeout_s=ADOPT_TIMEOUT_S):
+                    return worker
+            except (CallFailedError, WorkerUnavailableError) as exc:
+                event(
+                    "stream.hand_over_failed",
+                    logging.WARNING,
+                    stream=stream_id,
+                    worker=worker,
+                    error=str(exc),
+                )
+        return None
+
     async def handle_call(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "adopt":
+            return await self.registry.adopt(args["stream"])
         if op == "list":
             return [{"owner": s.owner, "info": s.info().model_dump(mode="json")} for s in self.registry.all()]
         try:

@@ -20,7 +20,7 @@ import stat
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -56,8 +56,10 @@ from streamguard.service.protocol import (
     SamplingInfo,
     ServiceError,
     ServiceStats,
+    StreamEnding,
     StreamInfo,
     StreamKind,
+    StreamMoved,
     StreamState,
     StreamStatsBody,
     StreamUpdate,
@@ -172,6 +174,7 @@ class Stream:
         self.error: str | None = None
         self.created = taken_over.created if taken_over else time.time()
         self.handed_over = False  # another worker took it over: this copy no longer writes its record
+        self.farewell: StreamMoved | StreamEnding | None = None  # what its clients hear when removed
         self.removed = asyncio.Event()  # set once the stream is being deleted
         self.task: asyncio.Task[None] | None = None
         self.watchers = 0  # websocket clients on the stream now
@@ -484,6 +487,7 @@ class StreamRegistry:
         self.worker = store.worker
         self._streams: dict[str, Stream] = {}
         self._opening: Counter[str] = Counter()  # streams being set up, per owner (for the quota)
+        self.draining = False  # shutting down: no new stream, not even one taken over
         self._deleted: Counter[str] = Counter()  # the `COUNTED_STATS` of deleted streams
         self._latency = LatencyWindow()  # every stream's answers
         self._recall_latency = LatencyWindow()  # every stream's recalls
@@ -578,6 +582,10 @@ class StreamRegistry:
 
     def _check_room(self, owner: str) -> None:
         """The token's quota, then the worker's `max_streams` (streams being set up count)."""
+        if self.draining:
+            raise ServiceError(
+                "worker_draining", "this worker is shutting down; open the stream on another", status=503
+            )
         check_stream_quota(self.settings.service, self._running_for(owner))
         limit = self.settings.service.max_streams
         if self._holding_room() >= limit:
@@ -627,7 +635,7 @@ class StreamRegistry:
         return {
             s.id: (s.record(self.worker), s.counters())
             for s in self._streams.values()
-            if s.state in ACTIVE_STATES
+            if s.state in ACTIVE_STATES and not s.handed_over  # a drained camera's lease stays free
         }
 
     async def lease_lost(self, stream_id: str) -> None:
@@ -646,22 +654,63 @@ class StreamRegistry:
         their records say so (should that worker come back, its lease and record are its own
         again)."""
         for record in await self.store.expired_streams():
-            if record.id in self._streams:
-                continue
-            movable = record.kind == StreamKind.RTSP.value and record.reopen_url and record.owner
-            if movable and not self._has_room(record.owner):
-                continue  # stays claimable by a worker with room
-            claimed = await self.store.claim_stream(record.id)
-            if claimed is None:  # another worker was first
-                continue
-            try:
-                if movable:
-                    await self._continue_camera(claimed)
-                else:
-                    await self._record_lost(claimed, record.worker)
-            except Exception:  # this stream only: the others of the round still get their turn
-                event("stream.take_over_failed", logging.WARNING, exc_info=True, stream=record.id)
-                await self._give_back(record)
+            if record.id not in self._streams:
+                await self._take_over(record)
+
+    async def adopt(self, stream_id: str) -> bool:
+        """Take over a camera a draining worker just let go of (it released the lease), at once
+        rather than at the next round; False when this worker has no room or another was first."""
+        record = await self.store.get_stream(stream_id)
+        if record is None or record.kind != StreamKind.RTSP.value or record.worker == self.worker:
+            return False
+        return await self._take_over(record)
+
+    async def _take_over(self, record: StreamRecord) -> bool:
+        """Claim an expired stream: a camera runs on here, another kind is recorded as lost.
+        True once a camera runs here."""
+        movable = record.kind == StreamKind.RTSP.value and record.reopen_url and record.owner
+        if movable and not self._has_room(record.owner):
+            return False  # stays claimable by a worker with room
+        claimed = await self.store.claim_stream(record.id)
+        if claimed is None:  # another worker was first
+            return False
+        try:
+            if movable:
+                await self._continue_camera(claimed)
+                return True
+            await self._record_lost(claimed, record.worker)
+        except Exception:  # this stream only: the others of the round still get their turn
+            event("stream.take_over_failed", logging.WARNING, exc_info=True, stream=record.id)
+            await self._give_back(record)
+        return False
+
+    async def drain(self, hand_over: Callable[[str], Awaitable[str | None]]) -> None:
+        """Shut down without losing cameras: take no new stream, hand every running camera to
+        another worker now (`hand_over(stream_id)` finds one that adopts it, its name, or None),
+        and end the rest, telling each stream's clients which (`stream.moved`, `stream.ending`)."""
+        self.draining = True
+        event("service.draining", streams=len(self._streams))
+        await asyncio.gather(*(self._leave(stream, hand_over) for stream in self.all()))
+
+    async def _leave(self, stream: Stream, hand_over: Callable[[str], Awaitable[str | None]]) -> None:
+        worker = None
+        if stream.kind is StreamKind.RTSP and stream.reopen_url and stream.state in ACTIVE_STATES:
+            # Stop reading the camera, leave its record active and its lease free: claimable now.
+            stream.handed_over = True
+            if stream.task is not None:
+                stream.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream.task
+            await self._save(stream)
+            await self.store.release_lease(stream.id)
+            worker = await hand_over(stream.id)  # None: a worker with room takes it at its next round
+        if worker is not None:
+            stream.farewell = StreamMoved(stream=stream.id, worker=worker)
+            event("stream.moved", stream=stream.id, worker=worker)
+        else:
+            stream.farewell = StreamEnding(stream=stream.id, reason="worker_draining")
+        if stream.id in self._streams:  # not deleted meanwhile
+            await self.delete(stream.id)
 
     async def _continue_camera(self, record: StreamRecord) -> None:
         from streamguard.ingest.rtsp import RtspSource

@@ -141,6 +141,18 @@ class WorkerUnavailableError(ServiceError):
     code = "worker_unavailable"
 
 
+class AdminOnlyError(ServiceError):
+    """An operation only an admin token may ask for (HTTP 403)."""
+
+    code = "admin_only"
+
+
+class WorkerDrainingError(ServiceError):
+    """The worker is shutting down and takes no new stream (HTTP 503); open it through another."""
+
+    code = "worker_draining"
+
+
 class InvalidRequestError(ServiceError):
     code = "invalid_request"
 
