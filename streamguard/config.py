@@ -297,7 +297,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    candidate = CONFIG_DIR / f"{path.stem}.yaml"
+    # a bare name keeps its dots (`qwen2.5-omni-3b`); `configs/tiny.yaml` is found by its file name
+    name = path.name.removesuffix(".yaml")
+    candidate = CONFIG_DIR / f"{name}.yaml"
     if candidate.is_file():
         return candidate
     raise FileNotFoundError(

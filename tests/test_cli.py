@@ -12,6 +12,7 @@ from service_helpers import TOKEN, receive, serve_process, wait_until
 from websockets.exceptions import ConnectionClosed
 
 from streamguard.cli import _serve_config
+from streamguard.config import CONFIG_DIR, load_settings, resolve_config_path
 from streamguard.ingest.synthetic import write_clip
 
 MAX_MESSAGE_BYTES = 4096
@@ -28,6 +29,15 @@ def test_serve_runs_the_production_default_on_a_gpu_and_an_explicit_config_alway
     assert _serve_config(argparse.Namespace(config=None)) == "default"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _serve_config(argparse.Namespace(config="qwen2.5-omni-3b")) == "qwen2.5-omni-3b"
+
+
+@pytest.mark.parametrize(
+    "name", sorted(path.name.removesuffix(".yaml") for path in CONFIG_DIR.glob("*.yaml"))
+)
+def test_every_shipped_config_loads_by_its_bare_name(name):
+    """`--config qwen2.5-omni-3b` as the README writes it: the dots are part of the name."""
+    assert resolve_config_path(name) == CONFIG_DIR / f"{name}.yaml"
+    load_settings(name)
 
 
 def test_serve_on_the_tiny_config_starts_in_one_command_and_stops_on_ctrl_c(tmp_path):
