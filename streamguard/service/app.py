@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, WebSocket
+from fastapi import APIRouter, Body, FastAPI, Query, Request, WebSocket
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -30,8 +30,9 @@ from streamguard.cluster.routing import Router
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.webrtc import MAX_SDP_BYTES
-from streamguard.service.auth import Caller, authenticate, check_origin, presented_token, require_token
+from streamguard.service.auth import authenticate, check_origin, presented_token
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.deps import ERROR_RESPONSES, Authenticated, Cluster, Registry
 from streamguard.service.drain import Drain
 from streamguard.service.headers import SecurityHeaders
 from streamguard.service.limits import BodyLimit
@@ -39,7 +40,6 @@ from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import (
     AnswerLog,
-    ApiError,
     CreateStreamRequest,
     ErrorCode,
     RtspStreamRequest,
@@ -54,29 +54,9 @@ from streamguard.service.protocol import (
 )
 from streamguard.service.remote import ClusterStreams
 from streamguard.service.streams import StreamRegistry, open_source, unknown_stream
+from streamguard.service.webrtc import router as webrtc
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web"  # clients/web, shipped as package data
-
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ApiError} for status in (401, 403, 404, 413, 422, 429, 503)
-}
-
-Authenticated = Annotated[Caller, Depends(require_token)]
-
-
-def registry_of(request: Request) -> StreamRegistry:
-    return request.app.state.registry
-
-
-Registry = Annotated[StreamRegistry, Depends(registry_of)]
-
-
-def cluster_of(request: Request) -> ClusterStreams:
-    return request.app.state.cluster
-
-
-Cluster = Annotated[ClusterStreams, Depends(cluster_of)]
-
 
 api = APIRouter(prefix="/v1", tags=["streams"], responses=ERROR_RESPONSES)
 
@@ -270,8 +250,6 @@ def create_app(
     app.add_middleware(BodyLimit, limit_for=lambda path: body_limit(settings.service, path))
     app.add_middleware(SecurityHeaders)
     app.include_router(api)
-    from streamguard.service.webrtc import router as webrtc  # it imports this module's dependencies
-
     app.include_router(webrtc)
     app.include_router(ops)
     mount_web_client(app)

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 
 from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
-from streamguard.service.app import ERROR_RESPONSES, Authenticated, Registry
+from streamguard.service.deps import ERROR_RESPONSES, Authenticated, Registry
 from streamguard.service.protocol import ApiError, ServiceError, StreamKind, WebRtcAnswer, WebRtcOffer
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES, 400: {"model": ApiError}})
