@@ -10,11 +10,11 @@ from streamguard.cluster.store import (
     Store,
     StoreHealth,
     StoreUnavailableError,
-    StreamRecord,
     check_store,
     open_store,
     worker_name,
 )
+from streamguard.vocabulary import StreamRecord
 
 __all__ = [
     "AnswerRecord",

@@ -28,9 +28,9 @@ from streamguard.cluster.store import (
     MemoryStore,
     StoreHealth,
     StoreUnavailableError,
-    StreamRecord,
 )
 from streamguard.config import ClusterSettings
+from streamguard.vocabulary import StreamRecord
 
 log = logging.getLogger("streamguard.cluster")
 

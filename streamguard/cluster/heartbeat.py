@@ -9,7 +9,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from streamguard.cluster.store import Counters, Store, StreamRecord
+from streamguard.cluster.store import Counters, Store
+from streamguard.vocabulary import StreamRecord
 
 log = logging.getLogger("streamguard.cluster")
 

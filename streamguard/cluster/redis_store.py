@@ -29,15 +29,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from streamguard.cluster.store import (
-    ACTIVE_STATES,
-    AnswerRecord,
-    Counters,
-    StoreHealth,
-    StoreUnavailableError,
-    StreamRecord,
-)
+from streamguard.cluster.store import AnswerRecord, Counters, StoreHealth, StoreUnavailableError
 from streamguard.config import ClusterSettings
+from streamguard.vocabulary import ACTIVE_STATES, StreamRecord
 
 # Extend each lease this worker holds; take again one that lapsed while the stream's record still
 # names this worker, or does not exist (nobody claimed it meanwhile). A lease another worker

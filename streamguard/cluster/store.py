@@ -19,31 +19,9 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from streamguard.config import ClusterSettings
-
-# States of a stream that a worker is (or should be) running; the others are final.
-ACTIVE_STATES = frozenset({"starting", "live", "reconnecting"})
+from streamguard.vocabulary import StreamRecord
 
 Counters = Mapping[str, float | int | None]
-
-
-class StreamSummary(BaseModel):
-    """A stream's durable record as the API shows it."""
-
-    id: str
-    kind: str
-    source: str  # the camera URL without credentials, or what the peer or file is
-    state: str
-    error: str | None
-    created: float  # unix seconds
-    worker: str  # the process that holds the stream's cache
-
-
-class StreamRecord(StreamSummary):
-    """What the store keeps: the summary, and what another worker needs to run an RTSP camera
-    again when its worker dies. The API never shows these two fields."""
-
-    reopen_url: str | None = None  # the camera URL with its credentials
-    owner: str | None = None  # the digest of the token that opened it (its quota)
 
 
 class AnswerRecord(BaseModel):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -22,10 +21,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from streamguard.cluster.store import AnswerRecord, StreamSummary
+from streamguard.cluster.store import AnswerRecord
 from streamguard.config import DropPolicy, PruningMethod, ReferenceMode, Role
 from streamguard.ingest.urls import InvalidCameraUrl, UnsupportedScheme, parse_camera_url
 from streamguard.memory.spec import InvalidRecallError, RecalledSpan, RecallSpec, parse_recall
+from streamguard.vocabulary import StreamKind, StreamState, StreamSummary
 
 # Additions (a new event, a new optional field) raise the minor version; anything a client
 # written for an older one would trip on raises the major one.
@@ -94,20 +94,6 @@ class _Message(BaseModel):
 
 
 # -- REST ------------------------------------------------------------------------------------
-
-
-class StreamKind(StrEnum):
-    FILE = "file"
-    RTSP = "rtsp"
-    WEBRTC = "webrtc"
-
-
-class StreamState(StrEnum):
-    STARTING = "starting"
-    LIVE = "live"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    ERROR = "error"
 
 
 class FileStreamRequest(_Message):

@@ -16,13 +16,13 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 
 from streamguard.cluster.routing import CallFailedError, RemoteSocket, Router, WorkerUnavailableError
-from streamguard.cluster.store import StreamRecord
 from streamguard.service.auth import Caller
 from streamguard.service.connection import Connection, refuse
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import ServiceError, StreamInfo
 from streamguard.service.streams import Stream, StreamRegistry, unknown_stream
+from streamguard.vocabulary import StreamRecord
 
 ADOPT_TIMEOUT_S = 10.0  # how long a draining worker waits for one other worker to take a camera
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from streamguard.backbones.base import Backbone
-from streamguard.cluster.store import Counters, Store, StreamRecord
+from streamguard.cluster.store import Counters, Store
 from streamguard.config import Settings
 from streamguard.engine.pipeline import ChunkPipeline, ChunkReport, create_pipeline
 from streamguard.engine.scheduler import (
@@ -64,6 +64,7 @@ from streamguard.service.protocol import (
     StreamStatsBody,
     StreamUpdate,
 )
+from streamguard.vocabulary import ACTIVE_STATES, FINAL_STATES, StreamRecord
 
 if TYPE_CHECKING:
     from streamguard.ingest.chunker import AVChunk
@@ -71,8 +72,6 @@ if TYPE_CHECKING:
 
 RTF_WINDOW = 20  # chunks in the rolling real-time factor
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles
-ACTIVE_STATES = (StreamState.STARTING, StreamState.LIVE, StreamState.RECONNECTING)
-FINAL_STATES = (StreamState.ENDED, StreamState.ERROR)
 EXPIRY_CHECK_S = 5.0  # how often ended streams are looked at (more often for a shorter TTL)
 # Stats that add up over every stream the worker has run, deleted ones included.
 COUNTED_STATS = (
