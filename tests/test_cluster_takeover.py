@@ -16,6 +16,7 @@ from service_helpers import TOKEN, receive_until, serve, serve_process, tiny_set
 from streamguard.backbones import load_backbone
 from streamguard.cluster import Heartbeat
 from streamguard.cluster.redis_store import RedisStore
+from streamguard.cluster.takeover import TakeOver
 from streamguard.config import ClusterSettings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.files import FileSource
@@ -147,7 +148,14 @@ async def test_a_worker_back_from_a_stall_stops_a_stream_taken_over_and_keeps_on
                 client.delete(*(f"{cluster.key_prefix}lease:{i}" for i in (claimed_id, kept_id)))
             claimed = await other.claim_stream(claimed_id)
             assert claimed is not None and claimed.worker == "other-worker"
-            await others.take_over_expired()  # the file stream left: it cannot move
+            take_over = TakeOver(
+                other,
+                LEASE_TTL_S,
+                lambda i: others.find(i) is not None,
+                others.has_room,
+                others.continue_camera,
+            )
+            await take_over.round()  # the file stream left: it cannot move
             lost = await other.get_stream(kept_id)
             assert lost.state == "error" and "cannot move" in lost.error and lost.worker == "stalled-worker"
 

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from streamguard.backbones import Backbone, load_backbone
 from streamguard.cluster import Heartbeat, open_store
 from streamguard.cluster.routing import Router
+from streamguard.cluster.takeover import TakeOver
 from streamguard.config import ServiceSettings, Settings
 from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.webrtc import MAX_SDP_BYTES
@@ -214,6 +215,14 @@ def create_app(
             cluster = ClusterStreams(registry, app.state.metrics)
             app.state.cluster = cluster
             if settings.cluster.redis_url:  # other workers exist only with a shared store
+                cluster.take_over = TakeOver(
+                    store,
+                    settings.cluster.lease_ttl_s,
+                    lambda stream_id: registry.find(stream_id) is not None,
+                    registry.has_room,
+                    registry.continue_camera,
+                )
+                cluster.take_over.start()
                 cluster.router = Router(
                     settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket
                 )
@@ -233,6 +242,8 @@ def create_app(
                 await heartbeat.stop()
                 if cluster.router is not None:
                     await cluster.router.stop()
+                if cluster.take_over is not None:
+                    await cluster.take_over.stop()
                 await registry.close()
                 await scheduler.stop()
                 event("service.stopped")

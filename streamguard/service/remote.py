@@ -16,6 +16,7 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 
 from streamguard.cluster.routing import CallFailedError, RemoteSocket, Router, WorkerUnavailableError
+from streamguard.cluster.takeover import TakeOver
 from streamguard.service.auth import Caller
 from streamguard.service.connection import Connection, refuse
 from streamguard.service.logs import event
@@ -31,7 +32,8 @@ class ClusterStreams:
     def __init__(self, registry: StreamRegistry, metrics: ServiceMetrics):
         self.registry = registry
         self.metrics = metrics
-        self.router: Router | None = None  # set once the service has Redis
+        self.router: Router | None = None  # set, with `take_over`, once the service has Redis
+        self.take_over: TakeOver | None = None
 
     def local(self, caller: Caller, stream_id: str) -> Stream | None:
         """This worker's stream, if the caller may see it (another token's is as absent as none)."""
@@ -128,7 +130,7 @@ class ClusterStreams:
 
     async def handle_call(self, op: str, args: dict[str, Any]) -> Any:
         if op == "adopt":
-            return await self.registry.adopt(args["stream"])
+            return self.take_over is not None and await self.take_over.adopt(args["stream"])
         if op == "list":
             return [{"owner": s.owner, "info": s.info().model_dump(mode="json")} for s in self.registry.all()]
         try:

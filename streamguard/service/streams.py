@@ -501,11 +501,6 @@ class StreamRegistry:
         self._chores: list[asyncio.Task[None]] = []
         if ttl is not None:
             self._chores.append(asyncio.create_task(self._expire(ttl), name="stream-expiry"))
-        if settings.cluster.redis_url:  # other workers' streams exist only in a shared store
-            interval = settings.cluster.lease_ttl_s / 2
-            self._chores.append(
-                asyncio.create_task(self._take_over_forever(interval), name="stream-take-over")
-            )
 
     async def open(
         self,
@@ -572,7 +567,7 @@ class StreamRegistry:
         holding = (s for s in self._streams.values() if s.state in ACTIVE_STATES or s.chunks_received)
         return sum(1 for _ in holding) + self._opening.total()
 
-    def _has_room(self, owner: str) -> bool:
+    def has_room(self, owner: str) -> bool:
         try:
             self._check_room(owner)
         except ServiceError:
@@ -647,42 +642,6 @@ class StreamRegistry:
             stream.handed_over = True
             await self.delete(stream_id)
 
-    async def take_over_expired(self) -> None:
-        """Continue the RTSP cameras of workers that died (their leases lapsed) under the same
-        stream ids, with a fresh cache. A dead worker's WebRTC and file streams cannot move:
-        their records say so (should that worker come back, its lease and record are its own
-        again)."""
-        for record in await self.store.expired_streams():
-            if record.id not in self._streams:
-                await self._take_over(record)
-
-    async def adopt(self, stream_id: str) -> bool:
-        """Take over a camera a draining worker just let go of (it released the lease), at once
-        rather than at the next round; False when this worker has no room or another was first."""
-        record = await self.store.get_stream(stream_id)
-        if record is None or record.kind != StreamKind.RTSP.value or record.worker == self.worker:
-            return False
-        return await self._take_over(record)
-
-    async def _take_over(self, record: StreamRecord) -> bool:
-        """Claim an expired stream: a camera runs on here, another kind is recorded as lost.
-        True once a camera runs here."""
-        movable = record.kind == StreamKind.RTSP.value and record.reopen_url and record.owner
-        if movable and not self._has_room(record.owner):
-            return False  # stays claimable by a worker with room
-        claimed = await self.store.claim_stream(record.id)
-        if claimed is None:  # another worker was first
-            return False
-        try:
-            if movable:
-                await self._continue_camera(claimed)
-                return True
-            await self._record_lost(claimed, record.worker)
-        except Exception:  # this stream only: the others of the round still get their turn
-            event("stream.take_over_failed", logging.WARNING, exc_info=True, stream=record.id)
-            await self._give_back(record)
-        return False
-
     async def drain(self, hand_over: Callable[[str], Awaitable[str | None]]) -> None:
         """Shut down without losing cameras: take no new stream, hand every running camera to
         another worker now (`hand_over(stream_id)` finds one that adopts it, its name, or None),
@@ -711,10 +670,11 @@ class StreamRegistry:
         if stream.id in self._streams:  # not deleted meanwhile
             await self.delete(stream.id)
 
-    async def _continue_camera(self, record: StreamRecord) -> None:
+    async def continue_camera(self, record: StreamRecord) -> None:
+        """Run on here a camera this worker claimed (`cluster.takeover`), under its stream id."""
         from streamguard.ingest.rtsp import RtspSource
 
-        assert record.reopen_url is not None and record.owner is not None  # movable, checked above
+        assert record.reopen_url is not None and record.owner is not None  # movable, checked by the claim
         service = self.settings.service
         source = RtspSource(
             record.reopen_url, self.settings.chunk, max_pending_chunks=service.max_pending_chunks
@@ -729,36 +689,6 @@ class StreamRegistry:
         )
         self.metrics.streams_taken_over.inc()
         event("stream.taken_over", logging.WARNING, stream=record.id, source=record.source)
-
-    async def _record_lost(self, claimed: StreamRecord, worker: str) -> None:
-        lost = f"its worker {worker} stopped; a {claimed.kind} stream cannot move to another worker"
-        update = {"state": StreamState.ERROR.value, "error": lost, "worker": worker}
-        await self._give_back(claimed.model_copy(update=update))
-        event("stream.lost", logging.WARNING, stream=claimed.id, kind=claimed.kind, worker=worker)
-
-    async def _give_back(self, record: StreamRecord) -> None:
-        """Write `record` (naming the worker the stream was claimed from), then release the
-        claimed lease: the stream is that worker's, or claimable, once more."""
-        await self.store.put_stream(record)
-        await self.store.release_lease(record.id)
-
-    async def _take_over_forever(self, interval_s: float) -> None:
-        up_since: float | None = None
-        while True:
-            await asyncio.sleep(interval_s)
-            # After an outage of the store every worker's leases may have lapsed at once: give
-            # the live ones two lease periods to renew before taking anything over.
-            now = time.monotonic()
-            if not self.store.health().up:
-                up_since = None
-                continue
-            up_since = now if up_since is None else up_since
-            if now - up_since < 2 * self.settings.cluster.lease_ttl_s:
-                continue
-            try:
-                await self.take_over_expired()
-            except Exception:  # one failed round (Redis away) must not end the next
-                event("stream.take_over_failed", logging.ERROR, exc_info=True)
 
     def find(self, stream_id: str) -> Stream | None:
         return self._streams.get(stream_id)
