@@ -343,6 +343,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backbone = load_backbone(settings.model, settings.chunk)
     _say_if_random(backbone)
     base = f"http://{host}:{port}"
+    if settings.cluster.public_url is None and host not in ("0.0.0.0", "::"):
+        settings.cluster.public_url = base  # where a full worker of the cluster may send new streams
     console.print(f"StreamGuard: model {settings.model.path} on {backbone.device}, config {args.config}")
     console.print(f"  page     {base}/\n  API docs {base}/docs\n  metrics  {base}/metrics")
     if DEV_TOKEN in settings.service.tokens:

@@ -258,6 +258,10 @@ class ClusterSettings(BaseModel):
     finished_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)  # an ended stream's keys then expire
     # SIGTERM or POST /v1/admin/drain: cameras handed over, clients told, then exit; at most this long.
     drain_timeout_s: float = Field(10.0, gt=0)
+    # This worker's URL as clients reach it, advertised in Redis so a full worker can redirect
+    # new streams here (307). Unset: `streamguard serve` uses http://HOST:PORT unless HOST is a
+    # wildcard (0.0.0.0, ::), and then nothing is redirected to this worker.
+    public_url: str | None = None
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ import pytest
 from redis_helpers import redis_server
 from rtsp_helpers import rtsp_camera
 from service_helpers import TOKEN, receive, receive_until, serve_process, wait_until
+from test_webrtc import ClientPeer
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = [pytest.mark.redis, pytest.mark.rtsp]
@@ -163,3 +164,40 @@ def test_a_worker_sent_sigterm_hands_its_camera_over_at_once_and_tells_its_clien
                     receive_until(ws, lambda e: e["type"] in ("answer.done", "error"))[-1]["type"]
                     == "answer.done"
                 )
+
+
+def test_an_offer_to_a_full_worker_is_redirected_to_one_with_room_and_goes_live_there(tmp_path):
+    with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
+        env = {
+            "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN]),
+            "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
+            "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
+        }
+        full = {**env, "STREAMGUARD_SERVICE__MAX_STREAMS": "1"}
+        with (
+            serve_process(tmp_path, ["--config", "tiny"], full) as worker_a,
+            serve_process(tmp_path, ["--config", "tiny"], env) as worker_b,
+        ):
+            a, b = worker_a.service, worker_b.service
+            created = a.http.post("/v1/streams", json={"source": "rtsp", "url": camera.url})
+            assert created.status_code == 201, created.text  # A is full now
+            wait_until(lambda: a.stream(created.json()["id"])["state"] == "live", "A to run the camera")
+            peer = ClientPeer()
+            try:
+                offer = {"sdp": peer.offer(), "type": "offer"}
+                redirected = wait_until(
+                    lambda: (r := a.http.post("/v1/streams/webrtc", json=offer)).status_code == 307 and r,
+                    "A to know B has room",  # B advertises itself every third of a lease
+                )
+                assert redirected.headers["location"] == f"{b.url}/v1/streams/webrtc"
+                answered = a.http.post(redirected.headers["location"], json=offer)  # as a client follows it
+                assert answered.status_code == 201, answered.text
+                peer.accept(answered.json()["sdp"])
+                stream_id = answered.json()["stream_id"]
+                live = wait_until(
+                    lambda: (s := b.stream(stream_id))["stats"]["chunks_processed"] > 0 and s, "the peer on B"
+                )
+                assert live["kind"] == "webrtc" and live["state"] == "live"
+                assert stream_id in {s["id"] for s in a.http.get("/v1/streams").json()["streams"]}
+            finally:
+                peer.close()

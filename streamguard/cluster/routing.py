@@ -129,7 +129,10 @@ class Router:
         worker: str,
         on_call: CallHandler,
         on_socket: SocketHandler,
+        room: Callable[[], int],
     ):
+        """`room()`: how many more streams this worker takes now (advertised with
+        `settings.public_url`, so full workers send new streams here)."""
         assert settings.redis_url, "routing needs the shared Redis"
         # A client of its own: its reads block for a third of a lease, longer than the store's
         # `timeout_s` allows a call.
@@ -140,6 +143,8 @@ class Router:
         self._poll_ms = max(1, round(settings.lease_ttl_s * 1000 / 3))
         self._on_call = on_call
         self._on_socket = on_socket
+        self._room = room
+        self._public_url = settings.public_url
         self._tasks: set[asyncio.Task[None]] = set()
         self._chores: list[asyncio.Task[None]] = []
 
@@ -169,7 +174,8 @@ class Router:
         while True:
             try:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.set(self.key("worker", self.worker), "1", px=round(self.lease_ttl_s * 1000))
+                card = json.dumps({"url": self._public_url, "room": self._room()})
+                pipe.set(self.key("worker", self.worker), card, px=round(self.lease_ttl_s * 1000))
                 pipe.sadd(self.key("workers"), self.worker)
                 await pipe.execute()
             except (RedisError, OSError) as exc:  # the store's fallback reports the outage
@@ -219,14 +225,24 @@ class Router:
 
     async def workers(self) -> list[str]:
         """The other workers alive now."""
+        return list(await self._cards())
+
+    async def _cards(self) -> dict[str, dict[str, Any]]:
+        """What each other live worker advertises: its public URL and its room."""
         names = sorted(await self.client.smembers(self.key("workers")) - {self.worker})
         if not names:
-            return []
-        up = await self.client.mget([self.key("worker", name) for name in names])
-        gone = [name for name, flag in zip(names, up, strict=True) if flag is None]
+            return {}
+        cards = await self.client.mget([self.key("worker", name) for name in names])
+        gone = [name for name, card in zip(names, cards, strict=True) if card is None]
         if gone:
             await self.client.srem(self.key("workers"), *gone)
-        return [name for name, flag in zip(names, up, strict=True) if flag is not None]
+        return {name: json.loads(card) for name, card in zip(names, cards, strict=True) if card is not None}
+
+    async def place(self) -> str | None:
+        """The public URL of the other live worker with the most room, None when none has any
+        (or says where it is)."""
+        cards = [card for card in (await self._cards()).values() if card["url"] and card["room"] > 0]
+        return max(cards, key=lambda card: card["room"])["url"] if cards else None
 
     async def call(self, worker: str, op: str, args: dict[str, Any], timeout_s: float | None = None) -> Any:
         """`op` run by `worker`'s call handler, its reply; `CallFailedError` when it refused,

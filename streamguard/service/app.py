@@ -62,15 +62,28 @@ WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web"  # clients/web, shi
 api = APIRouter(prefix="/v1", tags=["streams"], responses=ERROR_RESPONSES)
 
 
-@api.post("/streams", status_code=201)
+@api.post(
+    "/streams",
+    status_code=201,
+    response_model=StreamInfo,
+    responses={307: {"description": "this worker is full: the same request to a worker with room"}},
+)
 async def create_stream(
-    body: Annotated[CreateStreamRequest, Body()], caller: Authenticated, registry: Registry
-) -> StreamInfo:
-    """Start a stream from an RTSP camera, or from a file on the server when enabled."""
+    body: Annotated[CreateStreamRequest, Body()],
+    caller: Authenticated,
+    registry: Registry,
+    cluster: Cluster,
+    request: Request,
+) -> StreamInfo | Response:
+    """Start a stream from an RTSP camera, or from a file on the server when enabled. A full
+    worker sends the request on (307) to a worker of the cluster with room."""
     source, kind, description = await open_source(body, registry.settings)
     # a camera's full URL lets another worker reopen it should this one die
     reopen_url = body.url if isinstance(body, RtspStreamRequest) else None
-    stream = await registry.open(kind, source, description, caller.owner, reopen_url=reopen_url)
+    try:
+        stream = await registry.open(kind, source, description, caller.owner, reopen_url=reopen_url)
+    except ServiceError as refused:
+        return await cluster.elsewhere(refused, request.url.path)
     return stream.info()
 
 
@@ -224,7 +237,7 @@ def create_app(
                 )
                 cluster.take_over.start()
                 cluster.router = Router(
-                    settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket
+                    settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket, registry.room
                 )
                 cluster.router.start()
             drain = Drain(registry, cluster.hand_over, settings.cluster.drain_timeout_s)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from fastapi import WebSocket
+from fastapi.responses import RedirectResponse
 from redis.exceptions import RedisError
 
 from streamguard.cluster.routing import CallFailedError, RemoteSocket, Router, WorkerUnavailableError
@@ -103,6 +104,20 @@ class ClusterStreams:
         await self.router.relay(websocket, worker, stream_id)
 
     # -- the owner's side: what other workers ask of this one ------------------------------------
+
+    async def elsewhere(self, refused: ServiceError, path: str) -> RedirectResponse:
+        """A request this full worker refused, sent on (307, method and body kept) to the live
+        worker with the most room; the refusal itself when no worker has room."""
+        if refused.code != "service_full" or self.router is None:
+            raise refused
+        try:
+            url = await self.router.place()
+        except (RedisError, OSError):
+            url = None
+        if url is None:
+            raise refused
+        event("stream.redirected", to=url)
+        return RedirectResponse(url.rstrip("/") + path, status_code=307)
 
     async def hand_over(self, stream_id: str) -> str | None:
         """Offer a camera this worker let go of to each other live worker in turn: the one that

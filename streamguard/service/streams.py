@@ -567,6 +567,10 @@ class StreamRegistry:
         holding = (s for s in self._streams.values() if s.state in ACTIVE_STATES or s.chunks_received)
         return sum(1 for _ in holding) + self._opening.total()
 
+    def room(self) -> int:
+        """How many more streams this worker takes now (`service.max_streams`; none while draining)."""
+        return 0 if self.draining else max(0, self.settings.service.max_streams - self._holding_room())
+
     def has_room(self, owner: str) -> bool:
         try:
             self._check_room(owner)

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Response
 
 from streamguard.ingest.webrtc import InvalidOffer, WebRtcSource, check_offer
-from streamguard.service.deps import ERROR_RESPONSES, Authenticated, Registry
+from streamguard.service.deps import ERROR_RESPONSES, Authenticated, Cluster, Registry
 from streamguard.service.protocol import ApiError, ServiceError, StreamKind, WebRtcAnswer, WebRtcOffer
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses={**ERROR_RESPONSES, 400: {"model": ApiError}})
 
 
-@router.post("/streams/webrtc", status_code=201)
+@router.post(
+    "/streams/webrtc",
+    status_code=201,
+    response_model=WebRtcAnswer,
+    responses={307: {"description": "this worker is full: the same request to a worker with room"}},
+)
 async def create_webrtc_stream(
-    body: Annotated[WebRtcOffer, Body()], caller: Authenticated, registry: Registry, request: Request
-) -> WebRtcAnswer:
+    body: Annotated[WebRtcOffer, Body()],
+    caller: Authenticated,
+    registry: Registry,
+    cluster: Cluster,
+    request: Request,
+) -> WebRtcAnswer | Response:
     """Start a stream from a WebRTC peer sending one audio and/or one video track. Send the
-    offer once ICE gathering is complete; a malformed or unanswerable offer is `invalid_sdp`."""
+    offer once ICE gathering is complete; a malformed or unanswerable offer is `invalid_sdp`.
+    A full worker sends the offer on (307) to a worker of the cluster with room."""
     try:
         offer = check_offer(body.sdp, body.type)
     except InvalidOffer as exc:
@@ -39,7 +49,10 @@ async def create_webrtc_stream(
     except InvalidOffer as exc:
         await source.close()
         raise ServiceError("invalid_sdp", str(exc)) from None
-    except BaseException:  # no stream came of it (quota, shutdown): close the connection
+    except ServiceError as refused:  # no stream came of it (quota, full): close the connection
+        await source.close()
+        return await cluster.elsewhere(refused, request.url.path)
+    except BaseException:  # no stream came of it (shutdown): close the connection
         await source.close()
         raise
     return WebRtcAnswer(stream_id=stream.id, sdp=answer, stream=stream.info())
