@@ -211,16 +211,24 @@ def build_tiny_checkpoint(
     """Write a tiny random thinker and its processor to `folder` with `save_pretrained`."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     processor = build_tiny_processor()
     config = build_tiny_thinker_config(
         processor.tokenizer, hidden_size=hidden_size, max_position_embeddings=max_position_embeddings
     )
+    return save_tiny_thinker(folder, Qwen2_5OmniThinkerForConditionalGeneration, config, processor, seed=seed)
+
+
+def save_tiny_thinker(
+    folder: str | Path, model_class: Any, config: Any, processor: Any, *, seed: int
+) -> Path:
+    """Initialise `model_class(config)` from `seed` and write it and `processor` to `folder` with
+    `save_pretrained`, the marker last (a folder without it is a build that did not finish)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    model.save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     processor.save_pretrained(folder)
+    hidden_size = config.get_text_config().hidden_size
     (folder / TINY_MARKER).write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
     return folder
 

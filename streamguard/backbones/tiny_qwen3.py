@@ -13,13 +13,10 @@ position ids a second where the released checkpoint and the processor use 13: bo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from streamguard.backbones.tiny import build_tiny_tokenizer
+from streamguard.backbones.tiny import build_tiny_tokenizer, save_tiny_thinker
 
 # Qwen3-Omni's media tokens, named as its tokenizer_config names them.
 QWEN3_NAMED_TOKENS = {
@@ -150,14 +147,10 @@ def build_tiny_qwen3_checkpoint(
     """Write a tiny random Qwen3-Omni thinker and its processor to `folder` with `save_pretrained`."""
     from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     processor = build_tiny_qwen3_processor()
     config = build_tiny_qwen3_thinker_config(
         processor.tokenizer, hidden_size=hidden_size, max_position_embeddings=max_position_embeddings
     )
-    torch.manual_seed(seed)
-    Qwen3OmniMoeThinkerForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    (folder / "streamguard-tiny.json").write_text(json.dumps({"seed": seed, "hidden_size": hidden_size}))
-    return folder
+    return save_tiny_thinker(
+        folder, Qwen3OmniMoeThinkerForConditionalGeneration, config, processor, seed=seed
+    )
