@@ -25,6 +25,7 @@ from streamguard.service import create_app
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import StreamKind
 from streamguard.service.streams import StreamRegistry
+from streamguard.vocabulary import StreamState
 
 pytestmark = pytest.mark.redis
 
@@ -83,7 +84,7 @@ async def test_stream_records_round_trip_and_finished_ones_expire(server, cluste
         assert await store.get_stream("s1") == live
         assert await store.get_stream("nope") is None
 
-        ended = live.model_copy(update={"state": "ended"})
+        ended = live.model_copy(update={"state": StreamState.ENDED})
         await store.put_stream(ended)
         assert await store.get_stream("s1") == ended
         with server.client() as redis:
