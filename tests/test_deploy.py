@@ -37,6 +37,11 @@ def alert_rules() -> list[dict]:
     return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
 
 
+def with_defaults(text: str) -> str:
+    """Compose's `${VAR:-default}` interpolation with every variable unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
 def exported_names(exposition: str) -> set[str]:
     """Every series name in a Prometheus text exposition (samples and HELP/TYPE lines)."""
     names = set()
@@ -112,7 +117,14 @@ def test_prometheus_scrapes_every_worker_with_the_token_compose_mounts():
     assert targets == {f"{name}:8000" for name in workers} and len(workers) >= 2
 
     mounted = {config["target"]: config["source"] for config in compose["services"]["prometheus"]["configs"]}
-    assert mounted[job["authorization"]["credentials_file"]] in compose["configs"]
+    scrape_token = with_defaults(
+        compose["configs"][mounted[job["authorization"]["credentials_file"]]]["content"]
+    )
+    # an admin's: a user token's /metrics leaves out the streams it did not open
+    tokens = json.loads(
+        with_defaults(compose["services"]["worker-1"]["environment"]["STREAMGUARD_SERVICE__TOKENS"])
+    )
+    assert {"token": scrape_token, "name": "prometheus", "role": "admin"} in tokens
     binds = {
         volume.split(":")[1]
         for volume in compose["services"]["prometheus"]["volumes"]

@@ -96,6 +96,12 @@ def test_a_user_token_sees_asks_on_reads_and_deletes_only_the_streams_it_opened(
                 ws.recv(timeout=10)
             assert closed.value.rcvd.code == 4404
         assert service.http.get(f"/v1/streams/{stream_id}", headers=bearer(ALICE)).status_code == 200
+        # nor in /metrics: bob's scrape has the service-wide series, none of alice's stream
+        series = f'stream="{stream_id}"'
+        bobs = service.http.get("/metrics", headers=bearer(BOB)).text
+        assert series not in bobs and "streamguard_service_chunks_received_total" in bobs
+        for token in (ALICE, ADMIN):
+            assert series in service.http.get("/metrics", headers=bearer(token)).text, token
 
         # the admin sees every stream, reads its answers and may delete it
         listed = service.http.get("/v1/streams", headers=bearer(ADMIN)).json()

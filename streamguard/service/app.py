@@ -170,9 +170,16 @@ async def drain_worker(request: Request, caller: Authenticated) -> dict[str, Any
 
 
 @ops.get("/metrics", responses=ERROR_RESPONSES)
-async def metrics(request: Request, _: Authenticated) -> Response:
-    """Prometheus text exposition (scrape it with the bearer token)."""
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, caller: Authenticated, registry: Registry) -> Response:
+    """Prometheus text exposition (scrape it with the bearer token): every stream's series for an
+    admin token, the caller's own streams' for a user token; the service-wide series for both."""
+
+    def shows_stream(stream_id: str) -> bool:
+        stream = registry.find(stream_id)
+        return stream is not None and caller.may_see(stream.owner)
+
+    shows = None if caller.sees_all_streams else shows_stream
+    return Response(request.app.state.metrics.exposition(shows), media_type=CONTENT_TYPE_LATEST)
 
 
 @ops.get("/v1/protocol.json")

@@ -17,6 +17,10 @@ Long memory: a stream's device KV is `streamguard_kv_cache_bytes`; what it evict
 (`streamguard_service_memory_*_bytes` for all streams); `streamguard_memory_chunks_offloaded_total`
 counts evictions kept, `streamguard_recalls_total{mode="auto"|"span"}` the answers that loaded
 chunks back and `streamguard_recall_seconds` how long choosing and loading took.
+
+A user token's scrape shows the per-stream series of its own streams only (stream ids leak
+nothing, as on the REST API); an admin token's shows every stream. The service-wide series are
+for every token.
 """
 
 from __future__ import annotations
@@ -226,8 +230,30 @@ class ServiceMetrics:
         for mode in RECALL_MODES:
             _remove(self.recalls.per_stream, stream, mode)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, shows_stream: Callable[[str], bool] | None = None) -> bytes:
+        """The text exposition; with `shows_stream`, only the per-stream series it accepts."""
+        if shows_stream is None:
+            return generate_latest(self.registry)
+        return generate_latest(_StreamsShown(self.registry, shows_stream))
+
+
+class _StreamsShown:
+    """The registry's families less the series of streams `shows` does not accept: what
+    `generate_latest` needs of a registry is `collect()`."""
+
+    def __init__(self, registry: CollectorRegistry, shows: Callable[[str], bool]):
+        self.registry = registry
+        self.shows = shows
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            shown = Metric(family.name, family.documentation, family.type, family.unit)
+            shown.samples = [
+                sample
+                for sample in family.samples
+                if "stream" not in sample.labels or self.shows(sample.labels["stream"])
+            ]
+            yield shown
 
 
 def _remove(family: Counter | Gauge, *labels: str) -> None:
