@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cpu_helpers import one_torch_thread
+from parity_helpers import load_tiny_backbone
 
 from streamguard.backbones.tiny import build_tiny_checkpoint
 from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
@@ -23,6 +25,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny real Qwen3-Omni thinker (`build_tiny_qwen3_checkpoint`), built once per session."""
     return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module that asks for it (`pytestmark =
+    pytest.mark.usefixtures("one_thread")`), see `one_torch_thread`."""
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def backbone(checkpoint: Path) -> Any:
+    """The tiny Qwen2.5-Omni backbone, loaded once per module (a module needing another build
+    defines its own `backbone`)."""
+    return load_tiny_backbone(checkpoint)
 
 
 @pytest.fixture(autouse=True)

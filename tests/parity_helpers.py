@@ -127,3 +127,27 @@ def load_tiny_backbone(folder, config: str = "tiny"):
 
     settings = load_settings(config, model={"path": str(folder)})
     return load_backbone(settings.model, settings.chunk)
+
+
+def stream_layout(backbone, encoded: list[EncodedChunk]) -> tuple[list[int], torch.Tensor]:
+    """The token ids and positions a session lays for unpruned chunks and the question: built from
+    the backbone's own layout calls, for comparison with the official processor's."""
+    config = backbone.model.config
+    layout = backbone.prompt_layout(SYSTEM)
+    prefix_positions, base = backbone.prefix_positions(len(layout.prefix))
+    ids, positions = list(layout.prefix), [prefix_positions]
+    for slot, chunk in enumerate(encoded):
+        video_pos, audio_pos = backbone.chunk_positions(chunk, slot, base)
+        video_rank, audio_rank = backbone.chunk_order(chunk)
+        order = torch.argsort(torch.cat([video_rank, audio_rank]))
+        kinds = torch.tensor(
+            [config.video_token_id] * chunk.num_video_tokens + [config.audio_token_id] * chunk.audio.shape[0]
+        )
+        ids += kinds[order].tolist()
+        positions.append(torch.cat([video_pos, audio_pos], dim=1)[:, order])
+    question = layout.close + backbone.tokenize(QUESTION) + layout.suffix
+    ids += question
+    positions.append(
+        backbone.question_positions(base + backbone.chunk_period() * len(encoded), len(question))
+    )
+    return ids, torch.cat(positions, dim=1)

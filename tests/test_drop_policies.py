@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cpu_helpers import one_torch_thread
-from parity_helpers import QUESTION, load_tiny_backbone, official_inputs, offline_logits
+from parity_helpers import QUESTION, official_inputs, offline_logits
 
 from streamguard.config import load_settings
 from streamguard.engine.pipeline import ChunkReport, create_pipeline
@@ -26,15 +25,7 @@ REDUNDANT = [False, False, True, True, False]
 AUDIO_TOKENS = 50  # 2 s of audio at 25 tokens per second
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def backbone(checkpoint):
-    return load_tiny_backbone(checkpoint)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

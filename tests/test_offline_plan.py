@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cpu_helpers import one_torch_thread
-from parity_helpers import QUESTION, SYSTEM, load_tiny_backbone, official_inputs, offline_logits
+from parity_helpers import QUESTION, SYSTEM, official_inputs, offline_logits
 
 from streamguard.backbones.base import EncodedChunk
 from streamguard.config import load_settings
@@ -24,15 +23,7 @@ from streamguard.pruning.temporal import offline_contextguard
 AUDIO_TOKENS = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def backbone(checkpoint):
-    return load_tiny_backbone(checkpoint)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

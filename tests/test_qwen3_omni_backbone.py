@@ -22,6 +22,7 @@ from parity_helpers import (
     official_positions,
     offline_logits,
     put_one_video_token_off,
+    stream_layout,
 )
 from service_helpers import TOKEN, receive_until, serve_process, wait_until
 
@@ -97,27 +98,9 @@ def test_qwen3_parity_token_ids_and_positions_equal_the_official_processor(backb
     """Prefix, each chunk's video groups and audio in the backbone's order, and the question,
     token for token and position for position as the processor and get_rope_index lay the clip."""
     encoded, inputs = clip
-    config = backbone.model.config
-    layout = backbone.prompt_layout(SYSTEM)
-    ids = list(layout.prefix)
-    prefix_positions, base = backbone.prefix_positions(len(layout.prefix))
-    positions = [prefix_positions]
-    for slot, chunk in enumerate(encoded):
-        video_pos, audio_pos = backbone.chunk_positions(chunk, slot, base)
-        video_rank, audio_rank = backbone.chunk_order(chunk)
-        order = torch.argsort(torch.cat([video_rank, audio_rank]))
-        tokens = torch.tensor(
-            [config.video_token_id] * chunk.num_video_tokens + [config.audio_token_id] * chunk.audio.shape[0]
-        )
-        ids += tokens[order].tolist()
-        positions.append(torch.cat([video_pos, audio_pos], dim=1)[:, order])
-    question = layout.close + backbone.tokenize(QUESTION) + layout.suffix
-    ids += question
-    positions.append(
-        backbone.question_positions(base + backbone.chunk_period() * len(encoded), len(question))
-    )
+    ids, positions = stream_layout(backbone, encoded)
     assert ids == inputs["input_ids"][0].tolist()
-    assert torch.equal(torch.cat(positions, dim=1).float(), official_positions(backbone, inputs)[:, 0])
+    assert torch.equal(positions.float(), official_positions(backbone, inputs)[:, 0])
     # the interleaving itself: group, 13 audio tokens, group, 13 audio tokens
     video_rank, audio_rank = backbone.chunk_order(encoded[0])
     per_group = encoded[0].video.shape[1] * encoded[0].video.shape[2]

@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from parity_helpers import QUESTION, SYSTEM, stream_layout
 
 from streamguard.backbones import BackboneError, load_backbone
 from streamguard.backbones.base import EncodedChunk
@@ -29,9 +30,6 @@ from streamguard.config import SessionSettings, load_settings
 from streamguard.engine.pipeline import create_pipeline
 from streamguard.engine.session import StreamSession
 from streamguard.ingest.files import iter_chunks
-
-SYSTEM = "You are a helpful assistant."
-QUESTION = "What happens in the clip?"
 
 
 def settings_for(path: str, **model):
@@ -190,29 +188,6 @@ def stream(backbone, encoded, keeps, drops, settings=None) -> StreamSession:
     for chunk, keep, drop in zip(encoded, keeps, drops, strict=True):
         session.append_chunk(chunk, keep=keep, drop_video=drop)
     return session
-
-
-def stream_layout(backbone, encoded: list[EncodedChunk]) -> tuple[list[int], torch.Tensor]:
-    """The token ids and positions a session lays for unpruned chunks and the question."""
-    config = backbone.model.config
-    layout = backbone.prompt_layout(SYSTEM)
-    prefix_positions, base = backbone.prefix_positions(len(layout.prefix))
-    ids, positions = list(layout.prefix), [prefix_positions]
-    for slot, chunk in enumerate(encoded):
-        video_pos, audio_pos = backbone.chunk_positions(chunk, slot, base)
-        video_rank, audio_rank = backbone.chunk_order(chunk)
-        order = torch.argsort(torch.cat([video_rank, audio_rank]))
-        kinds = torch.tensor(
-            [config.video_token_id] * chunk.num_video_tokens + [config.audio_token_id] * chunk.audio.shape[0]
-        )
-        ids += kinds[order].tolist()
-        positions.append(torch.cat([video_pos, audio_pos], dim=1)[:, order])
-    question = layout.close + backbone.tokenize(QUESTION) + layout.suffix
-    ids += question
-    positions.append(
-        backbone.question_positions(base + backbone.chunk_period() * len(encoded), len(question))
-    )
-    return ids, torch.cat(positions, dim=1)
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cpu_helpers import one_torch_thread
-from parity_helpers import load_tiny_backbone
 from safetensors.torch import load_file
 
 import streamguard.train.trainer as trainer_module
@@ -54,15 +52,7 @@ SMALL_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def backbone(checkpoint):
-    return load_tiny_backbone(checkpoint)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
