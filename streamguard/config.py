@@ -209,6 +209,11 @@ class ServiceSettings(BaseModel):
     # Websocket Origins allowed ("https://ops.example.com"); None: any. Clients that send no
     # Origin (not browsers) are not affected.
     ws_origins: list[str] | None = None
+    # Origins of pages allowed to call the API from another origin (CORS: a page served by one
+    # worker, or the load balancer, sends an offer to the worker placement chose). Credentials
+    # travel as the bearer header, never cookies. None: the origins the cluster's workers
+    # advertise (cluster.public_url); add the load balancer's origin when pages load through one.
+    cors_origins: list[str] | None = None
     stats_interval_s: float = 1.0
 
     @field_validator("rtsp_allow")

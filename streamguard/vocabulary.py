@@ -1,10 +1,12 @@
 """The words every layer uses about a stream: its kind, its state, and its record (what the
-shared store keeps and the API shows). It depends on nothing else in the package, so the
-service's protocol and the cluster's store both import it and neither spells the states again."""
+shared store keeps and the API shows), why a worker cuts one short, and the HTTP headers of the
+cluster's placement. It depends on nothing else in the package, so the service's protocol and
+the cluster's store both import it and neither spells them again."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from pydantic import BaseModel
 
@@ -46,3 +48,17 @@ class StreamRecord(StreamSummary):
 
     reopen_url: str | None = None  # the camera URL with its credentials
     owner: str | None = None  # the digest of the token that opened it (its quota)
+
+
+# Why a worker let a stream or an answer go: it is shutting down (SIGTERM or an admin's drain).
+# The `stream.ending` event's reason, the error code of an answer the drain cut, and that
+# answer's `finish_reason` in the answer log.
+WORKER_DRAINING: Final = "worker_draining"
+
+# Placement: a full worker sends a new stream on to one with room, as a 307 to the target URL.
+# A browser cannot follow that one itself (a cross-origin redirect drops the Authorization
+# header, and fetch cannot read a redirect's Location), so a client that sends
+# `StreamGuard-Redirect: manual` gets the refusal (503 `service_full`) naming the target in its
+# body (`worker_url`) and in `StreamGuard-Worker-Url`, and sends the request there itself.
+REDIRECT_HEADER: Final = "StreamGuard-Redirect"
+WORKER_URL_HEADER: Final = "StreamGuard-Worker-Url"

@@ -6,6 +6,7 @@ gets `stream_lost` within about one lease TTL instead of waiting for good."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -14,13 +15,17 @@ import pytest
 from redis_helpers import redis_server
 from rtsp_helpers import rtsp_camera
 from service_helpers import TOKEN, receive, receive_until, serve_process, wait_until
+from streamguard_client import StreamGuard
 from test_webrtc import ClientPeer
 from websockets.exceptions import ConnectionClosed
+
+from streamguard.vocabulary import REDIRECT_HEADER, WORKER_URL_HEADER
 
 pytestmark = [pytest.mark.redis, pytest.mark.rtsp]
 
 LEASE_TTL_S = 1.5
 QUESTION = "What do you see?"
+MANUAL = {REDIRECT_HEADER: "manual"}
 
 
 def ask(ws, question_id: str, max_tokens: int = 16) -> None:
@@ -114,6 +119,7 @@ def test_a_worker_sent_sigterm_hands_its_camera_over_at_once_and_tells_its_clien
     with redis_server(tmp_path) as redis_process, rtsp_camera() as camera:
         env = {
             "STREAMGUARD_SERVICE__TOKENS": json.dumps([TOKEN, admin]),
+            "STREAMGUARD_SESSION__MAX_NEW_TOKENS": "256",
             "STREAMGUARD_CLUSTER__REDIS_URL": redis_process.url,
             "STREAMGUARD_CLUSTER__LEASE_TTL_S": str(LEASE_TTL_S),
             "STREAMGUARD_CLUSTER__DRAIN_TIMEOUT_S": "20",
@@ -133,12 +139,26 @@ def test_a_worker_sent_sigterm_hands_its_camera_over_at_once_and_tells_its_clien
             with a.ws(f"/v1/streams/{camera_id}/ws") as on_a, b.ws(f"/v1/streams/{camera_id}/ws") as on_b:
                 on_b.send(json.dumps({"type": "stats.subscribe", "interval_s": 0.5}))
                 receive_until(on_b, lambda e: e["type"] == "stream.stats")  # the relay is up
+                ask(on_a, "cut", max_tokens=256)  # still being written when the drain comes
+                written = receive_until(on_a, lambda e: e["type"] == "answer.delta")
                 worker_a.process.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
-                moved = [receive_until(ws, lambda e: e["type"] == "stream.moved")[-1] for ws in (on_a, on_b)]
-                record = b.http.get(f"/v1/streams/{camera_id}/answers").json()["stream"]
+                written += receive_until(on_a, lambda e: e["type"] == "stream.moved")
+                moved = [written[-1], receive_until(on_b, lambda e: e["type"] == "stream.moved")[-1]]
+                answers = b.http.get(f"/v1/streams/{camera_id}/answers").json()
                 handed_in = time.monotonic() - sent
                 assert handed_in < 2.0, handed_in
+                record = answers["stream"]
+                # the answer the drain cut: its client told, and logged as far as it got
+                told = [e for e in written if e["type"] not in ("answer.delta", "stream.moved")]
+                assert [(e["type"], e["code"], e["id"]) for e in told] == [
+                    ("error", "worker_draining", "cut")
+                ]
+                logged = [entry for entry in answers["answers"] if entry["question_id"] == "cut"]
+                deltas = "".join(e["text"] for e in written if e["type"] == "answer.delta")
+                assert [(entry["finish_reason"], entry["answer"]) for entry in logged] == [
+                    ("worker_draining", deltas)
+                ]
                 assert record["state"] in ("starting", "live") and record["worker"] == moved[0]["worker"]
                 assert (
                     moved[0]
@@ -190,6 +210,14 @@ def test_an_offer_to_a_full_worker_is_redirected_to_one_with_room_and_goes_live_
                     "A to know B has room",  # B advertises itself every third of a lease
                 )
                 assert redirected.headers["location"] == f"{b.url}/v1/streams/webrtc"
+                # a client that follows placement itself (the page) reads where to go instead
+                told = a.http.post(offer_url := "/v1/streams/webrtc", json=offer, headers=MANUAL)
+                assert told.status_code == 503 and told.headers[WORKER_URL_HEADER] == f"{b.url}{offer_url}"
+                assert told.json()["error"] == {
+                    "code": "service_full",
+                    "message": told.json()["error"]["message"],
+                    "worker_url": f"{b.url}{offer_url}",
+                }
                 answered = a.http.post(redirected.headers["location"], json=offer)  # as a client follows it
                 assert answered.status_code == 201, answered.text
                 peer.accept(answered.json()["sdp"])
@@ -201,3 +229,13 @@ def test_an_offer_to_a_full_worker_is_redirected_to_one_with_room_and_goes_live_
                 assert stream_id in {s["id"] for s in a.http.get("/v1/streams").json()["streams"]}
             finally:
                 peer.close()
+
+            # the Python client follows the 307 itself, its token kept
+            async def publish() -> dict:
+                async with StreamGuard(a.url, TOKEN) as client:
+                    return await client.open_webrtc(offer["sdp"])
+
+            opened = asyncio.run(publish())
+            assert opened["stream"]["kind"] == "webrtc"
+            assert a.http.get("/v1/stats").json()["streams"] == {"live": 1}  # A holds just its camera
+            assert b.stream(opened["stream_id"])["state"] in ("starting", "live")

@@ -145,6 +145,9 @@ class Router:
         self._on_socket = on_socket
         self._room = room
         self._public_url = settings.public_url
+        # The other live workers' public URLs as of the last round (pages may call them: CORS
+        # and the content policy read it on every request, so it is kept, not looked up).
+        self.peer_urls: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[None]] = set()
         self._chores: list[asyncio.Task[None]] = []
 
@@ -178,6 +181,9 @@ class Router:
                 pipe.set(self.key("worker", self.worker), card, px=round(self.lease_ttl_s * 1000))
                 pipe.sadd(self.key("workers"), self.worker)
                 await pipe.execute()
+                self.peer_urls = frozenset(
+                    card["url"] for card in (await self._cards()).values() if card["url"]
+                )
             except (RedisError, OSError) as exc:  # the store's fallback reports the outage
                 log.debug("router.alive_failed error=%s", exc)
             await asyncio.sleep(self.lease_ttl_s / 3)

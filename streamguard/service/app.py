@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +33,7 @@ from streamguard.engine.scheduler import Scheduler
 from streamguard.ingest.webrtc import MAX_SDP_BYTES
 from streamguard.service.auth import authenticate, check_origin, presented_token
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.cors import ApiCors
 from streamguard.service.deps import ERROR_RESPONSES, Authenticated, Cluster, Registry
 from streamguard.service.drain import Drain
 from streamguard.service.headers import SecurityHeaders
@@ -83,7 +84,7 @@ async def create_stream(
     try:
         stream = await registry.open(kind, source, description, caller.owner, reopen_url=reopen_url)
     except ServiceError as refused:
-        return await cluster.elsewhere(refused, request.url.path)
+        return await cluster.elsewhere(refused, request)
     return stream.info()
 
 
@@ -278,8 +279,18 @@ def create_app(
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+
+    def cluster_origins() -> frozenset[str]:  # the cluster is known once the lifespan started
+        cluster: ClusterStreams | None = getattr(app.state, "cluster", None)
+        return cluster.origins() if cluster is not None else frozenset()
+
+    def cors_origins() -> Collection[str]:
+        configured = settings.service.cors_origins
+        return cluster_origins() if configured is None else configured
+
     app.add_middleware(BodyLimit, limit_for=lambda path: body_limit(settings.service, path))
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, workers=cluster_origins)
+    app.add_middleware(ApiCors, allowed=cors_origins)
     app.include_router(api)
     app.include_router(webrtc)
     app.include_router(ops)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from streamguard.cluster.routing import ClientSocket
 from streamguard.cluster.store import AnswerRecord, Store
 from streamguard.config import ServiceSettings
-from streamguard.engine.scheduler import Answer, StreamEndedError
+from streamguard.engine.scheduler import Answer, AnswerResult, StreamEndedError
 from streamguard.engine.session import EmptyQuestionError, QuestionTooLongError
 from streamguard.memory.recall import ChunkRecall
 from streamguard.memory.spec import InvalidRecallError, RecallTooLargeError
@@ -51,6 +51,7 @@ from streamguard.service.protocol import (
     parse_client_message,
 )
 from streamguard.service.streams import Stream
+from streamguard.vocabulary import WORKER_DRAINING
 
 # Why an answer could not be given, as the client's error code.
 _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
@@ -244,6 +245,12 @@ class Connection:
         self._send(StreamUpdated(event_id=message.event_id, stream=self.stream.info()))
 
     async def _answer(self, question: QuestionAsk, answer: Answer, recall: ChunkRecall | None) -> None:
+        try:
+            await self._give_answer(question, answer, recall)
+        finally:  # given and logged, failed, or its client gone: a drain waits for this
+            self.stream.settled(answer)
+
+    async def _give_answer(self, question: QuestionAsk, answer: Answer, recall: ChunkRecall | None) -> None:
         question_id = question.id
         try:
             async for delta in answer:
@@ -272,6 +279,9 @@ class Connection:
             self._answers.pop(question_id, None)
         result = answer.result
         assert result is not None  # set when the iteration ends without an error
+        if result.finish_reason == "cancelled" and self.stream.cut_by is not None:
+            await self._cut(question, result)
+            return
         self.stream.record_answer(result, recall)
         stats = AnswerDoneStats(
             generated_tokens=result.generated_tokens,
@@ -289,18 +299,7 @@ class Connection:
         )
         summary = None if recall is None else _recall_summary(recall)
         self._send(AnswerDone(id=question_id, text=result.text, stats=stats, usage=usage, recall=summary))
-        await self.store.log_answer(
-            AnswerRecord(
-                stream_id=self.stream.id,
-                question_id=question_id,
-                question=question.text,
-                answer=result.text,
-                finish_reason=result.finish_reason,
-                generated_tokens=result.generated_tokens,
-                time_to_first_delta_ms=stats.time_to_first_delta_ms,
-                at=time.time(),
-            )
-        )
+        await self.store.log_answer(self._record(question, result, result.finish_reason))
         event(
             "question.answered",
             stream=self.stream.id,
@@ -309,6 +308,37 @@ class Connection:
             finish_reason=result.finish_reason,
             first_delta_ms=stats.time_to_first_delta_ms,
             total_ms=round(stats.total_ms, 1),
+        )
+
+    async def _cut(self, question: QuestionAsk, result: AnswerResult) -> None:
+        """An answer the worker cut (`stream.cut_by`: it drains): logged as far as it got, marked
+        with why, and its client told (an `error` event for the question, with that code)."""
+        reason = self.stream.cut_by
+        assert reason == WORKER_DRAINING  # the one reason a worker cuts answers
+        await self.store.log_answer(self._record(question, result, reason))
+        self._send(
+            ErrorEvent(
+                code=reason,
+                message=f"the answer was cut after {result.generated_tokens} tokens: the worker is "
+                "shutting down; what it had written is in the stream's answer log",
+                id=question.id,
+                event_id=question.event_id,
+            )
+        )
+        event("question.cut", stream=self.stream.id, question=question.id, tokens=result.generated_tokens)
+
+    def _record(self, question: QuestionAsk, result: AnswerResult, finish_reason: str) -> AnswerRecord:
+        """The answer as the answer log keeps it."""
+        first_delta = result.time_to_first_delta_s
+        return AnswerRecord(
+            stream_id=self.stream.id,
+            question_id=question.id,
+            question=question.text,
+            answer=result.text,
+            finish_reason=finish_reason,
+            generated_tokens=result.generated_tokens,
+            time_to_first_delta_ms=None if first_delta is None else first_delta * 1000,
+            at=time.time(),
         )
 
     async def _send_stats(self, interval_s: float) -> None:

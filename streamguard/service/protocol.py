@@ -137,6 +137,8 @@ CreateStreamRequest = Annotated[FileStreamRequest | RtspStreamRequest, Field(dis
 class ApiErrorBody(BaseModel):
     code: ErrorCode
     message: str
+    # `service_full` to a client that follows placement itself: the same request goes here
+    worker_url: str | None = None
 
 
 class ApiError(BaseModel):
@@ -425,8 +427,9 @@ class ServiceError(Exception):
         self.id = id
         self.event_id = event_id  # the client event that caused it, echoed in the error event
 
-    def body(self) -> dict[str, Any]:
-        return ApiError(error=ApiErrorBody(code=self.code, message=self.message)).model_dump()
+    def body(self, worker_url: str | None = None) -> dict[str, Any]:
+        error = ApiErrorBody(code=self.code, message=self.message, worker_url=worker_url)
+        return ApiError(error=error).model_dump(exclude_none=True)
 
     def event(self) -> ErrorEvent:
         return ErrorEvent(code=self.code, message=self.message, id=self.id, event_id=self.event_id)

@@ -12,19 +12,20 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import WebSocket
-from fastapi.responses import RedirectResponse
+from fastapi import Request, WebSocket
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from redis.exceptions import RedisError
 
 from streamguard.cluster.routing import CallFailedError, RemoteSocket, Router, WorkerUnavailableError
 from streamguard.cluster.takeover import TakeOver
 from streamguard.service.auth import Caller
 from streamguard.service.connection import Connection, refuse
+from streamguard.service.cors import origin_of
 from streamguard.service.logs import event
 from streamguard.service.metrics import ServiceMetrics
 from streamguard.service.protocol import ServiceError, StreamInfo
 from streamguard.service.streams import Stream, StreamRegistry, unknown_stream
-from streamguard.vocabulary import StreamRecord
+from streamguard.vocabulary import REDIRECT_HEADER, WORKER_URL_HEADER, StreamRecord
 
 ADOPT_TIMEOUT_S = 10.0  # how long a draining worker waits for one other worker to take a camera
 
@@ -105,9 +106,19 @@ class ClusterStreams:
 
     # -- the owner's side: what other workers ask of this one ------------------------------------
 
-    async def elsewhere(self, refused: ServiceError, path: str) -> RedirectResponse:
+    def origins(self) -> frozenset[str]:
+        """The origins of the cluster's workers, this one included, as they advertise them
+        (`cluster.public_url`): pages served by any of them may call any of them."""
+        urls = {self.registry.settings.cluster.public_url}
+        if self.router is not None:
+            urls |= self.router.peer_urls
+        return frozenset(origin_of(url) for url in urls if url)
+
+    async def elsewhere(self, refused: ServiceError, request: Request) -> Response:
         """A request this full worker refused, sent on (307, method and body kept) to the live
-        worker with the most room; the refusal itself when no worker has room."""
+        worker with the most room; the refusal itself when no worker has room. A client that
+        follows placement itself (`StreamGuard-Redirect: manual`, the browser page) gets the
+        refusal naming the target instead (see `vocabulary.REDIRECT_HEADER`)."""
         if refused.code != "service_full" or self.router is None:
             raise refused
         try:
@@ -116,8 +127,12 @@ class ClusterStreams:
             url = None
         if url is None:
             raise refused
+        target = url.rstrip("/") + request.url.path
         event("stream.redirected", to=url)
-        return RedirectResponse(url.rstrip("/") + path, status_code=307)
+        headers = {WORKER_URL_HEADER: target}
+        if request.headers.get(REDIRECT_HEADER, "").lower() == "manual":
+            return JSONResponse(refused.body(worker_url=target), status_code=refused.status, headers=headers)
+        return RedirectResponse(target, status_code=307, headers=headers)
 
     async def hand_over(self, stream_id: str) -> str | None:
         """Offer a camera this worker let go of to each other live worker in turn: the one that

@@ -64,7 +64,7 @@ from streamguard.service.protocol import (
     StreamStatsBody,
     StreamUpdate,
 )
-from streamguard.vocabulary import ACTIVE_STATES, FINAL_STATES, StreamRecord
+from streamguard.vocabulary import ACTIVE_STATES, FINAL_STATES, WORKER_DRAINING, StreamRecord
 
 if TYPE_CHECKING:
     from streamguard.ingest.chunker import AVChunk
@@ -175,6 +175,10 @@ class Stream:
         self.handed_over = False  # another worker took it over: this copy no longer writes its record
         self.farewell: StreamMoved | StreamEnding | None = None  # what its clients hear when removed
         self.removed = asyncio.Event()  # set once the stream is being deleted
+        self.cut_by: str | None = None  # why its worker cut the answers being written (a drain)
+        self._writing: set[Answer] = set()  # answers being written or logged
+        self._settled = asyncio.Event()  # none is
+        self._settled.set()
         self.task: asyncio.Task[None] | None = None
         self.watchers = 0  # websocket clients on the stream now
         self.quiet_since = time.monotonic()  # when it ended, or its last watcher left since
@@ -343,9 +347,26 @@ class Stream:
             raise ServiceError(error.code, str(error), id=question_id)
         chunk_recall = None if self.memory is None else self.memory.recall(recall or "auto")
         try:
-            return self._scheduler.ask(self.id, text, max_tokens, chunk_recall), chunk_recall
+            answer = self._scheduler.ask(self.id, text, max_tokens, chunk_recall)
         except TooManyQuestionsError as exc:
             raise ServiceError("too_many_questions", str(exc), id=question_id) from None
+        self._writing.add(answer)  # until `settled(answer)`
+        self._settled.clear()
+        return answer, chunk_recall
+
+    def settled(self, answer: Answer) -> None:
+        """The answer is over and, if it was given, logged."""
+        self._writing.discard(answer)
+        if not self._writing:
+            self._settled.set()
+
+    async def cut_answers(self, reason: str) -> None:
+        """Stop every answer being written (`reason`: why, in `cut_by`, for their clients and
+        the answer log) and return once each one is settled: logged as far as it got."""
+        self.cut_by = reason
+        for answer in list(self._writing):
+            answer.cancel()
+        await self._settled.wait()
 
     async def update(self, update: StreamUpdate) -> None:
         """Apply a `stream.update`: the next chunk is pruned, and the next question sampled, with
@@ -582,7 +603,7 @@ class StreamRegistry:
         """The token's quota, then the worker's `max_streams` (streams being set up count)."""
         if self.draining:
             raise ServiceError(
-                "worker_draining", "this worker is shutting down; open the stream on another", status=503
+                WORKER_DRAINING, "this worker is shutting down; open the stream on another", status=503
             )
         check_stream_quota(self.settings.service, self._running_for(owner))
         limit = self.settings.service.max_streams
@@ -655,6 +676,7 @@ class StreamRegistry:
         await asyncio.gather(*(self._leave(stream, hand_over) for stream in self.all()))
 
     async def _leave(self, stream: Stream, hand_over: Callable[[str], Awaitable[str | None]]) -> None:
+        await stream.cut_answers(WORKER_DRAINING)  # logged before the worker goes
         worker = None
         if stream.kind is StreamKind.RTSP and stream.reopen_url and stream.state in ACTIVE_STATES:
             # Stop reading the camera, leave its record active and its lease free: claimable now.
@@ -670,7 +692,7 @@ class StreamRegistry:
             stream.farewell = StreamMoved(stream=stream.id, worker=worker)
             event("stream.moved", stream=stream.id, worker=worker)
         else:
-            stream.farewell = StreamEnding(stream=stream.id, reason="worker_draining")
+            stream.farewell = StreamEnding(stream=stream.id, reason=WORKER_DRAINING)
         if stream.id in self._streams:  # not deleted meanwhile
             await self.delete(stream.id)
 

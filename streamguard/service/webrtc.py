@@ -51,7 +51,7 @@ async def create_webrtc_stream(
         raise ServiceError("invalid_sdp", str(exc)) from None
     except ServiceError as refused:  # no stream came of it (quota, full): close the connection
         await source.close()
-        return await cluster.elsewhere(refused, request.url.path)
+        return await cluster.elsewhere(refused, request)
     except BaseException:  # no stream came of it (shutdown): close the connection
         await source.close()
         raise

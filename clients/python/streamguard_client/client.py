@@ -19,6 +19,9 @@ TOKEN_ENV = "STREAMGUARD_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Safe to send again after any transport failure; others only when the request never left.
 _IDEMPOTENT = frozenset({"GET", "DELETE"})
+# Placement redirects followed for one request: a worker with room answers; a second one only
+# when it filled up meanwhile.
+MAX_PLACEMENT_HOPS = 3
 
 
 class StreamGuard:
@@ -141,6 +144,21 @@ class StreamGuard:
     # -- transport ----------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **options: Any) -> Any:
+        """The call's JSON reply. A full worker of a cluster answers 307 to one with room: the
+        request goes there, token and all (httpx, as browsers, would drop the Authorization
+        header on a redirect to another origin; the token is the cluster's, not a stranger's)."""
+        response = await self._send(method, path, **options)
+        for _ in range(MAX_PLACEMENT_HOPS):
+            if response.status_code not in (307, 308) or "location" not in response.headers:
+                break
+            response = await self._send(method, response.headers["location"], **options)
+        if response.is_error or response.is_redirect:
+            raise _error_of(response)
+        return response.json()
+
+    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """One request (`path`, or a worker's absolute URL), retried while the service cannot be
+        reached (only a request that never left, unless it is idempotent)."""
         delays = itertools.chain([0.0], self.backoff.delays())
         for delay in delays:
             await asyncio.sleep(delay)
@@ -155,9 +173,7 @@ class StreamGuard:
                 failure = exc
         else:
             raise UnreachableError(f"cannot reach the service at {self.url}: {failure!r}") from failure
-        if response.is_error:
-            raise _error_of(response)
-        return response.json()
+        return response
 
 
 def _error_of(response: httpx.Response) -> ServiceError:
