@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, WebSocketRoute, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, WebSocketRoute, expect, sync_playwright
+from service_helpers import TOKEN
 
 from streamguard.ingest.synthetic import Motion, write_wav, write_y4m
 
@@ -23,6 +24,9 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 # Chromium loops its fake capture files; a few seconds make a varied but small webcam.
 FAKE_MEDIA_SECONDS = 6.0
+# Predicates are functions, not expressions: Playwright evaluates an expression with eval, which
+# the pages' content security policy forbids.
+CHUNKS_COUNTED = "() => Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
 
 
 def chromium_args(video: Path, audio: Path, allow_camera: bool = True) -> list[str]:
@@ -145,3 +149,23 @@ class SocketProxy:
         if self.hold_answers and json.loads(message)["type"].startswith("answer."):
             return
         route.send(message)
+
+
+def state_of(page: Page) -> Locator:
+    """The page's state line (its `data-state` and text)."""
+    return page.locator("#state")
+
+
+def sign_in(page: Page, token: str = TOKEN) -> None:
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Use token").click()
+
+
+def connect_webcam(page: Page, url: str) -> None:
+    """Open the webcam page, sign in, connect, and wait until the service counts chunks."""
+    page.goto(url + "/")
+    sign_in(page)
+    expect(state_of(page)).to_have_attribute("data-state", "ready")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(state_of(page)).to_have_attribute("data-state", "live")
+    page.wait_for_function(CHUNKS_COUNTED)

@@ -68,3 +68,21 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return written[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    """Playwright's driver for a browser test module (`browser_helpers.playwright_driver`)."""
+    from browser_helpers import playwright_driver
+
+    with playwright_driver() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium with the fake webcam and microphone, one per browser test module."""
+    from browser_helpers import launch_chromium
+
+    with launch_chromium(playwright, tmp_path_factory.mktemp("fake-media")) as launched:
+        yield launched

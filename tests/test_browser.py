@@ -13,15 +13,17 @@ from browser_helpers import (
     PHONE,
     WAIT_MS,
     SocketProxy,
+    connect_webcam,
     launch_chromium,
     log_states,
     open_page,
-    playwright_driver,
     save_screenshot,
+    sign_in,
+    state_of,
 )
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Route, expect
 from rtsp_helpers import rtsp_camera
-from service_helpers import TOKEN, serve, tiny_settings, wait_until
+from service_helpers import serve, tiny_settings, wait_until
 
 from streamguard.service import create_app
 
@@ -43,9 +45,7 @@ KEPT_PIXELS = """() => {
   }
   return count;
 }"""
-# Predicates are functions, not expressions: Playwright evaluates an expression with eval, which
-# the pages' content security policy forbids.
-CHUNKS_COUNTED = "() => Number(document.querySelector('dd[data-stat=chunks_received]')?.textContent) > 0"
+# Predicates are functions, not expressions (see browser_helpers.CHUNKS_COUNTED).
 OVERLAY_DRAWN = "() => document.getElementById('overlay').dataset.chunk !== undefined"
 NO_CHUNK_LABEL = "Retention overlay: no chunk yet"
 # Two successive counts of one countdown on the state line ("Retrying in 2 s…", then "… 1 s…").
@@ -66,37 +66,6 @@ CARD_CHUNKS_ABOVE = """([id, above]) => {
 def service(checkpoint):
     with serve(create_app(tiny_settings(checkpoint))) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with playwright_driver() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright, tmp_path_factory):
-    with launch_chromium(playwright, tmp_path_factory.mktemp("fake-media")) as browser:
-        yield browser
-
-
-def state_of(page: Page):
-    return page.locator("#state")
-
-
-def sign_in(page: Page, token: str = TOKEN) -> None:
-    page.get_by_label("Access token").fill(token)
-    page.get_by_role("button", name="Use token").click()
-
-
-def connect_webcam(page: Page, url: str) -> None:
-    """Open the webcam page, sign in, connect, and wait until the service counts chunks."""
-    page.goto(url + "/")
-    sign_in(page)
-    expect(state_of(page)).to_have_attribute("data-state", "ready")
-    page.get_by_role("button", name="Connect", exact=True).click()
-    expect(state_of(page)).to_have_attribute("data-state", "live")
-    page.wait_for_function(CHUNKS_COUNTED)
 
 
 def test_webcam_page_streams_answers_and_shows_what_was_kept(service, browser):

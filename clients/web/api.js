@@ -1,13 +1,19 @@
 // The service's REST API as this page calls it, with the bearer token the user gave this tab.
 
 const TOKEN_KEY = "streamguard.token";
+// Placement (streamguard/vocabulary.py): a full worker names one with room instead of a 307,
+// which fetch could not follow with the token (a cross-origin redirect drops Authorization).
+const REDIRECT_HEADER = "StreamGuard-Redirect";
+const MAX_PLACEMENT_HOPS = 3; // a second hop only when the chosen worker filled up meanwhile
 
-/** A refusal from the service: its HTTP status and error code (see service/protocol.py). */
+/** A refusal from the service: its HTTP status and error code (see service/protocol.py);
+ * `workerUrl`: a full worker's pick of one with room, where the same request may go. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, workerUrl = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.workerUrl = workerUrl;
   }
 
   get isBadToken() {
@@ -34,8 +40,9 @@ function authHeaders() {
   return { Authorization: `Bearer ${savedToken()}` };
 }
 
-export async function request(method, path, body) {
-  const headers = authHeaders();
+/** `path` on this page's origin, or an absolute URL of another worker of the cluster. */
+export async function request(method, path, body, extraHeaders = {}) {
+  const headers = { ...authHeaders(), ...extraHeaders };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -46,7 +53,7 @@ export async function request(method, path, body) {
       cache: "no-store",
     });
   } catch {
-    throw new UnreachableError(`the service at ${location.host} cannot be reached`);
+    throw new UnreachableError(`the service at ${new URL(path, location.href).host} cannot be reached`);
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -55,6 +62,7 @@ export async function request(method, path, body) {
       response.status,
       error?.code ?? `http_${response.status}`,
       error?.message ?? `${method} ${path} was answered with HTTP ${response.status}`,
+      error?.worker_url ?? null,
     );
   }
   return data;
@@ -83,16 +91,34 @@ export function removeStreamOnUnload(streamId) {
   }).catch(() => {});
 }
 
-/** Non-trickle signalling: the complete offer in, the complete answer and the new stream out. */
-export function sendWebrtcOffer(description) {
-  return request("POST", "/v1/streams/webrtc", { sdp: description.sdp, type: description.type });
+/**
+ * Non-trickle signalling: the complete offer in, the complete answer and the new stream out.
+ * Offered through this page's origin (the load balancer); a full worker names one with room,
+ * and the offer goes there, token and all.
+ * @returns {Promise<{answer: object, origin: string}>} the answer, and the origin of the worker
+ *   that took the stream (its websocket is opened there)
+ */
+export async function sendWebrtcOffer(description) {
+  const offer = { sdp: description.sdp, type: description.type };
+  let url = new URL("/v1/streams/webrtc", location.href).href;
+  for (let hop = 0; ; hop += 1) {
+    try {
+      const answer = await request("POST", url, offer, { [REDIRECT_HEADER]: "manual" });
+      return { answer, origin: new URL(url).origin };
+    } catch (error) {
+      if (!(error instanceof ApiError && error.workerUrl) || hop >= MAX_PLACEMENT_HOPS) throw error;
+      url = new URL(error.workerUrl, url).href;
+    }
+  }
 }
 
-/** Browsers cannot set headers on a websocket, so the token travels as `?token=`. */
-export function socketUrl(streamId) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const token = encodeURIComponent(savedToken());
-  return `${scheme}//${location.host}/v1/streams/${encodeURIComponent(streamId)}/ws?token=${token}`;
+/** The stream's websocket on `origin` (a worker's, else this page's). Browsers cannot set
+ * headers on a websocket, so the token travels as `?token=`. */
+export function socketUrl(streamId, origin = location.origin) {
+  const url = new URL(`/v1/streams/${encodeURIComponent(streamId)}/ws`, origin);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("token", savedToken());
+  return url.href;
 }
 
 /** True when the service answers at all (no token needed). */

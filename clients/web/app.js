@@ -65,6 +65,8 @@ const frames = new FrameHistory(ui.preview);
 const questions = new QuestionLog(byId("history"), (id) => socket?.cancel(id));
 const signInRetry = new Backoff();
 let signInTimer = null;
+const reofferRetry = new Backoff();
+let reofferTimer = null;
 let media = null;
 let cameraError = ""; // why there is no media, the news until the camera works
 let peer = null;
@@ -141,7 +143,10 @@ async function startCamera() {
   updateControls();
 }
 
+/** Offer the camera and open the stream's socket; false when the offer failed (the state line
+ * says why). */
 async function connect() {
+  clearTimeout(reofferTimer);
   ui.connect.disabled = true;
   clearStreamView();
   showState(ui.state, "connecting", "Connecting: offering the camera to the service…");
@@ -152,7 +157,7 @@ async function connect() {
     if (error instanceof ApiError && error.isBadToken) refuseToken(error);
     showRequestError(error);
     updateControls();
-    return;
+    return false;
   }
   peer = connection.peer;
   streamId = connection.stream.id;
@@ -160,7 +165,7 @@ async function connect() {
   sourceEnded = false;
   mediaInterrupted = false;
   peer.addEventListener("connectionstatechange", mediaStateChanged);
-  socket = new StreamSocket(streamId, STATS_INTERVAL_S);
+  socket = new StreamSocket(streamId, STATS_INTERVAL_S, connection.origin);
   socket.addEventListener("open", () => {
     showConnected();
     updateControls();
@@ -174,8 +179,30 @@ async function connect() {
   });
   socket.addEventListener("reconnecting", (event) => connectionLost(event.detail));
   socket.addEventListener("ended", (event) => streamEnded(event.detail));
+  socket.addEventListener("draining", workerDraining);
   socket.open();
   updateControls();
+  return true;
+}
+
+/** The worker holding the stream shuts down (a deploy): the stream cannot move, its media goes
+ * to that worker. Offer the camera again through this page's origin (the load balancer), which
+ * places it on a worker with room; the answers so far stay on the page. */
+function workerDraining() {
+  closeStream("Not answered: the worker holding the stream shut down.");
+  reofferRetry.reset();
+  offerAgain();
+}
+
+function offerAgain() {
+  const delayMs = reofferRetry.next();
+  const text = `The worker holding the stream is shutting down; offering the camera again (attempt ${reofferRetry.attempts}).`;
+  showCountdown(ui.state, "reconnecting", text, performance.now() + delayMs);
+  reofferTimer = setTimeout(async () => {
+    if (streamId || !media) return; // connected meanwhile, or the camera is gone
+    const connected = await connect();
+    if (!connected && signedIn) offerAgain();
+  }, delayMs);
 }
 
 /** A new stream starts with a blank overlay and no stats: nothing of the last one lingers. */
@@ -304,6 +331,7 @@ function closeStream(why) {
 }
 
 async function disconnect() {
+  clearTimeout(reofferTimer);
   const id = streamId;
   closeStream("Not answered: disconnected before the answer was done.");
   showState(ui.state, "ready", "Disconnected. Connect again to start a new stream.");

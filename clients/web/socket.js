@@ -15,7 +15,8 @@ const FINAL_CLOSES = {
  * Events (CustomEvent, payload in `detail`): "open"; "stats" (StreamInfo); "delta" and "done"
  * (answer.delta / answer.done); "error" (the error event); "moved" (stream.moved: its worker
  * drained, it runs on elsewhere); "reconnecting" ({attempt, delayMs});
- * "ended" ({reason: "bad-token" | "ended", code, message}).
+ * "ended" ({reason: "bad-token" | "ended", code, message}); "draining" (stream.ending with
+ * reason worker_draining: the stream ended because its worker shuts down, and cannot move).
  */
 export class StreamSocket extends EventTarget {
   #socket = null;
@@ -23,11 +24,17 @@ export class StreamSocket extends EventTarget {
   #backoff = new Backoff();
   #timer = null;
   #lastError = null;
+  #ending = null; // the stream.ending event, before the close that follows it
 
-  constructor(streamId, statsIntervalS) {
+  #origin;
+
+  /** `origin`: the worker holding the stream (placement's pick); reconnections after a drop go
+   * through the page's own origin instead, where any worker serves any stream. */
+  constructor(streamId, statsIntervalS, origin = location.origin) {
     super();
     this.streamId = streamId;
     this.statsIntervalS = statsIntervalS;
+    this.#origin = origin;
   }
 
   open() {
@@ -64,7 +71,7 @@ export class StreamSocket extends EventTarget {
   }
 
   #connect() {
-    const socket = new WebSocket(socketUrl(this.streamId));
+    const socket = new WebSocket(socketUrl(this.streamId, this.#origin));
     this.#socket = socket;
     this.#lastError = null;
     socket.addEventListener("open", () => {
@@ -94,6 +101,7 @@ export class StreamSocket extends EventTarget {
         break;
       case "stream.ending":
         // a WebRTC or file stream whose worker shuts down; the close (4410) ends it with this
+        this.#ending = message;
         this.#lastError = { message: "the stream ended: its worker is shutting down" };
         break;
       case "error":
@@ -107,6 +115,10 @@ export class StreamSocket extends EventTarget {
 
   #closed(event) {
     if (this.#closing) return;
+    if (this.#ending?.reason === "worker_draining") {
+      this.#emit("draining", this.#ending);
+      return;
+    }
     const reason = FINAL_CLOSES[event.code];
     if (reason) {
       // the service sends an `error` event with the reason just before a refusal's close
@@ -114,6 +126,7 @@ export class StreamSocket extends EventTarget {
       this.#emit("ended", { reason, code: event.code, message });
       return;
     }
+    this.#origin = location.origin;
     const delayMs = this.#backoff.next();
     this.#emit("reconnecting", { attempt: this.#backoff.attempts, delayMs });
     this.#timer = setTimeout(() => this.#connect(), delayMs);

@@ -32,7 +32,8 @@ function iceGatheringDone(peer) {
 /**
  * Offer `media` to the service and start sending it.
  * The service does not take trickled candidates, so the offer goes out once gathering is done.
- * @returns {Promise<{peer: RTCPeerConnection, stream: object}>} the stream is a StreamInfo
+ * @returns {Promise<{peer: RTCPeerConnection, stream: object, origin: string}>} the stream is a
+ *   StreamInfo; `origin` the worker's that took it (placement may pick another than this page's)
  */
 export async function connectPeer(media) {
   const peer = new RTCPeerConnection();
@@ -42,9 +43,9 @@ export async function connectPeer(media) {
     }
     await peer.setLocalDescription(await peer.createOffer());
     await iceGatheringDone(peer);
-    const answer = await sendWebrtcOffer(peer.localDescription);
+    const { answer, origin } = await sendWebrtcOffer(peer.localDescription);
     await peer.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
-    return { peer, stream: answer.stream ?? { id: answer.stream_id } };
+    return { peer, stream: answer.stream ?? { id: answer.stream_id }, origin };
   } catch (error) {
     peer.close();
     throw error;
