@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_helpers import Trio, running_trio
 from cpu_helpers import one_torch_thread
 from parity_helpers import load_tiny_backbone
 
@@ -86,3 +87,18 @@ def browser(playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     with launch_chromium(playwright, tmp_path_factory.mktemp("fake-media")) as launched:
         yield launched
+
+
+@pytest.fixture(scope="session")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    """Three `streamguard serve` workers on one Redis (`cluster_helpers`), started once for the
+    session by the first test that asks for `cluster`."""
+    with running_trio(tmp_path_factory.mktemp("trio")) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster(trio: Trio) -> Trio:
+    """The trio, all three workers running (a stopped one started again) and holding no stream."""
+    trio.ready()
+    return trio
