@@ -41,10 +41,17 @@ class Trio:
         self._workers: dict[str, ServeProcess] = {}
         self._stops: dict[str, ExitStack] = {}
 
-    def __getattr__(self, name: str) -> ServeProcess:
-        if name in NAMES:
-            return self._workers[name]
-        raise AttributeError(name)
+    @property
+    def a(self) -> ServeProcess:
+        return self._workers["a"]
+
+    @property
+    def b(self) -> ServeProcess:
+        return self._workers["b"]
+
+    @property
+    def c(self) -> ServeProcess:
+        return self._workers["c"]
 
     def start(self, name: str) -> ServeProcess:
         """Worker `name` (started again, on a new port, when it stopped)."""

@@ -199,7 +199,11 @@ function offerAgain() {
   const text = `The worker holding the stream is shutting down; offering the camera again (attempt ${reofferRetry.attempts}).`;
   showCountdown(ui.state, "reconnecting", text, performance.now() + delayMs);
   reofferTimer = setTimeout(async () => {
-    if (streamId || !media) return; // connected meanwhile, or the camera is gone
+    if (streamId) return; // connected meanwhile
+    if (!media) {
+      showIdle(); // the camera is gone: nothing to offer
+      return;
+    }
     const connected = await connect();
     if (!connected && signedIn) offerAgain();
   }, delayMs);

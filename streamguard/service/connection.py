@@ -51,7 +51,6 @@ from streamguard.service.protocol import (
     parse_client_message,
 )
 from streamguard.service.streams import Stream
-from streamguard.vocabulary import WORKER_DRAINING
 
 # Why an answer could not be given, as the client's error code.
 _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
@@ -314,13 +313,13 @@ class Connection:
         """An answer the worker cut (`stream.cut_by`: it drains): logged as far as it got, marked
         with why, and its client told (an `error` event for the question, with that code)."""
         reason = self.stream.cut_by
-        assert reason == WORKER_DRAINING  # the one reason a worker cuts answers
+        assert reason is not None
         await self.store.log_answer(self._record(question, result, reason))
         self._send(
             ErrorEvent(
                 code=reason,
-                message=f"the answer was cut after {result.generated_tokens} tokens: the worker is "
-                "shutting down; what it had written is in the stream's answer log",
+                message=f"the answer was cut after {result.generated_tokens} tokens ({reason}); "
+                "what it had written is in the stream's answer log",
                 id=question.id,
                 event_id=question.event_id,
             )

@@ -48,6 +48,7 @@ from streamguard.service.protocol import (
     ChunkOverlay,
     ChunkTiming,
     CreateStreamRequest,
+    ErrorCode,
     FileStreamRequest,
     LatencySummary,
     MemoryStatsBody,
@@ -175,7 +176,7 @@ class Stream:
         self.handed_over = False  # another worker took it over: this copy no longer writes its record
         self.farewell: StreamMoved | StreamEnding | None = None  # what its clients hear when removed
         self.removed = asyncio.Event()  # set once the stream is being deleted
-        self.cut_by: str | None = None  # why its worker cut the answers being written (a drain)
+        self.cut_by: ErrorCode | None = None  # why its worker cut the answers being written
         self._writing: set[Answer] = set()  # answers being written or logged
         self._settled = asyncio.Event()  # none is
         self._settled.set()
@@ -360,7 +361,7 @@ class Stream:
         if not self._writing:
             self._settled.set()
 
-    async def cut_answers(self, reason: str) -> None:
+    async def cut_answers(self, reason: ErrorCode) -> None:
         """Stop every answer being written (`reason`: why, in `cut_by`, for their clients and
         the answer log) and return once each one is settled: logged as far as it got."""
         self.cut_by = reason
