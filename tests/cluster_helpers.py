@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -72,9 +73,10 @@ class Trio:
 
     def ready(self) -> None:
         """All three running, empty, and each advertising itself to the others in Redis."""
-        for name in NAMES:
-            if name not in self._workers or self._workers[name].process.poll() is not None:
-                self.start(name)
+        stopped = [n for n in NAMES if n not in self._workers or self._workers[n].process.poll() is not None]
+        # started side by side: each waits on its model load and /healthz, not on the others
+        with ThreadPoolExecutor(max_workers=len(NAMES)) as starting:
+            list(starting.map(self.start, stopped))
         services = self.services()
         for service in services:
             service.delete_every_stream()
