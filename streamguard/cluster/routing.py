@@ -176,17 +176,22 @@ class Router:
     async def _stay_alive(self) -> None:
         while True:
             try:
-                pipe = self.client.pipeline(transaction=False)
-                card = json.dumps({"url": self._public_url, "room": self._room()})
-                pipe.set(self.key("worker", self.worker), card, px=round(self.lease_ttl_s * 1000))
-                pipe.sadd(self.key("workers"), self.worker)
-                await pipe.execute()
+                await self.advertise()
                 self.peer_urls = frozenset(
                     card["url"] for card in (await self._cards()).values() if card["url"]
                 )
             except (RedisError, OSError) as exc:  # the store's fallback reports the outage
                 log.debug("router.alive_failed error=%s", exc)
             await asyncio.sleep(self.lease_ttl_s / 3)
+
+    async def advertise(self) -> None:
+        """This worker's card now (it is alive, where it is, its room), as each round writes it;
+        a drain calls it at once, so no worker places a new stream here in the meantime."""
+        pipe = self.client.pipeline(transaction=False)
+        card = json.dumps({"url": self._public_url, "room": self._room()})
+        pipe.set(self.key("worker", self.worker), card, px=round(self.lease_ttl_s * 1000))
+        pipe.sadd(self.key("workers"), self.worker)
+        await pipe.execute()
 
     async def _serve_inbox(self) -> None:
         inbox, last = self.key("inbox", self.worker), "0"

@@ -248,7 +248,8 @@ def create_app(
                     settings.cluster, store.worker, cluster.handle_call, cluster.serve_socket, registry.room
                 )
                 cluster.router.start()
-            drain = Drain(registry, cluster.hand_over, settings.cluster.drain_timeout_s)
+            announce = cluster.router.advertise if cluster.router is not None else None
+            drain = Drain(registry, cluster.hand_over, settings.cluster.drain_timeout_s, announce)
             app.state.drain = drain
             restore_sigterm = drain.on_sigterm()
             heartbeat = Heartbeat(

@@ -13,11 +13,14 @@ at startup and hands it on to uvicorn's handler once done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
 
 from streamguard.service.logs import event
 from streamguard.service.streams import StreamRegistry
@@ -29,10 +32,14 @@ class Drain:
         registry: StreamRegistry,
         hand_over: Callable[[str], Awaitable[str | None]],
         timeout_s: float,
+        announce: Callable[[], Awaitable[None]] | None = None,
     ):
+        """`announce()`: tell the cluster now that this worker has no room (its card in Redis,
+        otherwise rewritten only at the router's next round)."""
         self.registry = registry
         self.hand_over = hand_over
         self.timeout_s = timeout_s
+        self.announce = announce
         self._stop_server: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -63,6 +70,10 @@ class Drain:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_s):
+                self.registry.draining = True  # no room from here on: placement looks elsewhere
+                if self.announce is not None:
+                    with contextlib.suppress(RedisError, OSError):  # the next round tells it then
+                        await self.announce()
                 await self.registry.drain(self.hand_over)
         except TimeoutError:
             event("service.drain_timed_out", logging.WARNING, timeout_s=self.timeout_s)
