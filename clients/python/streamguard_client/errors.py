@@ -148,7 +148,8 @@ class AdminOnlyError(ServiceError):
 
 
 class WorkerDrainingError(ServiceError):
-    """The worker is shutting down and takes no new stream (HTTP 503); open it through another."""
+    """The worker is shutting down: it takes no new stream (HTTP 503; open it through another),
+    and an answer it was writing was cut (the answer log holds it as far as it got)."""
 
     code = "worker_draining"
 
