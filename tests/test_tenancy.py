@@ -25,12 +25,14 @@ from service_helpers import (
     tiny_settings,
     wait_until,
 )
+from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from streamguard.backbones import load_backbone
 from streamguard.config import ClusterSettings
 from streamguard.service import create_app
+from streamguard.vocabulary import WORKER_URL_HEADER
 
 ALICE, BOB, ADMIN = "alice-token", "bob-token", "admin-token"
 TRUSTED_ORIGIN = "https://ops.example"
@@ -331,6 +333,30 @@ def test_pages_may_not_be_framed_or_sniffed_and_run_only_their_own_code(service)
         policy = headers["content-security-policy"]
         assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, path
     assert "content-security-policy" not in service.http.get("/docs").headers  # Swagger UI's CDN
+
+
+def test_the_api_answers_cors_for_the_listed_page_origins_only(checkpoint):
+    # No lifespan (no model): CORS and the security headers answer before any route runs.
+    app = create_app(tiny_settings(checkpoint, tokens=TOKENS, cors_origins=[TRUSTED_ORIGIN]))
+    client = TestClient(app)
+    asked = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,streamguard-redirect",
+    }
+    allowed = client.options("/v1/streams/webrtc", headers={"Origin": TRUSTED_ORIGIN, **asked})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == TRUSTED_ORIGIN
+    assert {"POST", "DELETE"} <= set(allowed.headers["access-control-allow-methods"].split(", "))
+    assert "access-control-allow-credentials" not in allowed.headers  # a bearer header, never cookies
+    refused = client.options("/v1/streams/webrtc", headers={"Origin": "https://other.example", **asked})
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+
+    answered = client.get("/v1/protocol.json", headers={"Origin": TRUSTED_ORIGIN})
+    assert answered.headers["access-control-allow-origin"] == TRUSTED_ORIGIN
+    assert answered.headers["access-control-expose-headers"] == WORKER_URL_HEADER  # placement's target
+    page = client.get("/", headers={"Origin": TRUSTED_ORIGIN})  # the pages' files need no CORS
+    assert page.status_code == 200 and "access-control-allow-origin" not in page.headers
+    # one worker, no cluster: the pages connect to their own origin only
+    assert "connect-src 'self';" in page.headers["content-security-policy"]
 
 
 def test_websockets_from_an_origin_not_listed_are_refused(service, clip):
