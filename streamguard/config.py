@@ -30,10 +30,13 @@ class ModelSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # The vision tower's attention: "auto" takes flash-attn's varlen kernel (one call a layer over
-    # all windows) on CUDA when the flash-attn package is installed, else sdpa (a loop over the
-    # windows); "flash_attention_2" without it falls back to sdpa and says so in the log.
-    vision_attn_implementation: Literal["auto", "sdpa", "flash_attention_2"] = "auto"
+    # The encoder towers' windowed attention. "auto": flash-attn's varlen kernel (one call a layer
+    # over all windows) on CUDA in fp16/bf16 with the flash-attn package installed, else
+    # "packed_sdpa": the windows gathered into one torch SDPA call a layer, also for the Qwen-Omni
+    # audio tower's chunks when attn_implementation is sdpa (streamguard.backbones.packed_attention).
+    # "sdpa": transformers' loop of one call per window. "flash_attention_2" where it cannot run
+    # falls back to packed_sdpa and says so in the log.
+    vision_attn_implementation: Literal["auto", "packed_sdpa", "sdpa", "flash_attention_2"] = "auto"
     # The processor's per-frame pixel bounds (smart_resize); None keeps the checkpoint's own.
     min_pixels: int | None = 128 * 28 * 28
     max_pixels: int | None = 768 * 28 * 28

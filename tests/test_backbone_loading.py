@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from streamguard.backbones import BackboneError, load_backbone
+from streamguard.backbones.packed_attention import PACKED_SDPA
 from streamguard.config import load_settings
 
 
@@ -61,14 +62,22 @@ def test_the_vision_tower_takes_its_own_attention_implementation(checkpoint):
     assert thinker.model.visual.config._attn_implementation == "sdpa"
 
 
-def test_flash_vision_attention_without_cuda_falls_back_to_sdpa_and_says_why(checkpoint, caplog):
+def test_the_towers_run_the_packed_attention_by_default_on_cpu_and_the_language_model_its_own(checkpoint):
+    thinker = load_backbone(*settings_for(str(checkpoint))).model  # "auto" on a CPU
+    assert thinker.model.visual.config._attn_implementation == PACKED_SDPA
+    assert thinker.model.audio_tower.config._attn_implementation == PACKED_SDPA
+    assert thinker.model.language_model.config._attn_implementation == "sdpa"
+    assert thinker.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_flash_vision_attention_without_cuda_falls_back_to_the_packed_one_and_says_why(checkpoint, caplog):
     model, chunk = settings_for(str(checkpoint))
     with caplog.at_level(logging.WARNING, logger="streamguard.backbones"):
         flash = model.model_copy(update={"vision_attn_implementation": "flash_attention_2"})
         thinker = load_backbone(flash, chunk).model
-    assert thinker.model.visual.config._attn_implementation == "sdpa"
+    assert thinker.model.visual.config._attn_implementation == PACKED_SDPA
     assert "asks for flash_attention_2 but no CUDA device" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="streamguard.backbones"):
-        auto = load_backbone(model, chunk).model  # "auto": sdpa here, nothing to warn about
-    assert auto.model.visual.config._attn_implementation == "sdpa" and "flash" not in caplog.text
+        auto = load_backbone(model, chunk).model  # "auto": packed here, nothing to warn about
+    assert auto.model.visual.config._attn_implementation == PACKED_SDPA and "flash" not in caplog.text

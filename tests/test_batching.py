@@ -6,14 +6,17 @@ transformers' own forward."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 from cpu_helpers import one_torch_thread
 from service_helpers import random_chunks, tiny_settings
+from transformers import AttentionInterface, PretrainedConfig
 
 from streamguard.backbones import load_backbone
+from streamguard.backbones.packed_attention import PACKED_SDPA, packed_sdpa_attention
 from streamguard.backbones.ragged import RaggedRow
 from streamguard.backbones.tiny import build_tiny_salmonn_checkpoint
 from streamguard.backbones.tiny_qwen3 import build_tiny_qwen3_checkpoint
@@ -209,3 +212,79 @@ async def test_the_prefilter_still_spares_the_vision_encoder_in_a_batched_round(
     assert not reports[0].encoder_skipped  # the first chunk is the reference
     skipped = [r for r in reports[1:] if r.encoder_skipped]
     assert skipped and all(r.prefilter == "unchanged" and r.video_tokens_kept == 0 for r in skipped)
+
+
+@contextlib.contextmanager
+def towers_looping(backbone):
+    """The towers on transformers' sdpa loop (one call per window, frame or audio chunk), the
+    oracle for the packed attention they load with; the language model is left alone."""
+    configs = [backbone.model.config.vision_config, getattr(backbone.model.config, "audio_config", None)]
+    towers = [c for c in configs if isinstance(c, PretrainedConfig)]  # video-SALMONN's audio: a dict
+    assert all(c._attn_implementation == PACKED_SDPA for c in towers) and towers
+    for config in towers:
+        config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        for config in towers:
+            config._attn_implementation = PACKED_SDPA
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """How many times the packed attention ran (so a parity check cannot compare the loop to itself)."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return packed_sdpa_attention(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, PACKED_SDPA, counted)
+    return calls
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("streams", [1, 3])
+def test_packed_tower_attention_equals_transformers_loop(models, model, streams, packed_calls):
+    """One stream's chunk, and three streams' chunks of different grids in one call (windows of
+    unequal length: the 112×140 and 56×84 frames cut partial windows): vision and audio tower
+    outputs with one attention call a layer equal the loop's."""
+    _, backbone = models(model)
+    chunks = mixed_chunks()[:streams] if streams > 1 else random_chunks(1, seed=4, height=112, width=140)
+    batch = [prepare_chunk(backbone, chunk).inputs for chunk in chunks]
+    packed_vision, packed_audio = backbone.encode_visions(batch), backbone.encode_audios(batch)
+    assert packed_calls
+    with towers_looping(backbone):
+        looped_vision, looped_audio = backbone.encode_visions(batch), backbone.encode_audios(batch)
+    pairs = [
+        *((p[0], q[0]) for p, q in zip(packed_vision, looped_vision, strict=True)),  # video tokens
+        *((p[1], q[1]) for p, q in zip(packed_vision, looped_vision, strict=True)),  # Qwen3 deepstack
+        *zip(packed_audio, looped_audio, strict=True),
+    ]
+    for packed, looped in pairs:
+        assert (packed is None) == (looped is None)
+        if packed is not None:
+            torch.testing.assert_close(packed, looped, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["qwen2.5-omni", "qwen3-omni"])
+def test_packed_audio_attention_over_chunks_of_unequal_length_equals_the_loop(models, model, packed_calls):
+    """Log-mels of 3.5 s and 2.3 s in one audio-tower call: each is cut into the tower's chunks,
+    its last one shorter, so the segments differ in length within and across items."""
+    _, backbone = models(model)
+    lengths = torch.tensor([350, 230])
+    features = torch.randn(
+        2, backbone.model.config.audio_config.num_mel_bins, 350, generator=torch.Generator().manual_seed(5)
+    )
+    mask = (torch.arange(350) < lengths.unsqueeze(1)).long()
+
+    def tower():
+        return backbone.model.model.get_audio_features(
+            features, feature_attention_mask=mask
+        ).last_hidden_state
+
+    packed = tower()
+    assert packed_calls
+    with towers_looping(backbone):
+        looped = tower()
+    torch.testing.assert_close(packed, looped, rtol=0, atol=1e-5)

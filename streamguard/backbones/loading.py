@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from streamguard.backbones.base import BackboneError
+from streamguard.backbones.packed_attention import PACKED, PACKED_SDPA, use_packed_attention
 from streamguard.backbones.random_build import RANDOM_PREFIX, is_random_build, resolve_random
 from streamguard.backbones.tiny import TINY_MARKER, TINY_PREFIX, resolve_tiny
 from streamguard.config import ModelSettings
@@ -33,21 +34,46 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def attn_implementations(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> dict[str, str]:
-    """`attn_implementation` for from_pretrained, per sub-config (a sub-config left out keeps its
-    own default, not the model's): `model.attn_implementation` for the language model and the
-    audio tower, the vision tower's own (`vision_attention`)."""
+def attn_implementations(
+    settings: ModelSettings, device: torch.device, dtype: torch.dtype, audio_tower_packs: bool = True
+) -> dict[str, str]:
+    """The attention of each sub-config (a sub-config left out keeps its own default, not the
+    model's): `model.attn_implementation` for the language model, the vision tower's own
+    (`vision_attention`), and for the audio tower the model's, or the packed attention where the
+    vision tower's is packed and the model's is sdpa (the packed one is sdpa without the loop
+    over its segments). `audio_tower_packs` False: an audio tower that attends without segments."""
     model = settings.attn_implementation
     vision = vision_attention(settings.vision_attn_implementation, device, dtype)
-    return {"": model, "text_config": model, "audio_config": model, "vision_config": vision}
+    audio = PACKED_SDPA if audio_tower_packs and vision == PACKED_SDPA and model == "sdpa" else model
+    return {"": model, "text_config": model, "audio_config": audio, "vision_config": vision}
+
+
+def loadable(implementations: dict[str, str]) -> dict[str, str]:
+    """The implementations for `from_pretrained`: the packed attention loads as sdpa, then
+    `use_packed_towers` switches to it (transformers would look for a flash kernel behind its
+    name at load time)."""
+    return {key: "sdpa" if value == PACKED_SDPA else value for key, value in implementations.items()}
+
+
+def use_packed_towers(model: Any, implementations: dict[str, str]) -> None:
+    """Switch the sub-configs asked to run the packed attention (its towers read their own)."""
+    use_packed_attention(
+        *(getattr(model.config, key) for key, value in implementations.items() if value == PACKED_SDPA)
+    )
 
 
 def vision_attention(asked: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The vision tower's attention: flash-attn's varlen kernel when asked (or "auto") and it can
-    run: one call a layer over every window of the frame, where sdpa loops over the windows in
-    Python. It needs CUDA, fp16/bf16 and the `flash-attn` package; without them, sdpa."""
+    """The vision tower's attention. flash-attn's varlen kernel when asked (or "auto") and it can
+    run: it needs CUDA, fp16/bf16 and the `flash-attn` package. Otherwise ("auto", or
+    flash_attention_2 where it cannot run) the packed attention on torch SDPA: like flash, one
+    call a layer over every window of the frame; "sdpa" keeps transformers' loop over the
+    windows in Python."""
     from transformers.utils import is_flash_attn_2_available
 
+    if asked == "sdpa":
+        return "sdpa"
+    if asked == PACKED:
+        return PACKED_SDPA
     missing = [
         reason
         for reason, lacking in (
@@ -57,16 +83,16 @@ def vision_attention(asked: str, device: torch.device, dtype: torch.dtype) -> st
         )
         if lacking
     ]
-    if asked == "sdpa" or (asked == "auto" and missing):
-        return "sdpa"
     if not missing:
         return "flash_attention_2"
-    log.warning(
-        "model.vision_attn_implementation asks for flash_attention_2 but %s: the vision tower runs "
-        "sdpa, a loop over its attention windows",
-        ", ".join(missing),
-    )
-    return "sdpa"
+    if asked == "flash_attention_2":
+        log.warning(
+            "model.vision_attn_implementation asks for flash_attention_2 but %s: the vision tower "
+            "runs %s (the same windows, attended on torch SDPA)",
+            ", ".join(missing),
+            PACKED,
+        )
+    return PACKED_SDPA
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

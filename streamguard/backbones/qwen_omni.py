@@ -28,9 +28,11 @@ from streamguard.backbones.loading import (
     check_family,
     checkpoint_path,
     has_random_weights,
+    loadable,
     local_config,
     resolve_device,
     resolve_dtype,
+    use_packed_towers,
 )
 from streamguard.backbones.media import process_frames, to_mono_float, video_processor_kwargs
 from streamguard.backbones.random_build import instantiate
@@ -87,17 +89,19 @@ class OmniThinkerBackbone(QwenDecoderBackbone):
         dtype = resolve_dtype(settings.dtype, device)
         try:
             processor = transformers.AutoProcessor.from_pretrained(path)
+            attention = attn_implementations(settings, device, dtype)
             model = instantiate(
                 getattr(transformers, cls.thinker_class),
                 path,
                 dtype=dtype,
                 device=device,
-                attn_implementation=attn_implementations(settings, device, dtype),
+                attn_implementation=loadable(attention),
             )
         except OSError as exc:
             raise BackboneError(
                 f"cannot load a {cls.family} checkpoint from {settings.path!r}: {exc}"
             ) from exc
+        use_packed_towers(model, attention)
         model.to(device).eval()
         log.info("loaded %s on %s as %s", settings.path, device, dtype)
         return cls(model, processor, settings.path, settings, chunk, random_weights=has_random_weights(path))

@@ -41,9 +41,11 @@ from streamguard.backbones.loading import (
     check_family,
     checkpoint_path,
     has_random_weights,
+    loadable,
     local_config,
     resolve_device,
     resolve_dtype,
+    use_packed_towers,
 )
 from streamguard.backbones.media import process_frames, to_mono_float, video_processor_kwargs
 from streamguard.backbones.random_build import instantiate, is_random_build
@@ -128,17 +130,19 @@ class SalmonnBackbone(QwenDecoderBackbone):
             tokenizer = AutoTokenizer.from_pretrained(path)
             video_processor = Qwen2VLVideoProcessor.from_pretrained(path)
             random_weights = is_random_build(path)
-            attention = attn_implementations(settings, device, dtype)
+            # Its audio (Whisper, then a Q-Former per window) runs padded batches, no segment loop.
+            attention = attn_implementations(settings, device, dtype, audio_tower_packs=False)
             if random_weights:
                 model = instantiate(
                     Qwen2_5_VLForConditionalGeneration,
                     path,
                     dtype=dtype,
                     device=device,
-                    attn_implementation=attention,
+                    attn_implementation=loadable(attention),
                 )
             else:
-                model = _load_qwen_vl(path, dtype, attention)
+                model = _load_qwen_vl(path, dtype, loadable(attention))
+            use_packed_towers(model, attention)
             audio_config = getattr(model.config, "audio_config", None)
             if not isinstance(audio_config, dict):
                 raise BackboneError(
