@@ -7,10 +7,14 @@ import math
 
 import pytest
 import torch
+from service_helpers import random_chunks
 from transformers import Qwen2_5OmniThinkerConfig
 
+from streamguard.backbones import load_backbone
+from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.flops import QWEN25_OMNI_7B, ThinkerDims, prefill_flops
 from streamguard.cli import main
+from streamguard.config import load_settings
 from streamguard.engine.fidelity import first_token_kl
 from streamguard.engine.pipeline import STAGES
 
@@ -159,6 +163,7 @@ def test_concurrency_runs_both_engines_and_accounts_for_every_chunk(bench):
             # questions in flight: one per stream in the quick run's four chunks, each answered
             assert row["questions_asked"] == row["question_total"]["n"] == row["streams"]
             assert 0 < row["cpu_share"]["worker"] <= 1
+            assert row["stages_ms"] == {}  # stage timings only when engine.profile_stages asks
     summary = result["engine"]
     for name in ("serial", "batched"):
         assert summary[name].keys() >= {
@@ -175,6 +180,21 @@ def test_concurrency_runs_both_engines_and_accounts_for_every_chunk(bench):
         < summary["batched"]["cpu_share"]["preprocessing"]
     )
     assert "batched keeps" in (bench[0] / "report.md").read_text()
+
+
+def test_profiled_engines_say_where_a_chunks_worker_time_went(checkpoint):
+    settings = load_settings("tiny", model={"path": str(checkpoint)}, engine={"profile_stages": True})
+    backbone = load_backbone(settings.model, settings.chunk)
+    figure = measure_concurrency(backbone, settings, random_chunks(2), [1], speed=4.0, tick=lambda: None)
+    for engine in figure["engines"].values():
+        (row,) = engine["rows"]
+        stages = row["stages_ms"]
+        assert (
+            {"preprocess", "vision_encode", "audio_encode", "select", "prefill"}
+            <= stages.keys()
+            <= set(STAGES)
+        )
+        assert stages["vision_encode"] > 0 and min(stages.values()) >= 0
 
 
 def test_bad_arguments_are_one_clear_line(tmp_path, capsys):

@@ -9,10 +9,10 @@ true) run the same workload in the same run.
 
 Measured per engine and N: the worker's load (the seconds it worked, on chunks AND answers, per
 second of stream: < 1 keeps up), its time per chunk, chunks shed, chunk lag (arrival to
-processed), question latency, and the CPU share of the worker thread and of the preprocessing
-pool (on a small CPU, preprocessing 720p can saturate the cores before the worker does). A run
-keeps real time when nothing is shed, the load is under 1 and the lag p95 stays within
-`LAG_BOUND_PERIODS` chunk periods.
+processed), question latency, the CPU share of the worker thread and of the preprocessing pool
+(on a small CPU, preprocessing 720p can saturate the cores before the worker does), and with
+`engine.profile_stages` each stage's mean ms a chunk (`stages_ms`). A run keeps real time when
+nothing is shed, the load is under 1 and the lag p95 stays within `LAG_BOUND_PERIODS` chunk periods.
 
 Past the listed counts N doubles, up to `search_up_to`, until a run falls behind real time, so
 each engine's figure names the largest N this machine was measured to keep real time (to within
@@ -56,6 +56,7 @@ class StreamRecorder:
     arrived: dict[int, float] = field(default_factory=dict)
     lags: list[float] = field(default_factory=list)
     worker_seconds: list[float] = field(default_factory=list)
+    stages_ms: list[dict[str, float]] = field(default_factory=list)  # with engine.profile_stages
     shed: int = 0
     failed: int = 0
     settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,6 +64,7 @@ class StreamRecorder:
     def chunk_processed(self, outcome: ChunkOutcome) -> None:
         self.lags.append(time.perf_counter() - self.arrived[outcome.report.index])
         self.worker_seconds.append(outcome.seconds)
+        self.stages_ms.append(outcome.report.timings_ms)
         self._count()
 
     def chunk_failed(self, index: int, error: Exception) -> None:
@@ -309,4 +311,13 @@ def _row(
         "question_total": distribution_ms([r.total_s for r in results]),
         "cpu_share": work["cpu_share"],
         "gpu_busy_share": gpu[0] if gpu else None,
+        "stages_ms": _stage_means([t for r in recorders for t in r.stages_ms]),
     }
+
+
+def _stage_means(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Each stage's mean ms a chunk (a stage a chunk skipped counts 0); empty unless the engine
+    profiles stages (`engine.profile_stages`). The batched engine's encoders are shared out per
+    chunk and its preprocessing ran in the pool, off the worker."""
+    stages = sorted({stage for t in timings for stage in t})
+    return {stage: statistics.fmean(t.get(stage, 0.0) for t in timings) for stage in stages}
