@@ -285,6 +285,26 @@ async def test_full_outage_buffer_drops_the_oldest_and_says_so(server, cluster):
         await store.aclose()
 
 
+async def test_answers_buffered_in_an_outage_get_one_last_try_when_the_store_closes(server, cluster):
+    # the probe would wait a minute: only the close can write them
+    store = await open_store(
+        cluster.model_copy(update={"timeout_s": 0.2, "retry_interval_s": 60.0}), "worker-1"
+    )
+    await store.put_stream(stream_record("s1", worker="worker-1"))
+    with server.client() as redis:
+        redis.client_pause(300)
+    for n in range(2):
+        await store.log_answer(answer_record("s1", n))
+    assert store.health().buffered_answers == 2
+    await asyncio.sleep(0.5)  # the pause is over, the probe still asleep
+    await store.aclose()
+    reader = await RedisStore.connect(cluster, "reader")
+    try:
+        assert await reader.answers("s1", 10) == [answer_record("s1", n) for n in range(2)]
+    finally:
+        await reader.aclose()
+
+
 async def test_an_unreachable_redis_url_at_startup_is_a_clear_error_without_the_password():
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     with pytest.raises(StoreUnavailableError) as caught:

@@ -234,10 +234,17 @@ class FallbackStore:
         return len(records), restored + flushed
 
     async def aclose(self) -> None:
+        """Stop the probe; answers still buffered get one last try (a drain or a restart may
+        come between Redis' return and the probe's next round), then are lost, and said so."""
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        if not self.up:
+            with contextlib.suppress(StoreUnavailableError):
+                async with self._writing:
+                    _, answers = await self._resync()
+                log.info("store.flushed_at_close url=%s: %d answers written", self.redis.url, answers)
         if self._buffered:
             log.warning(
                 "store.closed url=%s: %d answers never reached Redis (Redis was down)",
