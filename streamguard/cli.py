@@ -195,6 +195,16 @@ def _number_list(kind: type[int] | type[float]) -> Callable[[str], tuple]:
     return lambda text: tuple(item(part) for part in text.split(","))
 
 
+def _section_list(text: str) -> tuple[str, ...]:
+    """An argparse type for `concurrency,costs`: names from the bench's table of sections."""
+    from streamguard.bench.sections import chosen_sections
+
+    try:
+        return chosen_sections(part.strip() for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamguard.bench import BenchOptions, run_bench
     from streamguard.bench.report import cpu_line, engine_line
@@ -209,10 +219,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         memory_minutes=args.memory_minutes or (),
         model=args.model,
         threads=args.threads,
+        **({"sections": args.sections} if args.sections else {}),
     )
     result = run_bench(options, console)
-    out.print(engine_line(result))
-    out.print(cpu_line(result))
+    if "engine" in result:  # only when the concurrency section ran
+        out.print(engine_line(result))
+        out.print(cpu_line(result))
     out.print(
         f"wrote {args.out / 'bench.json'}, {args.out / 'report.md'} and plots in {result['duration_s']:.0f} s"
     )
@@ -485,15 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", help="write the per-chunk report and summary to this JSON file")
     replay.set_defaults(run=cmd_replay)
 
-    bench = commands.add_parser(
-        "bench", help="measure compression, costs, latency, memory, concurrency, fidelity"
-    )
+    from streamguard.bench.sections import SECTION_NAMES, sections_help
+
+    bench = commands.add_parser("bench", help="measure " + ", ".join(SECTION_NAMES).replace("_", " "))
     bench.add_argument("--config", default="default", help="a config name under configs/ or a YAML path")
     bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument(
         "--out", type=Path, required=True, help="folder for bench.json, report.md and the plots"
     )
     bench.add_argument("--quick", action="store_true", help="a reduced run (short clips and streams)")
+    bench.add_argument("--sections", type=_section_list, metavar="NAME[,NAME...]", help=sections_help())
     bench.add_argument(
         "--files", nargs="+", type=Path, default=[], help="files to measure compression on too"
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from streamguard.backbones.base import RANDOM_WEIGHTS_NOTE
 from streamguard.bench.flops import __doc__ as FLOPS_FORMULA
+from streamguard.bench.sections import SECTIONS
 
 MIB = 2**20
 
@@ -31,12 +32,17 @@ def _finite(value: Any) -> Any:
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> Path:
+    """The report: the opening notes and headline, then a part per bench.json key the run wrote."""
     env = result["environment"]
-    sections = [
+    ran = [s for s in SECTIONS if s.name in env["sections"]]
+    parts = [
         "# StreamGuard bench\n",
         f"Model `{env['model']}` on {env['device']} ({env['device_name'] or 'unknown'}, {env['dtype']}), "
         f"config `{env['config_file']}`, commit `{env['git_commit']}`, {env['date']}, "
         f"{'quick' if env['quick'] else 'full'} run in {result['duration_s']:.0f} s.\n",
+        ""
+        if len(ran) == len(SECTIONS)
+        else "Sections run (`--sections`): " + "; ".join(f"{s.name} ({s.measures})" for s in ran) + ".\n",
         "Absolute times only mean something on a GPU at real model size. On a CPU with the tiny "
         "random model read the ratios (re-prefill vs rolling, pruned vs full, selection's share), "
         "not the milliseconds.\n",
@@ -45,17 +51,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         if env["random_weights"]
         else "",
         _headline(result),
-        _compression(result["compression"]),
-        _costs(result["costs"]),
-        _selection(result["selection"]),
-        _latency(result["latency"], result["plots"]["question_latency"]),
-        _memory(result["memory"], result["plots"]["memory"]),
-        _concurrency(result["concurrency"], result["plots"]["concurrency"]),
-        _fidelity(result["fidelity"]),
-        _prefilter(result["prefilter"]),
-        _long_memory(result["long_memory"]),
+        *(render(result) for key, render in _PARTS if key in result),
     ]
-    path.write_text("\n".join(sections))
+    path.write_text("\n".join(parts))
     return path
 
 
@@ -79,9 +77,9 @@ def _headline(result: dict[str, Any]) -> str:
     head = result["headline"]
     rows = [
         [f"input tokens pruned, {clip}", ", ".join(f"{m} {p:.1f}%" for m, p in methods.items())]
-        for clip, methods in head["input_tokens_pruned_pct"].items()
+        for clip, methods in head.get("input_tokens_pruned_pct", {}).items()
     ]
-    ratio = head["question_latency_ratio"]
+    ratio = head.get("question_latency_ratio")
     if ratio is not None:
         rows.append(
             [
@@ -89,40 +87,50 @@ def _headline(result: dict[str, Any]) -> str:
                 f"{ratio['total_ratio']:.1f}×",
             ]
         )
-    rows.append(
-        [
-            "KV cache per stream-minute (no budget)",
-            ", ".join(f"{m} {b / MIB:.2f} MiB" for m, b in head["kv_bytes_per_minute"].items())
-            + "; at Qwen2.5-Omni-7B bf16: "
-            + ", ".join(f"{m} {b / MIB:.0f} MiB" for m, b in head["kv_bytes_per_minute_at_7b_bf16"].items()),
-        ]
-    )
-    share = head["selection_share_pct"]
-    scaled = share["7b_width_scaled"]
-    rows.append(
-        [
-            "selection's share of chunk compute",
-            f"{share['loaded_model_measured']:.1f}% measured on the loaded model; at 7B width "
-            f"(grid {share['grid']}) "
-            + ("" if scaled is None else f"{scaled:.2f}% (FLOP-scaled) to ")
-            + f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
-        ]
-    )
-    rows.append(["engines, batched vs serial", engine_line(result).removeprefix("engine: ")])
-    rows.append(["CPU", cpu_line(result).removeprefix("cpu share of all cores ")])
-    pre = head["prefilter"]
-    rows.append(
-        [
-            "pre-filter, static noisy H.264 camera",
-            f"{pre['static_encoder_skipped_pct']:.0f}% of chunks after the first skip the vision encoder; "
-            + (
-                ""
-                if pre["vision_encode_ratio"] is None
-                else f"vision encoder time ×{pre['vision_encode_ratio']:.2f}; "
-            )
-            + ("every event chunk kept its video" if pre["events_kept"] else "an event chunk LOST its video"),
-        ]
-    )
+    if "kv_bytes_per_minute" in head:
+        rows.append(
+            [
+                "KV cache per stream-minute (no budget)",
+                ", ".join(f"{m} {b / MIB:.2f} MiB" for m, b in head["kv_bytes_per_minute"].items())
+                + "; at Qwen2.5-Omni-7B bf16: "
+                + ", ".join(
+                    f"{m} {b / MIB:.0f} MiB" for m, b in head["kv_bytes_per_minute_at_7b_bf16"].items()
+                ),
+            ]
+        )
+    if "selection_share_pct" in head:
+        share = head["selection_share_pct"]
+        measured, scaled = share["loaded_model_measured"], share["7b_width_scaled"]
+        rows.append(
+            [
+                "selection's share of chunk compute",
+                ("" if measured is None else f"{measured:.1f}% measured on the loaded model; ")
+                + f"at 7B width (grid {share['grid']}) "
+                + ("" if scaled is None else f"{scaled:.2f}% (FLOP-scaled) to ")
+                + f"{share['7b_width_at_matmul_throughput']:.2f}% (at matmul throughput)",
+            ]
+        )
+    if "engine" in result:
+        rows.append(["engines, batched vs serial", engine_line(result).removeprefix("engine: ")])
+        rows.append(["CPU", cpu_line(result).removeprefix("cpu share of all cores ")])
+    if "prefilter" in head:
+        pre = head["prefilter"]
+        rows.append(
+            [
+                "pre-filter, static noisy H.264 camera",
+                f"{pre['static_encoder_skipped_pct']:.0f}% of chunks after the first skip the vision encoder; "
+                + (
+                    ""
+                    if pre["vision_encode_ratio"] is None
+                    else f"vision encoder time ×{pre['vision_encode_ratio']:.2f}; "
+                )
+                + (
+                    "every event chunk kept its video"
+                    if pre["events_kept"]
+                    else "an event chunk LOST its video"
+                ),
+            ]
+        )
     return "## Headline\n\n" + _table(["figure", "value"], rows)
 
 
@@ -471,3 +479,18 @@ def _long_memory(figure: dict[str, Any]) -> str:
         f"{figure['device_kv_second_half_spread']:.3f} (0 is flat).\n\n"
         + _table(["where", "MiB (this model)", "MiB at 7B bf16"], sizes)
     )
+
+
+# The report's parts in reading order, each with the bench.json key it renders (present only when its
+# section ran, see sections.py).
+_PARTS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("compression", lambda r: _compression(r["compression"])),
+    ("costs", lambda r: _costs(r["costs"])),
+    ("selection", lambda r: _selection(r["selection"])),
+    ("latency", lambda r: _latency(r["latency"], r["plots"]["question_latency"])),
+    ("memory", lambda r: _memory(r["memory"], r["plots"]["memory"])),
+    ("concurrency", lambda r: _concurrency(r["concurrency"], r["plots"]["concurrency"])),
+    ("fidelity", lambda r: _fidelity(r["fidelity"])),
+    ("prefilter", lambda r: _prefilter(r["prefilter"])),
+    ("long_memory", lambda r: _long_memory(r["long_memory"])),
+)

@@ -1,4 +1,4 @@
-"""`streamguard bench`: every figure measured in one run, written as JSON, Markdown and PNGs."""
+"""`streamguard bench`: the chosen sections' figures measured in one run, written as JSON, Markdown and PNGs."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ from streamguard.bench.costs import compare_costs
 from streamguard.bench.fidelity import QUESTIONS
 from streamguard.bench.latency import QUESTION, Checkpoints, LongStream, run_long_stream
 from streamguard.bench.memory import samples_as_columns, summarize_memory
+from streamguard.bench.sections import SECTION_NAMES, chosen_sections
 from streamguard.bench.workload import (
     FULL,
+    GENERATED,
     Clip,
+    Method,
     Tick,
     concurrency_clip,
     configured_method,
@@ -98,6 +101,10 @@ class BenchOptions:
     memory_minutes: tuple[float, ...] = ()
     model: str | None = None  # overrides model.path
     threads: int | None = None  # torch intra-op threads; None: one on a CPU, torch's default otherwise
+    sections: tuple[str, ...] = SECTION_NAMES  # those to run, in the table's order (sections.py)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sections", chosen_sections(self.sections))
 
     @property
     def scale(self) -> Scale:
@@ -113,22 +120,28 @@ class BenchOptions:
 
 
 def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
-    """Measure every figure, write bench.json, report.md and the plots to `options.out`."""
+    """Measure the chosen sections, write bench.json, report.md and their plots to `options.out`."""
     started = time.perf_counter()
     scale = options.scale
+    chosen = set(options.sections)
     settings = load_settings(options.config, **({"model": {"path": options.model}} if options.model else {}))
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the bench writes a folder")
+    if options.files and "compression" not in chosen:
+        raise ValueError("--files are measured by the compression section, which is not chosen")
     # The user's files first: one that cannot be decoded fails before anything is loaded or written.
     files = [load_clip(str(path), Path(path), settings.chunk) for path in options.files]
     out.mkdir(parents=True, exist_ok=True)
-    clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk) + files
-    cameras = prefilter.camera_clips(out / "clips", scale.camera_seconds, settings)
+    # Only the clips a chosen section replays are written: the camera cases take a while at full scale.
+    clips = generated_clips(out / "clips", scale.clip_seconds, settings.chunk, _clips_needed(chosen, scale))
+    cameras = (
+        prefilter.camera_clips(out / "clips", scale.camera_seconds, settings) if "prefilter" in chosen else []
+    )
     source = (
-        None
-        if scale.concurrency_source is None
-        else concurrency_clip(out / "clips", scale.concurrency_source, settings.chunk)
+        concurrency_clip(out / "clips", scale.concurrency_source, settings.chunk)
+        if "concurrency" in chosen and scale.concurrency_source is not None
+        else None
     )
     with console.status(f"loading {settings.model.path}"):
         backbone = load_backbone(settings.model, settings.chunk)
@@ -142,65 +155,154 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     # One intra-op thread on a CPU by default: the tiny model's kernels gain nothing from more, and
     # on a machine shared with other work, threads waiting for each other make every timing erratic.
     threads = options.threads or (1 if backbone.device.type == "cpu" else torch.get_num_threads())
+    result: dict[str, Any] = {}
     with _torch_threads(threads), fallback_warnings_muted(), _progress(console) as section:
-        result = _measure(backbone, settings, scale, clips, cameras, source, section, out)
+        run = _Run(backbone, settings, scale, clips + files, cameras, source, section, out)
+        for name in options.sections:
+            result |= MEASURES[name](run)
     result["environment"] = environment(backbone, settings, options) | {"torch_threads": threads}
-    result["engine"] = engine_summary(result["concurrency"])
+    if "concurrency" in result:
+        result["engine"] = engine_summary(result["concurrency"])
     result["headline"] = headline(result)
     result["duration_s"] = time.perf_counter() - started
     result["plots"] = {
-        "question_latency": plots.plot_latency(result["latency"], out / "question_latency.png").name,
-        "memory": plots.plot_memory(result["memory"], out / "memory.png").name,
-        "concurrency": plots.plot_concurrency(result["concurrency"], out / "concurrency.png").name,
+        name: plot(result[key], out / f"{name}.png").name
+        for name, (key, plot) in PLOTS.items()
+        if key in result
     }
     report.write_json(result, out / "bench.json")
     report.write_markdown(result, out / "report.md")
     return result
 
 
-def _measure(
-    backbone: Backbone,
-    settings: Settings,
-    scale: Scale,
-    clips: list[Clip],
-    cameras: list[Clip],
-    source: Clip | None,  # the concurrency figure's; None: the moving clip
-    section: Callable[[str, int | None], Tick],
-    out: Path,
-) -> dict[str, Any]:
-    moving = next(c for c in clips if c.name == "moving")
-    source = source or moving
-    long_methods = [FULL, configured_method(settings)]
-    checkpoints = Checkpoints.at_minutes(
-        scale.minutes, settings.chunk.seconds, scale.question_rounds, scale.question_reps
-    )
+# Each plot: the bench.json key it draws, and how.
+PLOTS: dict[str, tuple[str, Callable[[dict[str, Any], Path], Path]]] = {
+    "question_latency": ("latency", plots.plot_latency),
+    "memory": ("memory", plots.plot_memory),
+    "concurrency": ("concurrency", plots.plot_concurrency),
+}
 
-    tick = section("1,7 compression, fidelity", sum(compression.steps_per_clip(c) for c in clips))
-    per_clip = {c.name: compression.measure_clip(backbone, settings, c, QUESTIONS, tick) for c in clips}
 
-    chunks = max(checkpoints.at)
-    tick = section("2,5 long streams", len(long_methods) * chunks)
-    replays = [run_long_stream(backbone, settings, m, moving.chunks, chunks, tick) for m in long_methods]
-    tick = section("4 question latency", len(long_methods) * (chunks + len(checkpoints.at)))
-    asked = [
-        run_long_stream(backbone, settings, m, moving.chunks, chunks, tick, checkpoints) for m in long_methods
+def _clips_needed(chosen: set[str], scale: Scale) -> set[str]:
+    """The generated clips the chosen sections replay: compression all, the long replays the moving one,
+    and so does concurrency when the scale has no camera for it."""
+    if "compression" in chosen:
+        return {name for name, _ in GENERATED}
+    moving_users = {"costs", "latency"} | ({"concurrency"} if scale.concurrency_source is None else set())
+    return {"moving"} if chosen & moving_users else set()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the chosen sections share: the loaded backbone, the scale and the prepared clips."""
+
+    backbone: Backbone
+    settings: Settings
+    scale: Scale
+    clips: list[Clip]  # generated (only those needed) and the user's files
+    cameras: list[Clip]  # the pre-filter's cases; empty unless it runs
+    source: Clip | None  # the concurrency figure's camera; None: the moving clip
+    section: Callable[[str, int | None], Tick]  # adds a progress bar
+    out: Path
+
+    @property
+    def moving(self) -> Clip:
+        return next(c for c in self.clips if c.name == "moving")
+
+    @property
+    def long_methods(self) -> list[Method]:
+        return [FULL, configured_method(self.settings)]
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        scale = self.scale
+        return Checkpoints.at_minutes(
+            scale.minutes, self.settings.chunk.seconds, scale.question_rounds, scale.question_reps
+        )
+
+
+def _compression(run: _Run) -> dict[str, Any]:
+    tick = run.section("1,7 compression, fidelity", sum(compression.steps_per_clip(c) for c in run.clips))
+    per_clip = {
+        c.name: compression.measure_clip(run.backbone, run.settings, c, QUESTIONS, tick) for c in run.clips
+    }
+    return {
+        "compression": {
+            c.name: {
+                "file": str(c.path),
+                "chunks": len(c.chunks),
+                "methods": per_clip[c.name]["compression"],
+                "offline_skipped": per_clip[c.name]["offline_skipped"],
+            }
+            for c in run.clips
+        },
+        "fidelity": {
+            "questions": QUESTIONS,
+            "reference": FULL.name,
+            "kl": {name: entry["fidelity"] for name, entry in per_clip.items()},
+        },
+    }
+
+
+def _costs(run: _Run) -> dict[str, Any]:
+    chunks = max(run.checkpoints.at)
+    tick = run.section("2,5 long streams", len(run.long_methods) * chunks)
+    replays = [
+        run_long_stream(run.backbone, run.settings, m, run.moving.chunks, chunks, tick)
+        for m in run.long_methods
     ]
+    return {
+        "costs": {
+            "methods": {"full": replays[0].method, "pruned": replays[1].method},
+            **compare_costs(replays[0].reports, replays[1].reports),
+        },
+        "memory": {"methods": {s.method: _memory_entry(s, run.settings) for s in replays}},
+    }
 
-    # After the long replays: the 7B-width predictor would stay in the RSS they report.
-    tick = section("3 selection at 7B width", selection.steps(scale.selection_grids))
-    selection_figure = selection.measure_selection(
-        backbone, settings, scale.selection_grids, scale.selection_reps, tick
-    )
 
-    tick = section("8 pre-filter", prefilter.steps(cameras))
-    prefilter_figure = prefilter.measure_prefilter(backbone, settings, cameras, tick)
+def _latency(run: _Run) -> dict[str, Any]:
+    checkpoints, moving = run.checkpoints, run.moving
+    chunks = max(checkpoints.at)
+    tick = run.section("4 question latency", len(run.long_methods) * (chunks + len(checkpoints.at)))
+    asked = [
+        run_long_stream(run.backbone, run.settings, m, moving.chunks, chunks, tick, checkpoints)
+        for m in run.long_methods
+    ]
+    return {
+        "latency": {
+            "question": QUESTION,
+            "source": f"the {moving.name} clip ({len(moving.chunks)} chunks) looped",
+            "baseline": "a fresh session prefilled with every token the stream kept, then the question",
+            "features_reused": "its features are each distinct chunk's, encoded once outside its timing",
+            "methods": {s.method: s.checkpoints for s in asked},
+        }
+    }
 
+
+def _selection(run: _Run) -> dict[str, Any]:
+    grids = run.scale.selection_grids
+    tick = run.section("3 selection at 7B width", selection.steps(grids))
+    return {
+        "selection": selection.measure_selection(
+            run.backbone, run.settings, grids, run.scale.selection_reps, tick
+        )
+    }
+
+
+def _prefilter(run: _Run) -> dict[str, Any]:
+    tick = run.section("8 pre-filter", prefilter.steps(run.cameras))
+    return {"prefilter": prefilter.measure_prefilter(run.backbone, run.settings, run.cameras, tick)}
+
+
+def _concurrency(run: _Run) -> dict[str, Any]:
+    scale, settings = run.scale, run.settings
+    source = run.source or run.moving
     # The search past the listed counts runs as long as the machine keeps up: no known total.
     searching = scale.concurrency_search_max > max(scale.streams)
     total = 2 * sum(scale.streams) * scale.concurrency_chunks  # both engines
-    tick = section("6 concurrency, both engines", None if searching else total)
+    tick = run.section("6 concurrency, both engines", None if searching else total)
     concurrency_chunks = list(looped(source.chunks, scale.concurrency_chunks, settings.chunk.seconds))
-    at_bounds, bound_settings = at_pixel_bounds(backbone, settings, scale.concurrency_pixels)
+    at_bounds, bound_settings = at_pixel_bounds(run.backbone, settings, scale.concurrency_pixels)
     concurrency = measure_concurrency(
         at_bounds,
         bound_settings,
@@ -216,42 +318,29 @@ def _measure(
         "min_pixels": bound_settings.model.min_pixels,
         "max_pixels": bound_settings.model.max_pixels,
     }
-    tick = section("9 long memory", long_memory.steps(scale.memory_minutes, settings.chunk.seconds))
-    long = long_memory.measure_long_memory(
-        backbone, settings, scale.memory_minutes, scale.question_reps, tick, out
-    )
+    return {"concurrency": concurrency}
+
+
+def _long_memory(run: _Run) -> dict[str, Any]:
+    minutes = run.scale.memory_minutes
+    tick = run.section("9 long memory", long_memory.steps(minutes, run.settings.chunk.seconds))
     return {
-        "compression": {
-            c.name: {
-                "file": str(c.path),
-                "chunks": len(c.chunks),
-                "methods": per_clip[c.name]["compression"],
-                "offline_skipped": per_clip[c.name]["offline_skipped"],
-            }
-            for c in clips
-        },
-        "fidelity": {
-            "questions": QUESTIONS,
-            "reference": FULL.name,
-            "kl": {name: entry["fidelity"] for name, entry in per_clip.items()},
-        },
-        "costs": {
-            "methods": {"full": replays[0].method, "pruned": replays[1].method},
-            **compare_costs(replays[0].reports, replays[1].reports),
-        },
-        "selection": selection_figure,
-        "latency": {
-            "question": QUESTION,
-            "source": f"the {moving.name} clip ({len(moving.chunks)} chunks) looped",
-            "baseline": "a fresh session prefilled with every token the stream kept, then the question",
-            "features_reused": "its features are each distinct chunk's, encoded once outside its timing",
-            "methods": {s.method: s.checkpoints for s in asked},
-        },
-        "memory": {"methods": {s.method: _memory_entry(s, settings) for s in replays}},
-        "concurrency": concurrency,
-        "prefilter": prefilter_figure,
-        "long_memory": long,
+        "long_memory": long_memory.measure_long_memory(
+            run.backbone, run.settings, minutes, run.scale.question_reps, tick, run.out
+        )
     }
+
+
+# Each section of the table (sections.py), how it is measured; each returns its bench.json keys.
+MEASURES: dict[str, Callable[[_Run], dict[str, Any]]] = {
+    "compression": _compression,
+    "costs": _costs,
+    "latency": _latency,
+    "selection": _selection,
+    "prefilter": _prefilter,
+    "concurrency": _concurrency,
+    "long_memory": _long_memory,
+}
 
 
 def at_pixel_bounds(
@@ -277,42 +366,50 @@ def _memory_entry(stream: LongStream, settings: Settings) -> dict[str, Any]:
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The few figures a reader wants first (also quoted in the report's opening table)."""
-    full, pruned = result["costs"]["methods"]["full"], result["costs"]["methods"]["pruned"]
-    rows = result["latency"]["methods"][pruned]
-    measured = [r for r in rows if r["reprefill"] is not None]
-    at_five = min(measured, key=lambda r: abs(r["minutes"] - 5), default=None)
-    memory = result["memory"]["methods"]
-    widest = result["selection"]["rows"][-1]
-    return {
-        "input_tokens_pruned_pct": {
+    """The few figures a reader wants first (also quoted in the report's opening table), those the
+    sections that ran can give."""
+    head: dict[str, Any] = {}
+    if "compression" in result:
+        head["input_tokens_pruned_pct"] = {
             clip: {method: entry["input_tokens_pruned_pct"] for method, entry in figure["methods"].items()}
             for clip, figure in result["compression"].items()
-        },
-        "question_latency_ratio": None
-        if at_five is None
-        else {"minutes": at_five["minutes"], "method": pruned, "total_ratio": at_five["total_ratio"]},
-        "kv_bytes_per_minute": {m: memory[m]["summary"]["kv_bytes_per_minute"] for m in (full, pruned)},
-        "kv_bytes_per_minute_at_7b_bf16": {
-            m: memory[m]["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m in (full, pruned)
-        },
-        "largest_realtime_streams": result["engine"]["batched"]["streams_real_time"],
-        "prefilter": {
-            "static_encoder_skipped_pct": result["prefilter"]["cases"]["static"]["encoder_skipped_pct"],
-            "vision_encode_ratio": result["prefilter"]["encoder_time"]["vision_encode_ratio"],
+        }
+    if "latency" in result:
+        pruned = list(result["latency"]["methods"])[-1]  # after full: the configured method
+        measured = [r for r in result["latency"]["methods"][pruned] if r["reprefill"] is not None]
+        at_five = min(measured, key=lambda r: abs(r["minutes"] - 5), default=None)
+        head["question_latency_ratio"] = (
+            None
+            if at_five is None
+            else {"minutes": at_five["minutes"], "method": pruned, "total_ratio": at_five["total_ratio"]}
+        )
+    if "memory" in result:
+        memory = result["memory"]["methods"]
+        head["kv_bytes_per_minute"] = {m: e["summary"]["kv_bytes_per_minute"] for m, e in memory.items()}
+        head["kv_bytes_per_minute_at_7b_bf16"] = {
+            m: e["summary"]["kv_bytes_per_minute_at_7b_bf16"] for m, e in memory.items()
+        }
+    if "engine" in result:
+        head["largest_realtime_streams"] = result["engine"]["batched"]["streams_real_time"]
+    if "prefilter" in result:
+        figure = result["prefilter"]
+        head["prefilter"] = {
+            "static_encoder_skipped_pct": figure["cases"]["static"]["encoder_skipped_pct"],
+            "vision_encode_ratio": figure["encoder_time"]["vision_encode_ratio"],
             "events_kept": all(
-                case["event_kept"]
-                for case in result["prefilter"]["cases"].values()
-                if case["event_chunk"] is not None
+                case["event_kept"] for case in figure["cases"].values() if case["event_chunk"] is not None
             ),
-        },
-        "selection_share_pct": {
-            "loaded_model_measured": result["costs"]["selection_share_pct"],
+        }
+    if "selection" in result:
+        widest = result["selection"]["rows"][-1]
+        head["selection_share_pct"] = {
+            # measured on the long replay: only when costs ran
+            "loaded_model_measured": result["costs"]["selection_share_pct"] if "costs" in result else None,
             "7b_width_scaled": widest["selection_share_pct_scaled"],
             "7b_width_at_matmul_throughput": widest["selection_share_pct_at_matmul_throughput"],
             "grid": widest["grid"],
-        },
-    }
+        }
+    return head
 
 
 def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -333,6 +430,7 @@ def environment(backbone: Backbone, settings: Settings, options: BenchOptions) -
         "config_file": options.config,
         "config": config,
         "quick": options.quick,
+        "sections": list(options.sections),
         "scale": asdict(options.scale),
         "git_commit": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +71,18 @@ class Clip:
 GENERATED: tuple[tuple[str, Motion], ...] = (("static", "static"), ("moving", "moving"))
 
 
-def generated_clips(folder: Path, seconds: float, chunk: ChunkSettings) -> list[Clip]:
-    """The static-camera and moving clips, 320×240 at 15 fps with a tone track, written to `folder`."""
+def generated_clips(
+    folder: Path, seconds: float, chunk: ChunkSettings, names: Collection[str] | None = None
+) -> list[Clip]:
+    """The static-camera and moving clips (those in `names`; None: both), 320×240 at 15 fps with a
+    tone track, written to `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     return [
         load_clip(
             name, write_clip(folder / f"{name}.mp4", seconds, width=320, height=240, motion=motion), chunk
         )
         for name, motion in GENERATED
+        if names is None or name in names
     ]
 
 
