@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,12 @@ from service_helpers import random_chunks
 from transformers import Qwen2_5OmniThinkerConfig
 
 from streamguard.backbones import load_backbone
+from streamguard.bench import report as bench_report
 from streamguard.bench.concurrency import measure_concurrency
 from streamguard.bench.flops import QWEN25_OMNI_7B, ThinkerDims, prefill_flops
+from streamguard.bench.runner import MEASURES
+from streamguard.bench.sections import SECTION_NAMES
+from streamguard.bench.sections import SECTIONS as TABLE
 from streamguard.cli import main
 from streamguard.config import load_settings
 from streamguard.engine.fidelity import first_token_kl
@@ -29,38 +34,38 @@ SECTIONS = {
     "prefilter",
     "long_memory",
 }
+HEADLINE = {
+    "input_tokens_pruned_pct",
+    "question_latency_ratio",
+    "kv_bytes_per_minute",
+    "kv_bytes_per_minute_at_7b_bf16",
+    "largest_realtime_streams",
+    "prefilter",
+    "selection_share_pct",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def quick_bench(checkpoint: Path, out: Path, *extra: str) -> dict:
+    """`streamguard bench --quick` on the tiny checkpoint into `out`, and its bench.json."""
+    args = ["bench", "--config", "tiny", "--model", str(checkpoint), "--out", str(out), "--quick"]
+    assert main([*args, *extra]) == 0
+    return json.loads((out / "bench.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, clip, checkpoint):
     """One quick bench run, with a panning clip passed as a file of the user's."""
-    model = str(checkpoint)
     extra = clip("pan.mp4", 6, width=320, height=240, motion="pan")
     out = tmp_path_factory.mktemp("bench")
-    assert (
-        main(
-            [
-                "bench",
-                "--config",
-                "tiny",
-                "--model",
-                model,
-                "--out",
-                str(out),
-                "--quick",
-                "--files",
-                str(extra),
-            ]
-        )
-        == 0
-    )
-    return out, json.loads((out / "bench.json").read_text()) | {"file": str(extra)}
+    return out, quick_bench(checkpoint, out, "--files", str(extra)) | {"file": str(extra)}
 
 
 def test_writes_every_section_the_report_and_the_plots(bench):
     out, result = bench
-    assert result.keys() >= SECTIONS | {"environment", "headline"}
+    assert result.keys() >= SECTIONS | {"environment", "headline", "engine"}
+    assert result["environment"]["sections"] == list(SECTION_NAMES)
+    assert set(result["headline"]) == HEADLINE
     for name in ("question_latency.png", "memory.png", "concurrency.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
         assert name in result["plots"].values()
@@ -77,11 +82,48 @@ def test_writes_every_section_the_report_and_the_plots(bench):
     ):
         assert heading in report
     assert "![question latency](question_latency.png)" in report and "only mean something on a GPU" in report
+    assert "Sections run" not in report  # all of them: nothing to say
     env = result["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["quick"] is True
     assert env["git_commit"] and env["config"]["model"]["path"] == env["model"]
     assert env["random_weights"] is True and "**The model has random weights" in report  # tiny: noise
     assert "tokens" not in env["config"]["service"]  # the service's secrets stay out of the file
+
+
+def test_the_table_of_sections_covers_every_figure_once():
+    keys = [key for section in TABLE for key in section.keys]
+    assert sorted(keys) == sorted(SECTIONS)  # each bench.json figure belongs to exactly one section
+    assert set(MEASURES) == set(SECTION_NAMES)
+    assert {key for key, _ in bench_report._PARTS} == SECTIONS  # the report renders each
+
+
+def test_only_the_chosen_section_runs(tmp_path, checkpoint, capsys):
+    out = tmp_path / "concurrency"
+    result = quick_bench(checkpoint, out, "--sections", "concurrency")
+    assert result.keys() == {"concurrency", "engine", "environment", "headline", "duration_s", "plots"}
+    assert result["environment"]["sections"] == ["concurrency"]
+    assert result["headline"] == {
+        "largest_realtime_streams": result["engine"]["batched"]["streams_real_time"]
+    }
+    assert set(result["concurrency"]["engines"]) == {"serial", "batched"}
+    assert result["plots"] == {"concurrency": "concurrency.png"}
+    assert sorted(p.name for p in out.glob("*.png")) == ["concurrency.png"]
+    # the quick scale streams the moving clip: no static clip, no camera cases
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["moving.mp4"]
+    report = (out / "report.md").read_text()
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Headline" and len(headings) == 2 and headings[1].startswith("## 6. Concurrency")
+    assert "Sections run (`--sections`): concurrency (" in report and "batched keeps" in report
+    printed = capsys.readouterr().out
+    assert "engine: batched keeps" in printed and "cpu share of all cores" in printed
+
+
+def test_an_unknown_section_is_refused_with_the_valid_names(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--config", "tiny", "--out", str(tmp_path / "out"), "--sections", "costs,speed"])
+    err = capsys.readouterr().err
+    assert "unknown section speed" in err and ", ".join(SECTION_NAMES) in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_compression_per_method_on_every_clip(bench):
@@ -205,6 +247,13 @@ def test_bad_arguments_are_one_clear_line(tmp_path, capsys):
         assert main(["bench", "--config", "tiny", "--out", str(out), "--files", str(path)]) == 2
         assert path.name in capsys.readouterr().err
         assert not out.exists()  # failed before writing anything
+    # files are compression's input: refused, before anything is written, when it does not run
+    out = tmp_path / "out"
+    assert (
+        main(["bench", "--config", "tiny", "--out", str(out), "--sections", "costs", "--files", str(garbage)])
+        == 2
+    )
+    assert "compression section" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
         main(["bench", "--config", "tiny", "--out", str(tmp_path), "--minutes", "1,x"])
     assert "expected a positive float, got 'x'" in capsys.readouterr().err
