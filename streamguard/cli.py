@@ -208,6 +208,7 @@ def _section_list(text: str) -> tuple[str, ...]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamguard.bench import BenchOptions, run_bench
     from streamguard.bench.report import cpu_line, engine_line
+    from streamguard.bench.sections import SECTION_NAMES
 
     options = BenchOptions(
         config=args.config,
@@ -219,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         memory_minutes=args.memory_minutes or (),
         model=args.model,
         threads=args.threads,
-        **({"sections": args.sections} if args.sections else {}),
+        sections=args.sections or SECTION_NAMES,
     )
     result = run_bench(options, console)
     if "engine" in result:  # only when the concurrency section ran
