@@ -512,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--files", nargs="+", type=Path, default=[], help="files to measure compression on too"
     )
     bench.add_argument(
-        "--minutes", type=_number_list(float), help="stream lengths for question latency (default 1,2,5,10)"
+        "--minutes",
+        type=_number_list(float),
+        help="stream lengths for the long replays: costs, and question latency (default 1,2,5,10)",
     )
     bench.add_argument(
         "--streams",

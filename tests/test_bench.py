@@ -247,13 +247,16 @@ def test_bad_arguments_are_one_clear_line(tmp_path, capsys):
         assert main(["bench", "--config", "tiny", "--out", str(out), "--files", str(path)]) == 2
         assert path.name in capsys.readouterr().err
         assert not out.exists()  # failed before writing anything
-    # files are compression's input: refused, before anything is written, when it does not run
+    # an option whose sections do not run is refused, before anything is written
     out = tmp_path / "out"
-    assert (
-        main(["bench", "--config", "tiny", "--out", str(out), "--sections", "costs", "--files", str(garbage)])
-        == 2
-    )
-    assert "compression section" in capsys.readouterr().err and not out.exists()
+    for option, value, users in [
+        ("--files", str(garbage), "compression"),
+        ("--streams", "1,2", "concurrency"),
+        ("--memory-minutes", "10", "long_memory"),
+    ]:
+        args = ["bench", "--config", "tiny", "--out", str(out), "--sections", "costs", option, value]
+        assert main(args) == 2
+        assert f"{option} is used by the {users} section" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):
         main(["bench", "--config", "tiny", "--out", str(tmp_path), "--minutes", "1,x"])
     assert "expected a positive float, got 'x'" in capsys.readouterr().err

@@ -119,6 +119,24 @@ class BenchOptions:
         return Scale(**{**asdict(base), **overrides})
 
 
+# The sections each sizing option feeds: given without any of them chosen it would do nothing.
+OPTION_SECTIONS = {
+    "files": ("compression",),
+    "minutes": ("costs", "latency"),
+    "streams": ("concurrency",),
+    "memory_minutes": ("long_memory",),
+}
+
+
+def _refuse_unused_options(options: BenchOptions) -> None:
+    for option, users in OPTION_SECTIONS.items():
+        if getattr(options, option) and not set(users) & set(options.sections):
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(
+                f"{flag} is used by the {' and '.join(users)} section(s), which --sections leaves out"
+            )
+
+
 def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     """Measure the chosen sections, write bench.json, report.md and their plots to `options.out`."""
     started = time.perf_counter()
@@ -128,8 +146,7 @@ def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the bench writes a folder")
-    if options.files and "compression" not in chosen:
-        raise ValueError("--files are measured by the compression section, which is not chosen")
+    _refuse_unused_options(options)
     # The user's files first: one that cannot be decoded fails before anything is loaded or written.
     files = [load_clip(str(path), Path(path), settings.chunk) for path in options.files]
     out.mkdir(parents=True, exist_ok=True)
