@@ -161,6 +161,13 @@ def sign_in(page: Page, token: str = TOKEN) -> None:
     page.get_by_role("button", name="Use token").click()
 
 
+def ask(page: Page, question: str) -> Locator:
+    """Ask on the page (the question box, Enter); the new answer's entry, newest first in the history."""
+    page.get_by_label("Question", exact=True).fill(question)
+    page.keyboard.press("Enter")
+    return page.locator("#history li.qa").first
+
+
 def connect_webcam(page: Page, url: str) -> None:
     """Open the webcam page, sign in, connect, and wait until the service counts chunks."""
     page.goto(url + "/")

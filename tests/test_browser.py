@@ -13,6 +13,7 @@ from browser_helpers import (
     PHONE,
     WAIT_MS,
     SocketProxy,
+    ask,
     connect_webcam,
     launch_chromium,
     log_states,
@@ -72,9 +73,7 @@ def test_webcam_page_streams_answers_and_shows_what_was_kept(service, browser):
     with open_page(browser, DESKTOP) as page:
         connect_webcam(page, service.url)
 
-        page.get_by_label("Question", exact=True).fill(QUESTION)
-        page.keyboard.press("Enter")
-        answer = page.locator("#history li.qa").first
+        answer = ask(page, QUESTION)
         expect(answer.locator(".question")).to_have_text(QUESTION)
         expect(answer).to_have_attribute("data-status", "done")
         assert int(answer.get_attribute("data-deltas") or 0) > 0, "the answer arrived without deltas"
@@ -230,8 +229,7 @@ def test_a_dropped_connection_reconnects_and_cut_off_answers_say_so(service, bro
         answer = history.locator("li.qa").first
 
         proxy.hold_answers = True
-        page.get_by_label("Question", exact=True).fill(QUESTION)
-        page.keyboard.press("Enter")
+        ask(page, QUESTION)
         expect(answer).to_have_attribute("data-status", "streaming")
         expect(history).to_have_attribute("aria-busy", "true")  # deltas are not read out one by one
 
@@ -246,8 +244,7 @@ def test_a_dropped_connection_reconnects_and_cut_off_answers_say_so(service, bro
 
         proxy.refuse = False
         expect(state_of(page)).to_have_attribute("data-state", "live")
-        page.get_by_label("Question", exact=True).fill(QUESTION)
-        page.keyboard.press("Enter")
+        ask(page, QUESTION)
         expect(answer).to_have_attribute("data-status", "streaming")
         page.get_by_role("button", name="Disconnect").click()
         expect(answer).to_have_attribute("data-status", "error")
@@ -264,9 +261,7 @@ def test_qwen3_omni_overlay_draws_its_grid_of_32_px_tokens(qwen3_checkpoint, bro
     settings = tiny_settings(qwen3_checkpoint, config="tiny-qwen3-omni")
     with serve(create_app(settings)) as live, open_page(browser, DESKTOP) as page:
         connect_webcam(page, live.url)
-        page.get_by_label("Question", exact=True).fill(QUESTION)
-        page.keyboard.press("Enter")
-        expect(page.locator("#history li.qa").first).to_have_attribute("data-status", "done")
+        expect(ask(page, QUESTION)).to_have_attribute("data-status", "done")
         assert page.wait_for_function(KEPT_PIXELS).json_value() > 0
         expect(page.locator("#overlay")).to_have_attribute("data-grid", "2x4x6")
         [stream] = live.http.get("/v1/streams").json()["streams"]
@@ -327,9 +322,7 @@ def test_the_webcam_page_asks_about_the_last_minutes_and_shows_what_was_recalled
         recall = page.get_by_label("Answer over")
         recall.select_option("minutes")
         page.get_by_label("Minutes").fill("1")
-        page.get_by_label("Question", exact=True).fill(QUESTION)
-        page.keyboard.press("Enter")
-        answer = page.locator("#history li.qa").first
+        answer = ask(page, QUESTION)
         expect(answer).to_have_attribute("data-status", "done")
         expect(answer.locator(".recall-note")).to_contain_text("last 1 min")
         expect(answer.locator(".recall-timeline .recall-span")).not_to_have_count(0)
@@ -338,9 +331,7 @@ def test_the_webcam_page_asks_about_the_last_minutes_and_shows_what_was_recalled
         )
 
         recall.select_option("auto")
-        page.get_by_label("Question", exact=True).fill("When did it change?")
-        page.keyboard.press("Enter")
-        auto = page.locator("#history li.qa").first
+        auto = ask(page, "When did it change?")
         expect(auto).to_have_attribute("data-status", "done")
         expect(auto.locator(".recall-note")).to_contain_text("auto")
         save_screenshot(page, "webcam-recall")

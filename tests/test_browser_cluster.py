@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from browser_helpers import CHUNKS_COUNTED, connect_webcam, log_states, open_page, save_screenshot, state_of
+from browser_helpers import (
+    CHUNKS_COUNTED,
+    ask,
+    connect_webcam,
+    log_states,
+    open_page,
+    save_screenshot,
+    state_of,
+)
 from cluster_helpers import ADMIN_HEADERS, Trio
 from playwright.sync_api import expect
 from rtsp_helpers import rtsp_camera
@@ -66,9 +74,7 @@ def test_the_page_follows_placement_to_a_worker_with_room_and_offers_again_when_
             (third,) = {b, c} - {placed}
             assert sockets and all(url.startswith(socket_prefix(placed)) for url in sockets), sockets
 
-            page.get_by_label("Question", exact=True).fill("What is happening?")
-            page.keyboard.press("Enter")
-            answer = page.locator("#history li.qa").first
+            answer = ask(page, "What is happening?")
             expect(answer).to_have_attribute("data-status", "done")
             expect(page.locator("dd[data-stat=questions_answered]")).to_have_text("1")
             save_screenshot(page, "webcam-placed")
