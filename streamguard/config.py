@@ -204,6 +204,14 @@ class ServiceSettings(BaseModel):
     # A stream whose source has delivered no chunk this long after it opened ends in `error`
     # (a WebRTC peer that never sends media stops holding its token's quota).
     first_media_timeout_s: float = Field(20.0, gt=0)
+    # A WebRTC stream whose peer has sent no media this long since its last chunk ends (reason
+    # `media_timeout`): a browser that vanished without a BYE (crashed tab, lost network) is
+    # otherwise only noticed by ICE consent freshness some 30 s later, holding its token's quota
+    # meanwhile. A live browser never goes this quiet: Chrome sends camera frames continuously
+    # for a static picture, black frames for a disabled track, and silence packets for a muted
+    # microphone; Chromium's fake camera moves at 30 fps. Measured per chunk (every
+    # `chunk.seconds`, 2 s), so it must exceed that; 10 s also rides out a short network stall.
+    webrtc_media_timeout_s: float = Field(10.0, gt=0)
     # The largest REST request body (413 `request_too_large`).
     max_body_bytes: int = Field(2**20, gt=0)
     # Where RTSP streams may connect: host names, addresses and CIDRs ("10.0.0.0/8"); a name
@@ -290,6 +298,16 @@ class Settings(BaseSettings):
         if abs(chunk.seconds * chunk.fps - chunk.frames_per_chunk) > 1e-9:
             raise ValueError("chunk.seconds * chunk.fps must be a whole number of frames")
         return chunk
+
+    @model_validator(mode="after")
+    def _media_timeout_spans_chunks(self) -> Settings:
+        # the timeout is measured between chunks: one no longer than a chunk ends live peers
+        if self.service.webrtc_media_timeout_s <= self.chunk.seconds:
+            raise ValueError(
+                f"service.webrtc_media_timeout_s ({self.service.webrtc_media_timeout_s:g} s) must exceed "
+                f"chunk.seconds ({self.chunk.seconds:g} s): a sending peer's chunks come that far apart"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

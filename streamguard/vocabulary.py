@@ -55,6 +55,11 @@ class StreamRecord(StreamSummary):
 # answer's `finish_reason` in the answer log.
 WORKER_DRAINING: Final = "worker_draining"
 
+# Why the service ended a WebRTC stream whose peer never said goodbye: no media came for
+# `service.webrtc_media_timeout_s` (a crashed tab, a lost network). The `stream.ending` event's
+# reason and the `stream.media_timeout` log event's name say it.
+MEDIA_TIMEOUT: Final = "media_timeout"
+
 # Placement: a full worker sends a new stream on to one with room, as a 307 to the target URL.
 # A browser cannot follow that one itself (a cross-origin redirect drops the Authorization
 # header, and fetch cannot read a redirect's Location), so a client that sends

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from service_helpers import TIMEOUT_S, TOKEN, receive_until, serve, tiny_settings, wait_until
+from service_helpers import TIMEOUT_S, TOKEN, receive, receive_until, serve, tiny_settings, wait_until
 
 from streamguard.backbones import load_backbone
 from streamguard.cluster import MemoryStore
@@ -71,10 +71,13 @@ class PacedTrack(MediaStreamTrack):
         self._make = make
         self._sent = 0
         self._began: float | None = None
+        self.held = False  # set: the source produces nothing more, though the track stays live
 
     async def recv(self) -> av.VideoFrame | av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.held:
+            await asyncio.Event().wait()
         self._began = self._began or time.monotonic()
         await asyncio.sleep(max(0.0, self._began + self._sent * self._period - time.monotonic()))
         self._sent += 1
@@ -130,6 +133,12 @@ class ClientPeer:
 
     def accept(self, answer: str) -> None:
         self._call(self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer")))
+
+    def hold(self) -> None:
+        """Stop sending media without hanging up (a frozen or crashed tab): no BYE, while the
+        connection's RTCP and ICE consent go on."""
+        for sender in self.pc.getSenders():
+            sender.track.held = True
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -290,6 +299,68 @@ def test_a_peer_that_never_sends_media_ends_and_stops_holding_its_quota_and_slot
     finally:
         silent.close()
         sending.close()
+
+
+MEDIA_TIMEOUT_S = 4.0  # twice a chunk: a sending peer's chunks come every 2 s
+# How long after the peer's last frame its stream has ended: the timeout, and slack for a
+# loaded machine.
+ENDED_WITHIN_S = MEDIA_TIMEOUT_S + 5.0
+
+
+def media_timeout_settings(checkpoint):
+    return tiny_settings(checkpoint, webrtc_media_timeout_s=MEDIA_TIMEOUT_S, max_streams_per_token=1)
+
+
+class StillPeer(ClientPeer):
+    """A camera on a static scene: the same picture frame after frame, as a browser sends it."""
+
+    async def _create(self, audio: bool, video: bool) -> RTCPeerConnection:
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        picture = np.full((96, 128, 3), 90, np.uint8)
+        peer.addTrack(PacedTrack("video", 1 / FPS, lambda i: video_frame(picture, i)))
+        return peer
+
+
+def test_a_peer_that_goes_silent_without_hanging_up_ends_its_stream_and_frees_its_quota(checkpoint, caplog):
+    peer, again = ClientPeer(), ClientPeer()
+    try:
+        with serve(create_app(media_timeout_settings(checkpoint))) as live:
+            stream_id = connect(live, peer)["stream_id"]
+            wait_until(lambda: live.stream(stream_id)["stats"]["chunks_received"] >= 1, "media from the peer")
+            with live.ws(f"/v1/streams/{stream_id}/ws") as ws:
+                peer.hold()
+                ended = wait_until(
+                    lambda: (s := live.stream(stream_id))["state"] == "ended" and s,
+                    "the silent stream to end",
+                    timeout_s=ENDED_WITHIN_S,
+                )
+                told = receive(ws)  # the ended stream still answers: the socket stays open
+            assert told == {"type": "stream.ending", "stream": stream_id, "reason": "media_timeout"}
+            assert f"no media from the peer for {MEDIA_TIMEOUT_S:g} s" in ended["error"]
+            assert f"stream.media_timeout stream={stream_id} reason=media_timeout" in caplog.text
+            wait_until(lambda: peer.pc.connectionState in ("closed", "failed"), "the server to hang up")
+            second = connect(live, again)["stream_id"]  # the token's one stream slot is free again
+            wait_until(
+                lambda: live.stream(second)["stats"]["chunks_received"] >= 1, "media from the new peer"
+            )
+    finally:
+        peer.close()
+        again.close()
+
+
+def test_a_peer_sending_a_still_picture_stays_live_past_the_media_timeout(checkpoint):
+    peer = StillPeer()
+    try:
+        with serve(create_app(media_timeout_settings(checkpoint))) as live:
+            stream_id = connect(live, peer)["stream_id"]
+            # the first chunk, then three more: 6 s of media past it, longer than the timeout
+            stream = wait_until(
+                lambda: (s := live.stream(stream_id))["stats"]["chunks_received"] >= 4 and s,
+                "four chunks from the peer",
+            )
+            assert stream["state"] == "live" and stream["error"] is None
+    finally:
+        peer.close()
 
 
 def test_offers_need_a_valid_token(service, offer_sdp):

@@ -26,7 +26,10 @@ Backlog
 
 End
   The stream ends when every track has ended (the peer closed or sent RTCP BYE) or the
-  connection fails or closes; the chunker is then flushed. A single-track offer (audio only or
+  connection fails or closes; the chunker is then flushed. A peer that vanishes without a BYE
+  is noticed by ICE consent freshness only some 30 s later, so the service hangs up sooner on
+  a peer that sent no media for `service.webrtc_media_timeout_s` (leaving `chunks()`, which
+  closes the connection and flushes the chunker too). A single-track offer (audio only or
   video only) works: the chunker flags the missing media in every chunk.
 """
 
@@ -238,7 +241,8 @@ class WebRtcSource:
         return self._ended
 
     async def chunks(self) -> AsyncIterator[AVChunk]:
-        """The stream's chunks until it ends; leaving the iteration closes the connection."""
+        """The stream's chunks until it ends; leaving the iteration closes the connection and
+        flushes the chunker, whose last chunks a later `chunks()` yields."""
         try:
             while True:
                 while self._pending:
@@ -253,11 +257,11 @@ class WebRtcSource:
             await self.close()
 
     async def close(self) -> None:
-        """Stop the readers and close the peer connection (idempotent)."""
-        self._ended = True
+        """Stop the readers, flush the chunker and close the peer connection (idempotent)."""
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+        self._end()  # no reader pushes any more: what the chunker holds is the stream's last media
         try:
             # shielded: aiortc may be closing it already (the peer hung up), and a cancelled wait
             # on its close would break that close

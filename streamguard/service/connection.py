@@ -43,6 +43,7 @@ from streamguard.service.protocol import (
     RecallSummary,
     ServiceError,
     StatsSubscribe,
+    StreamEnding,
     StreamMoved,
     StreamStatsEvent,
     StreamUpdate,
@@ -51,6 +52,7 @@ from streamguard.service.protocol import (
     parse_client_message,
 )
 from streamguard.service.streams import Stream
+from streamguard.vocabulary import MEDIA_TIMEOUT
 
 # Why an answer could not be given, as the client's error code.
 _ANSWER_ERRORS: dict[type[Exception], ErrorCode] = {
@@ -108,13 +110,14 @@ class Connection:
     async def serve(self) -> None:
         sender = asyncio.create_task(self._send_all())
         watcher = asyncio.create_task(self._close_when_removed())
+        teller = asyncio.create_task(self._tell_media_timeout())
         try:
             with self.stream.watched():
                 await self._receive_all()
         finally:
             for answer in self._answers.values():
                 answer.cancel()  # nobody reads the rest: free the worker
-            for task in [*self._tasks, self._stats, watcher, sender]:
+            for task in [*self._tasks, self._stats, teller, watcher, sender]:
                 if task is not None:
                     task.cancel()
 
@@ -192,6 +195,11 @@ class Connection:
             return
         self._send(ErrorEvent(code="stream_ended", message=f"stream {self.stream.id} was deleted"))
         self._send(_Close(WS_CLOSE_STREAM_ENDED, "stream_ended"))
+
+    async def _tell_media_timeout(self) -> None:
+        # the stream stays (ended, answering questions), so the socket stays open
+        await self.stream.media_timed_out.wait()
+        self._send(StreamEnding(stream=self.stream.id, reason=MEDIA_TIMEOUT))
 
     # -- messages --------------------------------------------------------------------------
 

@@ -559,13 +559,15 @@ class StreamMoved(BaseModel):
 
 
 class StreamEnding(BaseModel):
-    """The stream ends now and cannot move (a WebRTC peer, a file); the socket then closes
-    (4410). `worker_draining`: its worker is shutting down; a browser offers again through
-    the load balancer."""
+    """The stream ends now and cannot move (a WebRTC peer, a file). `worker_draining`: its
+    worker is shutting down; the socket then closes (4410) and a browser offers again through
+    the load balancer. `media_timeout`: the WebRTC peer sent no media for
+    `service.webrtc_media_timeout_s` (it vanished without hanging up); the stream is `ended`
+    and, like any ended stream, still answers questions, so the socket stays open."""
 
     type: Literal["stream.ending"] = "stream.ending"
     stream: str
-    reason: Literal["worker_draining"]
+    reason: Literal["worker_draining", "media_timeout"]
 
 
 class ErrorEvent(BaseModel):

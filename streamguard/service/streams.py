@@ -65,7 +65,13 @@ from streamguard.service.protocol import (
     StreamStatsBody,
     StreamUpdate,
 )
-from streamguard.vocabulary import ACTIVE_STATES, FINAL_STATES, WORKER_DRAINING, StreamRecord
+from streamguard.vocabulary import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    MEDIA_TIMEOUT,
+    WORKER_DRAINING,
+    StreamRecord,
+)
 
 if TYPE_CHECKING:
     from streamguard.ingest.chunker import AVChunk
@@ -176,6 +182,7 @@ class Stream:
         self.handed_over = False  # another worker took it over: this copy no longer writes its record
         self.farewell: StreamMoved | StreamEnding | None = None  # what its clients hear when removed
         self.removed = asyncio.Event()  # set once the stream is being deleted
+        self.media_timed_out = asyncio.Event()  # set once its peer went silent (`time_out`)
         self.cut_by: ErrorCode | None = None  # why its worker cut the answers being written
         self._writing: set[Answer] = set()  # answers being written or logged
         self._settled = asyncio.Event()  # none is
@@ -275,6 +282,14 @@ class Stream:
 
     def fail(self, message: str) -> None:
         self._set_state(StreamState.ERROR, message)
+
+    def time_out(self, seconds: float) -> None:
+        """The peer sent no media for `seconds` and was hung up on: the stream ends, and its
+        websocket clients hear `stream.ending` with reason `media_timeout`."""
+        self._set_state(
+            StreamState.ENDED, f"no media from the peer for {seconds:g} s (service.webrtc_media_timeout_s)"
+        )
+        self.media_timed_out.set()
 
     # -- scheduler callbacks (StreamListener) ---------------------------------------------
 
@@ -617,18 +632,24 @@ class StreamRegistry:
             )
 
     async def _consume(self, stream: Stream) -> None:
-        first_media_s = self.settings.service.first_media_timeout_s
-        first_media = asyncio.timeout(first_media_s)  # a source that never delivers ends
+        service = self.settings.service
+        first_media_s = service.first_media_timeout_s
+        # a WebRTC peer that vanishes without a BYE is otherwise noticed ~30 s later (ICE consent)
+        silence_s = service.webrtc_media_timeout_s if stream.kind is StreamKind.WEBRTC else None
+        deadline = asyncio.timeout(first_media_s)  # a source that never delivers ends
         try:
-            async with contextlib.aclosing(stream.source.chunks()) as chunks, first_media:
+            async with contextlib.aclosing(stream.source.chunks()) as chunks, deadline:
                 async for chunk in chunks:
-                    first_media.reschedule(None)  # media came: no deadline from here on
-                    state = stream.state
-                    stream.chunk_received(chunk)
-                    if stream.state is not state:  # now live: other workers see it so
-                        await self._save(stream)
+                    # media came: the next chunk is due within silence_s (WebRTC), else whenever
+                    due = None if silence_s is None else asyncio.get_running_loop().time() + silence_s
+                    deadline.reschedule(due)
+                    await self._take(stream, chunk)
         except Exception as exc:  # the source's failure, e.g. an RTSP camera given up
-            if isinstance(exc, TimeoutError) and first_media.expired():
+            timed_out = isinstance(exc, TimeoutError) and deadline.expired()
+            if timed_out and silence_s is not None and stream.chunks_received:
+                await self._went_silent(stream, silence_s)
+                return
+            if timed_out:
                 exc = TimeoutError(f"no media within {first_media_s:g} s (service.first_media_timeout_s)")
             stream.fail(str(exc) or type(exc).__name__)
             event(
@@ -644,6 +665,28 @@ class StreamRegistry:
             if not stream.handed_over:
                 await self._save(stream)
                 await self.store.release_lease(stream.id)
+
+    async def _take(self, stream: Stream, chunk: AVChunk) -> None:
+        state = stream.state
+        stream.chunk_received(chunk)
+        if stream.state is not state:  # now live: other workers see it so
+            await self._save(stream)
+
+    async def _went_silent(self, stream: Stream, silence_s: float) -> None:
+        """The WebRTC peer sent no media for `silence_s`: it vanished without hanging up. Leaving
+        `chunks()` closed its connection and flushed its chunker; take what that held, then end."""
+        async with contextlib.aclosing(stream.source.chunks()) as rest:
+            async for chunk in rest:
+                await self._take(stream, chunk)
+        event(
+            "stream.media_timeout",
+            logging.WARNING,
+            stream=stream.id,
+            reason=MEDIA_TIMEOUT,
+            timeout_s=silence_s,
+            chunks=stream.chunks_received,
+        )
+        stream.time_out(silence_s)
 
     async def _save(self, stream: Stream) -> None:
         await self.store.put_stream(stream.record(self.worker))
