@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Playwright, WebSocketRoute, expect, sync_playwright
-from service_helpers import TOKEN
+from service_helpers import TOKEN, wait_until
 
 from streamguard.ingest.synthetic import Motion, write_wav, write_y4m
 
@@ -55,14 +57,19 @@ def playwright_driver() -> Iterator[Playwright]:
         yield playwright
 
 
+def fake_media(media_folder: Path, motion: Motion = "moving") -> tuple[Path, Path]:
+    """The fake webcam's scene and the fake microphone's tone, written to `media_folder`."""
+    video = write_y4m(media_folder / "webcam.y4m", FAKE_MEDIA_SECONDS, fps=10, motion=motion)
+    return video, write_wav(media_folder / "microphone.wav", FAKE_MEDIA_SECONDS)
+
+
 @contextmanager
 def launch_chromium(
     playwright: Playwright, media_folder: Path, allow_camera: bool = True, motion: Motion = "moving"
 ) -> Iterator[Browser]:
     """Chromium whose camera plays a synthetic scene (moving unless told) and whose microphone a
     tone; a static scene makes every chunk after the first redundant."""
-    video = write_y4m(media_folder / "webcam.y4m", FAKE_MEDIA_SECONDS, fps=10, motion=motion)
-    audio = write_wav(media_folder / "microphone.wav", FAKE_MEDIA_SECONDS)
+    video, audio = fake_media(media_folder, motion)
     browser = playwright.chromium.launch(
         executable_path=str(CHROMIUM), args=chromium_args(video, audio, allow_camera), timeout=WAIT_MS
     )
@@ -70,6 +77,42 @@ def launch_chromium(
         yield browser
     finally:
         browser.close()
+
+
+@contextmanager
+def chromium_process(
+    playwright: Playwright, media_folder: Path
+) -> Iterator[tuple[Browser, subprocess.Popen[bytes]]]:
+    """Chromium with the fake webcam started as a process of the test's own (in a session of
+    its own, so a kill reaches its renderers too), driven over CDP: a test can SIGKILL it."""
+    video, audio = fake_media(media_folder)
+    log = media_folder / "chromium.log"  # a file, not a pipe: nobody has to keep reading it
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                *chromium_args(video, audio),
+                "--remote-debugging-port=0",
+                f"--user-data-dir={media_folder / 'profile'}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+
+        def endpoint() -> str | None:  # Chromium prints its CDP endpoint once it listens
+            assert process.poll() is None, f"chromium exited ({process.returncode}):\n{log.read_text()}"
+            found = re.search(r"DevTools listening on (\S+)", log.read_text(errors="replace"))
+            return found[1] if found else None
+
+        browser = playwright.chromium.connect_over_cdp(wait_until(endpoint, "chromium's CDP endpoint"))
+        yield browser, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(WAIT_MS / 1000)
 
 
 @contextmanager

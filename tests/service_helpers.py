@@ -38,6 +38,12 @@ TOKEN = "test-token"
 # An admin token every test service also knows: it sees every stream, to clean them all up.
 CLEANUP_TOKEN = {"token": "test-cleanup-token", "name": "tests", "role": "admin"}
 TIMEOUT_S = 60.0
+# service.webrtc_media_timeout_s in the tests that let a peer go silent: three chunks, so a
+# sending peer's chunks (every 2 s) stay well within it on a loaded machine.
+MEDIA_TIMEOUT_S = 6.0
+# How long after a peer's last frame its stream has ended: the timeout, and slack for a loaded
+# machine.
+ENDED_WITHIN_S = MEDIA_TIMEOUT_S + 5.0
 
 
 def tiny_settings(

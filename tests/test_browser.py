@@ -5,7 +5,9 @@ Every wait is bounded (WAIT_MS); screenshots land in the test artifacts folder."
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import pytest
 from browser_helpers import (
@@ -14,6 +16,7 @@ from browser_helpers import (
     WAIT_MS,
     SocketProxy,
     ask,
+    chromium_process,
     connect_webcam,
     launch_chromium,
     log_states,
@@ -24,7 +27,7 @@ from browser_helpers import (
 )
 from playwright.sync_api import Route, expect
 from rtsp_helpers import rtsp_camera
-from service_helpers import serve, tiny_settings, wait_until
+from service_helpers import ENDED_WITHIN_S, MEDIA_TIMEOUT_S, serve, tiny_settings, wait_until
 
 from streamguard.service import create_app
 
@@ -335,3 +338,19 @@ def test_the_webcam_page_asks_about_the_last_minutes_and_shows_what_was_recalled
         expect(auto).to_have_attribute("data-status", "done")
         expect(auto.locator(".recall-note")).to_contain_text("auto")
         save_screenshot(page, "webcam-recall")
+
+
+def test_a_killed_browser_s_stream_ends_within_the_media_timeout(checkpoint, playwright, tmp_path):
+    settings = tiny_settings(checkpoint, webrtc_media_timeout_s=MEDIA_TIMEOUT_S)
+    with serve(create_app(settings)) as live, chromium_process(playwright, tmp_path) as (browser, process):
+        page = browser.contexts[0].new_page()
+        page.set_default_timeout(WAIT_MS)
+        connect_webcam(page, live.url)
+        (stream,) = live.http.get("/v1/streams").json()["streams"]
+        os.killpg(process.pid, signal.SIGKILL)  # no pagehide DELETE, no BYE: the browser is gone
+        ended = wait_until(
+            lambda: (s := live.stream(stream["id"]))["state"] == "ended" and s,
+            "the killed browser's stream to end",
+            timeout_s=ENDED_WITHIN_S,
+        )
+        assert f"no media from the peer for {MEDIA_TIMEOUT_S:g} s" in ended["error"]
