@@ -368,6 +368,12 @@ def test_a_peer_sending_a_still_picture_stays_live_past_the_media_timeout(checkp
         peer.close()
 
 
+def test_a_media_timeout_no_longer_than_a_chunk_is_refused(checkpoint):
+    # a sending peer's chunks come a chunk apart: such a timeout would end every stream
+    with pytest.raises(ValueError, match=r"webrtc_media_timeout_s \(2 s\) must exceed chunk.seconds"):
+        tiny_settings(checkpoint, webrtc_media_timeout_s=SETTINGS.seconds)
+
+
 def test_offers_need_a_valid_token(service, offer_sdp):
     body = {"sdp": offer_sdp, "type": "offer"}
     missing = service.http.post("/v1/streams/webrtc", json=body, headers={"Authorization": ""})

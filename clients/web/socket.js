@@ -100,6 +100,9 @@ export class StreamSocket extends EventTarget {
         this.#emit("moved", message);
         break;
       case "stream.ending":
+        // media_timeout (the peer went silent): the stream is ended and the socket stays open;
+        // its state and error come with the next stats
+        if (message.reason !== "worker_draining") break;
         // a WebRTC or file stream whose worker shuts down; the close (4410) ends it with this
         this.#ending = message;
         this.#lastError = { message: "the stream ended: its worker is shutting down" };
